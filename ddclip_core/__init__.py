@@ -1,0 +1,29 @@
+"""ddclip_core: Duoduo CLIP multi-view shape embeddings in CLIP's text space. No ROS in here.
+
+import ddclip_core
+model = ddclip_core.load_model("Four_1to6F_bs1600_LT6.ckpt")
+shape = model.encode_views("couch.jpg", num_views=12)          # (1, 512), L2-normalised
+text = model.encode_text(["a white couch", "a red mug"])       # (2, 512)
+scores = shape @ text.T
+"""
+
+from .config import DuoduoConfig, PreprocessConfig
+from .factory import RandomWeightsWarning, load_model
+from .model import DuoduoCLIP, embeddings_to_numpy
+from .preprocess import Preprocessor
+from .weights import CheckpointError, read_weights, save_export
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "DuoduoCLIP",
+    "DuoduoConfig",
+    "PreprocessConfig",
+    "Preprocessor",
+    "RandomWeightsWarning",
+    "embeddings_to_numpy",
+    "load_model",
+    "read_weights",
+    "save_export",
+]

@@ -1,0 +1,117 @@
+"""The multi-view forward pass of an open_clip VisionTransformer.
+
+Views are kept packed, (N, L, D) for the N real views of all objects, so per-view work (patch
+embedding, MLPs, within-view attention) never touches padding. Only cross-view attention needs
+objects side by side; there, objects with fewer views are padded and padded keys masked out, so a
+batch of objects with different view counts gives the same result as running each alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ViewGroups:
+    """Which packed views belong to which object, and how to lay them out side by side."""
+
+    def __init__(self, view_counts: list[int], device: torch.device) -> None:
+        if not view_counts or min(view_counts) < 1:
+            raise ValueError(f"every object needs at least one view, got view counts {view_counts}")
+        self.counts = list(view_counts)
+        self.num_objects = len(view_counts)
+        self.max_views = max(view_counts)
+        self.uniform = min(view_counts) == self.max_views
+        counts = torch.tensor(view_counts, device=device)
+        self.object_of_view = torch.repeat_interleave(torch.arange(self.num_objects, device=device), counts)
+        if not self.uniform:
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(len(self.object_of_view), device=device) - starts[self.object_of_view]
+            self.padded_row = self.object_of_view * self.max_views + slot  # row in (B * Fmax)
+            valid = torch.zeros(self.num_objects * self.max_views, dtype=torch.bool, device=device)
+            valid[self.padded_row] = True
+            self.valid_views = valid.view(self.num_objects, self.max_views)
+
+    def side_by_side(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, C) packed views -> (B, Fmax * L, C) objects; padding rows are zero."""
+        _, length, channels = x.shape
+        if not self.uniform:
+            padded = x.new_zeros(self.num_objects * self.max_views, length, channels)
+            padded[self.padded_row] = x
+            x = padded
+        return x.reshape(self.num_objects, self.max_views * length, channels)
+
+    def packed(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, Fmax * L, C) objects -> (N, L, C) packed views."""
+        x = x.reshape(self.num_objects * self.max_views, length, x.shape[-1])
+        return x if self.uniform else x[self.padded_row]
+
+    def key_mask(self, length: int) -> torch.Tensor | None:
+        """Boolean (B, 1, 1, Fmax * L) mask: True where a key belongs to a real view."""
+        if self.uniform:
+            return None
+        keys = self.valid_views[:, :, None].expand(-1, -1, length).reshape(self.num_objects, -1)
+        return keys[:, None, None, :]
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) per-view rows -> (B, C) per-object mean over that object's views."""
+        total = x.new_zeros(self.num_objects, x.shape[-1]).index_add_(0, self.object_of_view, x)
+        counts = torch.tensor(self.counts, device=x.device, dtype=x.dtype)
+        return total / counts[:, None]
+
+
+def embed_views(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1 + patches, width): patch embedding, CLS, positions, ln_pre (as CLIP)."""
+    x = visual.conv1(pixels)
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def _attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of x (S, T, D) with attn's weights, through PyTorch SDPA (flash where it can)."""
+    s, t, d = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(s, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(s, t, d)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def run_block(block: nn.Module, x: torch.Tensor, groups: ViewGroups | None) -> torch.Tensor:
+    """One open_clip ResidualAttentionBlock on packed views (N, L, D).
+
+    groups=None: attention within each view (plain CLIP). Otherwise attention runs over all
+    tokens of all views of each object jointly; the MLP is per token either way.
+    """
+    h = block.ln_1(x)
+    if groups is None:
+        h = _attention(block.attn, h, None)
+    else:
+        length = x.shape[1]
+        h = _attention(block.attn, groups.side_by_side(h), groups.key_mask(length))
+        h = groups.packed(h, length)
+    x = x + block.ls_1(h)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def encode_packed_views(
+    visual: nn.Module, pixels: torch.Tensor, view_counts: list[int], layers_threshold: int
+) -> torch.Tensor:
+    """Packed views (N, 3, H, W) of len(view_counts) objects -> (B, embed_dim), not normalised.
+
+    Blocks >= layers_threshold attend across the views of one object; then CLS -> ln_post ->
+    mean over the object's views -> proj.
+    """
+    if pixels.shape[0] != sum(view_counts):
+        raise ValueError(f"{pixels.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
+    groups = ViewGroups(view_counts, pixels.device)
+    x = embed_views(visual, pixels)
+    for index, block in enumerate(visual.transformer.resblocks):
+        x = run_block(block, x, groups if index >= layers_threshold else None)
+    cls = visual.ln_post(x[:, 0])
+    pooled = groups.mean(cls)
+    return pooled @ visual.proj if visual.proj is not None else pooled

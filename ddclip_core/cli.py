@@ -1,0 +1,236 @@
+"""The ``ddclip`` command line: encode views and texts, manage weight files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--weights",
+        "-w",
+        metavar="PATH",
+        help="weights: the published .ckpt, an OpenCLIP ViT-B-32 .bin/.safetensors, or a ddclip export folder. "
+        "Default: $DDCLIP_WEIGHTS, else the downloaded published checkpoint, else random weights (with a warning)",
+    )
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    group.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute precision (default: fp32)"
+    )
+    group.add_argument(
+        "--layers-threshold",
+        type=int,
+        metavar="K",
+        help="first visual block with cross-view attention (default: from the checkpoint, else 6)",
+    )
+    group.add_argument("--arch", help="open_clip architecture when the file does not record one (default: ViT-B-32)")
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in the checkpoint (trusted files only)",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from .factory import load_model
+    from .hub import default_weights
+
+    weights = args.weights or default_weights()
+    return load_model(
+        weights,
+        device=args.device,
+        precision=args.precision,
+        layers_threshold=args.layers_threshold,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+    return files
+
+
+def _objects_from_args(inputs: list[str], per_image: bool) -> tuple[list[list[Path]], list[str]]:
+    folders = [Path(p) for p in inputs if Path(p).is_dir()]
+    files = [Path(p) for p in inputs if not Path(p).is_dir()]
+    objects = [_image_files(folder) for folder in folders]
+    names = [str(folder) for folder in folders]
+    if per_image:
+        objects += [[f] for f in files]
+        names += [str(f) for f in files]
+    elif files:
+        objects.append(files)
+        names.append(" + ".join(str(f) for f in files))
+    return objects, names
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    objects, names = _objects_from_args(args.images, args.per_image)
+    model = _load(args).set_preprocessing(crop=args.crop, resize=args.resize)
+    embeddings = model.encode_views(objects, num_views=args.views, batch_size=args.batch_size)
+    array = embeddings.cpu().numpy().astype(np.float32)
+    np.save(args.out, array)
+    views = [len(o) * (args.views or 1) for o in objects]
+    print(
+        f"wrote {args.out}: {array.shape[0]} object(s) x {array.shape[1]} ({model.weights_source or 'random weights'})"
+    )
+    for name, count in zip(names, views, strict=True):
+        print(f"  {count:3d} view(s)  {name}")
+    return 0
+
+
+def cmd_text(args: argparse.Namespace) -> int:
+    model = _load(args)
+    array = model.encode_text(args.texts).cpu().numpy().astype(np.float32)
+    np.save(args.out, array)
+    print(f"wrote {args.out}: {array.shape[0]} text(s) x {array.shape[1]}")
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from .hub import download
+
+    print(download(args.name, args.dir))
+    return 0
+
+
+def cmd_weights_info(args: argparse.Namespace) -> int:
+    from .weights import describe
+
+    info = describe(args.path, trust_pickle=args.trust_pickle)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key in ("path", "format", "arch", "layers_threshold", "tensors", "parameters", "visual_blocks"):
+            print(f"{key:17s} {info[key]}")
+    return 0
+
+
+def cmd_weights_export(args: argparse.Namespace) -> int:
+    from .weights import save_export
+
+    args.weights = args.source
+    model = _load(args)
+    folder = save_export(model, args.out)
+    print(f"exported {args.source} -> {folder} (weights id {model.weights_id})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddclip",
+        description="Duoduo CLIP: multi-view shape embeddings in CLIP's text space.",
+        epilog="Run `ddclip COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ddclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    encode = commands.add_parser(
+        "encode",
+        help="embed views of objects into a .npy of shape (objects, 512)",
+        description="Embed views of objects. Image files given together are the views of ONE object; "
+        "each folder given is one object made of the images in it. Output: float32 .npy (objects, 512), "
+        "L2-normalised, objects in the order: folders, then files.",
+    )
+    encode.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="image files (views of one object) or folders (one object each)",
+    )
+    encode.add_argument(
+        "--views",
+        type=int,
+        metavar="F",
+        help="each image is a strip of F views stacked vertically (e.g. 12 for the published couch.jpg)",
+    )
+    encode.add_argument("--per-image", action="store_true", help="treat each image file as a separate object")
+    encode.add_argument("--out", "-o", required=True, metavar="FILE.npy", help="output .npy file")
+    encode.add_argument(
+        "--crop",
+        default="center",
+        choices=["center", "random"],
+        help="crop 208 px at the centre (deterministic, default) or at random (published)",
+    )
+    encode.add_argument(
+        "--resize",
+        default="stretch",
+        choices=["stretch", "pad"],
+        help="non-square views: stretch to a square (published, default) or pad with white",
+    )
+    encode.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
+    _add_model_args(encode)
+    encode.set_defaults(func=cmd_encode)
+
+    text = commands.add_parser(
+        "text",
+        help="embed texts into a .npy of shape (texts, 512)",
+        description="Embed texts with the CLIP text tower (L2-normalised).",
+    )
+    text.add_argument("texts", nargs="+", metavar="TEXT", help='one or more texts, e.g. "a white couch"')
+    text.add_argument("--out", "-o", required=True, metavar="FILE.npy", help="output .npy file")
+    _add_model_args(text)
+    text.set_defaults(func=cmd_text)
+
+    weights = commands.add_parser("weights", help="download, inspect or export weight files")
+    weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    download = weight_commands.add_parser(
+        "download", help="download published weights from Hugging Face (needs internet)"
+    )
+    download.add_argument(
+        "--name",
+        default="duoduoclip",
+        choices=["duoduoclip", "openclip-vit-b-32"],
+        help="which weights (default: the published Duoduo CLIP checkpoint)",
+    )
+    download.add_argument("--dir", metavar="FOLDER", help="target folder (default: $DDCLIP_CACHE or ~/.cache/ddclip)")
+    download.set_defaults(func=cmd_weights_download)
+    info = weight_commands.add_parser("info", help="show the format and architecture of a weight file")
+    info.add_argument("path", help="weight file or export folder")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument(
+        "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
+    info.set_defaults(func=cmd_weights_info)
+    export = weight_commands.add_parser(
+        "export", help="convert any supported weight file to a ddclip export (safetensors + config.json)"
+    )
+    export.add_argument("source", help="weight file to convert")
+    export.add_argument("out", help="output folder")
+    _add_model_args(export)
+    export.set_defaults(func=cmd_weights_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    warnings.simplefilter("default")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError, ConnectionError, RuntimeError) as exc:
+        print(f"ddclip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""``load_model``: the one entry point that builds a DuoduoCLIP and puts weights in it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ._runtime import check_precision, resolve_device
+from .config import DEFAULT_ARCH, DuoduoConfig
+from .model import DuoduoCLIP
+from .weights import CheckpointError, WeightFile, check_state_dict, read_weights
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = (
+    "ddclip: NO WEIGHTS GIVEN - the model is RANDOMLY INITIALISED and its embeddings are meaningless. "
+    "Pass weights=PATH (the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP ViT-B-32 file or a ddclip "
+    "export); `ddclip weights download` fetches the published checkpoint when online."
+)
+
+
+class RandomWeightsWarning(UserWarning):
+    """Issued when a model is built without weights."""
+
+
+def load_model(
+    weights: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    layers_threshold: int | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+) -> DuoduoCLIP:
+    """Build a Duoduo CLIP model, ready for inference (eval mode).
+
+    Args:
+        weights: the published Lightning checkpoint (``Four_1to6F_bs1600_LT6.ckpt`` layout), an
+            OpenCLIP weight file (``open_clip_pytorch_model.bin`` / ``.safetensors``, the starting
+            point for training), or a ddclip export (folder or its ``model.safetensors``). The
+            format is read from the file's bytes. None: random initialisation, with a loud warning.
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N".
+        precision: "fp32", "fp16" or "bf16"; 16-bit runs under autocast, weights stay fp32.
+        layers_threshold: first visual block with cross-view attention. None: what the checkpoint
+            records, else 6 (the published model). Equal to the number of blocks: plain CLIP.
+        arch: open_clip architecture name when the file does not record one (default ViT-B-32).
+        trust_pickle: allow arbitrary pickled objects in torch checkpoints. Only for files you trust.
+    """
+    precision = check_precision(precision)
+    target = resolve_device(device)
+    if weights is None:
+        warnings.warn(RANDOM_WEIGHTS_WARNING, RandomWeightsWarning, stacklevel=2)
+        log.warning(RANDOM_WEIGHTS_WARNING)
+        model = DuoduoCLIP(DuoduoConfig.from_arch(arch or DEFAULT_ARCH, layers_threshold))
+    else:
+        model = _model_from_file(read_weights(weights, trust_pickle=trust_pickle), layers_threshold, arch)
+    return model.to(target).eval().set_precision(precision)
+
+
+def _model_from_file(weights: WeightFile, layers_threshold: int | None, arch: str | None) -> DuoduoCLIP:
+    config = weights.config
+    if config is None:
+        recorded_arch = weights.arch
+        if arch and recorded_arch and arch != recorded_arch:
+            raise CheckpointError(f"{weights.path} records arch {recorded_arch!r}, but arch={arch!r} was asked for")
+        config = DuoduoConfig.from_arch(arch or recorded_arch or DEFAULT_ARCH, weights.layers_threshold)
+    if layers_threshold is not None and layers_threshold != config.layers_threshold:
+        recorded = weights.config is not None or weights.layers_threshold is not None
+        if recorded:
+            warnings.warn(
+                f"{weights.path.name} was trained with layers_threshold={config.layers_threshold}; "
+                f"using layers_threshold={layers_threshold} as asked",
+                stacklevel=3,
+            )
+        config = DuoduoConfig.from_dict({**config.to_dict(), "layers_threshold": layers_threshold})
+    model = DuoduoCLIP(config)
+    check_state_dict(model.clip.state_dict(), weights.state_dict, f"{weights.path} ({weights.format})", config.arch)
+    model.clip.load_state_dict(weights.state_dict, strict=True)
+    model.weights_source = str(Path(weights.path).resolve())
+    return model

@@ -1,0 +1,224 @@
+"""DuoduoCLIP: OpenCLIP's image tower with cross-view attention in its upper blocks.
+
+The weights are a plain open_clip ``CLIP`` held as ``self.clip``, so state dict keys are
+open_clip's own (the published checkpoint prefixes them with ``duoduoclip.``). Only the
+forward pass of the image tower differs: see ``_multiview``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._multiview import encode_packed_views
+from ._runtime import Precision, autocast, check_precision
+from .config import DuoduoConfig
+from .images import as_objects
+from .preprocess import CropMode, Preprocessor, ResizeMode
+
+_ATTN_PARAM = re.compile(r"^clip\.visual\.transformer\.resblocks\.(\d+)\.attn\.")
+
+
+class DuoduoCLIP(nn.Module):
+    """Multi-view shape encoder and CLIP text encoder sharing one embedding space.
+
+    Build it with ``ddclip_core.load_model``. ``encode_views`` and ``encode_text`` are the
+    inference API (L2-normalised by default); ``forward`` is the raw differentiable network.
+    """
+
+    def __init__(self, config: DuoduoConfig) -> None:
+        super().__init__()
+        self.config = config
+        cfg = dict(config.clip_cfg)
+        cfg.pop("cast_dtype", None)
+        self.clip = open_clip.CLIP(**cfg)
+        self.precision: Precision = "fp32"
+        self.preprocessor = Preprocessor(config.preprocess)
+        self.weights_source: str | None = None
+        self._tokenizer: Any = None
+        self._weights_id: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.clip.visual.proj.device
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_blocks
+
+    @property
+    def layers_threshold(self) -> int:
+        return self.config.layers_threshold
+
+    @property
+    def weights_id(self) -> str:
+        """Fingerprint of the weights and threshold: embeddings are comparable iff these match."""
+        if self._weights_id is None:
+            digest = hashlib.sha256(f"{self.config.arch}|{self.layers_threshold}".encode())
+            for name, tensor in sorted(self.clip.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._weights_id = f"{self.config.arch}-lt{self.layers_threshold}-{digest.hexdigest()[:16]}"
+        return self._weights_id
+
+    def set_precision(self, precision: str) -> DuoduoCLIP:
+        self.precision = check_precision(precision)
+        return self
+
+    def set_preprocessing(self, crop: CropMode = "center", resize: ResizeMode = "stretch") -> DuoduoCLIP:
+        """crop='random' reproduces the published (non-deterministic) inference crop."""
+        self.preprocessor = Preprocessor(self.config.preprocess, crop=crop, resize=resize)
+        return self
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._weights_id = None
+        return super().load_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ network
+    def forward(self, pixels: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Preprocessed views (B, F, 3, S, S) -> (B, embed_dim), not normalised, differentiable.
+
+        view_mask (B, F) bool marks real views in a padded batch; each object needs >= 1.
+        """
+        size = self.config.preprocess.image_size
+        if pixels.ndim != 5 or pixels.shape[2] != 3 or pixels.shape[-2:] != (size, size):
+            raise ValueError(
+                f"expected preprocessed views of shape (B, F, 3, {size}, {size}), got {tuple(pixels.shape)}"
+            )
+        if not pixels.is_floating_point():
+            raise ValueError(
+                f"preprocessed views must be a float tensor, got {pixels.dtype}; pass uint8 images as numpy"
+            )
+        batch, frames = pixels.shape[:2]
+        if view_mask is None:
+            return encode_packed_views(self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold)
+        view_mask = torch.as_tensor(view_mask, device=pixels.device)
+        if view_mask.shape != (batch, frames) or view_mask.dtype != torch.bool:
+            got = f"{view_mask.dtype} {tuple(view_mask.shape)}"
+            raise ValueError(f"view_mask must be a bool tensor of shape {(batch, frames)}, got {got}")
+        counts = view_mask.sum(dim=1).tolist()
+        if min(counts) < 1:
+            raise ValueError(f"view_mask leaves objects {[i for i, c in enumerate(counts) if c < 1]} with no views")
+        return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold)
+
+    # ------------------------------------------------------------------ inference API
+    def encode_views(
+        self,
+        views: Any,
+        *,
+        normalize: bool = True,
+        num_views: int | None = None,
+        view_mask: torch.Tensor | None = None,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Views of one or more objects -> (B, embed_dim) shape embeddings (float32, model device).
+
+        views: (H, W, 3) or (F, H, W, 3) uint8 array (one object), (B, F, H, W, 3) array, a path or
+            PIL image, a flat list of those (one object's views), or a list of objects each with its
+            own number of views (one padded forward pass per ``batch_size`` objects). Float arrays
+            are read as RGB in [0, 1]. A float torch tensor (B, F, 3, S, S) is taken as already
+            preprocessed, with an optional (B, F) bool ``view_mask``, and keeps autograd.
+        num_views: split every image into this many views stacked vertically (a packed strip).
+        """
+        if isinstance(views, torch.Tensor):
+            return self._encode_tensor(views, view_mask, normalize)
+        if view_mask is not None:
+            raise ValueError("view_mask only applies to preprocessed tensor input")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        objects = as_objects(views, num_views)
+        out = []
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for start in range(0, len(objects), batch_size):
+                chunk = objects[start : start + batch_size]
+                pixels = self.preprocessor([v for obj in chunk for v in obj], self.device)
+                out.append(
+                    encode_packed_views(self.clip.visual, pixels, [len(o) for o in chunk], self.layers_threshold)
+                )
+        return self._finish(torch.cat(out), normalize)
+
+    def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
+        if pixels.is_floating_point() and not torch.isfinite(pixels).all():
+            raise ValueError("preprocessed views contain NaN or infinity")
+        with autocast(self.device, self.precision):
+            embeddings = self(pixels.to(self.device), None if view_mask is None else view_mask.to(self.device))
+        return self._finish(embeddings, normalize)
+
+    def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """Text(s) -> (N, embed_dim) CLIP text embeddings (float32, model device)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise ValueError("encode_text needs a non-empty string or list of strings")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} is {type(text).__name__}, not str")
+            if not text.strip():
+                raise ValueError(f"text {i} is empty")
+        out = []
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+                out.append(self.clip.encode_text(tokens))
+        return self._finish(torch.cat(out), normalize)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            context = int(self.config.clip_cfg["text_cfg"].get("context_length", 77))
+            self._tokenizer = open_clip.SimpleTokenizer(context_length=context)
+        return self._tokenizer
+
+    @staticmethod
+    def _finish(embeddings: torch.Tensor, normalize: bool) -> torch.Tensor:
+        embeddings = embeddings.float()
+        return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
+    # ------------------------------------------------------------------ fine-tuning
+    def trainable_parameters(self, layers_threshold: int | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+        """The parameters Duoduo CLIP fine-tunes: attention (in_proj, out_proj) of visual blocks
+        >= layers_threshold (default: the model's). Everything else stays frozen."""
+        threshold = self.layers_threshold if layers_threshold is None else layers_threshold
+        for name, param in self.named_parameters():
+            match = _ATTN_PARAM.match(name)
+            if match and int(match.group(1)) >= threshold:
+                yield name, param
+
+    def freeze_for_finetuning(self, layers_threshold: int | None = None) -> int:
+        """Set requires_grad on exactly the trainable parameters; return their element count."""
+        trainable = {name for name, _ in self.trainable_parameters(layers_threshold)}
+        count = 0
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+            count += param.numel() if name in trainable else 0
+        return count
+
+    def configure_optimizer(self, lr: float = 5e-5, weight_decay: float = 0.01, **adamw: Any) -> torch.optim.AdamW:
+        """AdamW over the parameters that currently require grad (the published recipe's defaults)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no parameter requires grad: call freeze_for_finetuning() first")
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw)
+
+    def extra_repr(self) -> str:
+        return (
+            f"arch={self.config.arch}, layers_threshold={self.layers_threshold}/{self.num_blocks}, "
+            f"embed_dim={self.embed_dim}, precision={self.precision}, weights={self.weights_source}"
+        )
+
+
+def embeddings_to_numpy(embeddings: torch.Tensor) -> np.ndarray:
+    return embeddings.detach().to("cpu", torch.float32).numpy()

@@ -1,0 +1,83 @@
+"""uint8 views -> CLIP-normalised network input, on the model's device.
+
+The published recipe is: /255 -> (resize to 224 if needed) -> crop 208 -> resize 224 -> CLIP
+mean/std. The published code crops at a random offset even at inference; here the crop is
+centred by default (deterministic, same distribution) and random on request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import PreprocessConfig
+
+CropMode = Literal["center", "random"]
+ResizeMode = Literal["stretch", "pad"]
+
+
+@dataclass
+class Preprocessor:
+    """Callable turning a list of (H, W, 3) uint8 views into a (N, 3, S, S) float tensor.
+
+    crop: "center" (deterministic, default) or "random" (published behaviour; one offset per call,
+        as torchvision's RandomCrop applies to a batch).
+    resize: "stretch" (published: any size is resized to S x S) or "pad" (letterbox to a square on
+        white first, keeping the aspect ratio of e.g. a tracker's crop).
+    """
+
+    config: PreprocessConfig
+    crop: CropMode = "center"
+    resize: ResizeMode = "stretch"
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("center", "random"):
+            raise ValueError(f"crop must be 'center' or 'random', got {self.crop!r}")
+        if self.resize not in ("stretch", "pad"):
+            raise ValueError(f"resize must be 'stretch' or 'pad', got {self.resize!r}")
+
+    def __call__(self, views: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+        if not views:
+            raise ValueError("no views to preprocess")
+        size = self.config.image_size
+        out = torch.empty(len(views), 3, size, size, device=device)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, view in enumerate(views):
+            by_shape.setdefault(view.shape, []).append(index)
+        for indices in by_shape.values():
+            batch = np.stack([views[i] for i in indices])
+            pixels = torch.from_numpy(batch).to(device, non_blocking=True)
+            out[indices] = self.from_uint8(pixels)
+        return self.crop_and_normalize(out)
+
+    def from_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 -> (n, 3, S, S) float in [0, 1]."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.resize == "pad" and x.shape[-1] != x.shape[-2]:
+            height, width = x.shape[-2:]
+            side = max(height, width)
+            top, left = (side - height) // 2, (side - width) // 2
+            x = F.pad(x, (left, side - width - left, top, side - height - top), value=1.0)
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def crop_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 3, S, S) in [0, 1] -> cropped, resized back to S, CLIP-normalised."""
+        size, crop = self.config.image_size, self.config.crop_size
+        if crop < size:
+            if self.crop == "random":
+                top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=self.generator))
+            else:
+                top = left = (size - crop) // 2
+            x = x[:, :, top : top + crop, left : left + crop]
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std

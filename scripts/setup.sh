@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root and install ddclip with everything it needs, from scratch.
+# Idempotent: a second run only installs what changed. Needs python3.11 (or PYTHON=...), pip access
+# to the package registry, and ~7 GB of disk (torch's CUDA build runs on CPU too).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+PYTHON="${PYTHON:-python3}"
+stamp=.venv/.ddclip-setup-done
+if [[ -f "$stamp" && "$stamp" -nt setup.py && "$stamp" -nt scripts/setup.sh ]]; then
+    exit 0
+fi
+if [[ ! -x .venv/bin/python ]]; then
+    echo "[setup] creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip setuptools wheel
+# torch unpinned: the registry's current build; torchvision from the same registry matches it.
+echo "[setup] installing ddclip and its dependencies (first run: a few minutes)"
+"${pip[@]}" install -e ".[test,download]"
+touch "$stamp"
+echo "[setup] done: $(.venv/bin/python -c 'import torch, open_clip; print("torch", torch.__version__, "open_clip", open_clip.__version__)')"

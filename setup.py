@@ -1,0 +1,40 @@
+"""ddclip: Duoduo CLIP multi-view shape embeddings for ROS 2 robots.
+
+The Python distribution is named ``ddclip`` and installs the import packages ``ddclip_core``
+(model, no ROS), ``ddclip_ros`` (ROS 2 layer) and ``training``. The ROS package (package.xml)
+is named ``ddclip``, which no source folder uses, so generated interfaces are never shadowed.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ddclip",
+    version="0.1.0",
+    description="Duoduo CLIP: multi-view shape embeddings in CLIP space, with a ROS 2 perception node",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ddclip_core*", "ddclip_ros*", "training*"]),
+    package_data={"ddclip_core": ["assets/*"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pillow>=9",
+        "torch>=2.2",
+        "torchvision",
+        "open_clip_torch>=2.24",
+        "safetensors>=0.4",
+        "tqdm",
+    ],
+    extras_require={
+        "download": ["huggingface_hub>=0.20"],
+        "test": ["pytest>=7", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ddclip = ddclip_core.cli:main",
+        ],
+    },
+)

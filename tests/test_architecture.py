@@ -1,0 +1,178 @@
+"""Faithfulness of the multi-view forward pass to the published Duoduo CLIP architecture."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddclip_core import DuoduoCLIP, DuoduoConfig
+from tests.conftest import make_tiny, random_views
+
+
+def _block_inputs(model: DuoduoCLIP, views: np.ndarray) -> list[torch.Tensor]:
+    """Hidden states after each block's attention (the input of its ln_2), packed (N, L, D)."""
+    captured: list[torch.Tensor] = []
+    hooks = [
+        block.ln_2.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().clone()))
+        for block in model.clip.visual.transformer.resblocks
+    ]
+    try:
+        model.encode_views(views)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def test_blocks_below_threshold_attend_within_a_view_above_across_all_views():
+    model = make_tiny(layers_threshold=2)
+    views = random_views(3)
+    changed = views.copy()
+    changed[2, :32, :32] = 255 - changed[2, :32, :32]  # one patch of view 2 only
+    before, after = _block_inputs(model, views), _block_inputs(model, changed)
+    for index in range(model.num_blocks):
+        view0_delta = (before[index][0] - after[index][0]).abs().amax(dim=-1)  # per token of view 0
+        if index < model.layers_threshold:
+            assert torch.equal(before[index][0], after[index][0]), f"block {index} saw another view"
+        else:
+            assert (view0_delta > 1e-6).all(), f"block {index}: not every token of view 0 sees view 2"
+
+
+def test_no_cross_view_blocks_equals_mean_of_plain_open_clip(vit_b32):
+    model = copy.deepcopy(vit_b32)
+    model.config.layers_threshold = model.num_blocks
+    views = random_views(4, seed=1)
+    pixels = model.preprocessor(list(views))
+    with torch.no_grad():
+        plain = model.clip.encode_image(pixels).mean(dim=0, keepdim=True)
+        ours = model.encode_views(pixels[None], normalize=False)
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_single_view_equals_plain_clip_at_any_threshold():
+    model = make_tiny(layers_threshold=0)
+    view = random_views(1, seed=2)
+    pixels = model.preprocessor(list(view))
+    with torch.no_grad():
+        plain = F.normalize(model.clip.encode_image(pixels), dim=-1)
+    torch.testing.assert_close(model.encode_views(view[0]), plain, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_view_attention_changes_the_embedding():
+    views = random_views(3, seed=3)
+    mixed, plain = make_tiny(layers_threshold=2, seed=4), make_tiny(layers_threshold=4, seed=4)
+    assert (mixed.encode_views(views) - plain.encode_views(views)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("threshold", [0, 2, 4])
+def test_permutation_invariance(threshold):
+    model = make_tiny(layers_threshold=threshold)
+    views = random_views(5, seed=5)
+    base = model.encode_views(views)
+    for order in ([4, 3, 2, 1, 0], [1, 3, 0, 4, 2]):
+        torch.testing.assert_close(model.encode_views(views[order]), base, rtol=1e-4, atol=1e-5)
+
+
+def test_objects_with_different_view_counts_in_one_pass_equal_each_alone(tiny_model):
+    objects = [random_views(n, seed=10 + n) for n in (1, 3, 5, 2)]
+    calls = []
+    hook = tiny_model.clip.visual.conv1.register_forward_hook(lambda *_: calls.append(1))
+    batched = tiny_model.encode_views(objects)
+    hook.remove()
+    assert len(calls) == 1, "all objects must go through one forward pass"
+    alone = torch.cat([tiny_model.encode_views(obj) for obj in objects])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_padded_tensor_batch_with_view_mask_equals_unpadded(tiny_model):
+    objects = [random_views(n, seed=20 + n) for n in (2, 4, 1)]
+    prepared = [tiny_model.preprocessor(list(obj)) for obj in objects]
+    padded = torch.randn(3, 4, 3, 224, 224)  # garbage in padding must not matter
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    for i, pixels in enumerate(prepared):
+        padded[i, : len(pixels)] = pixels
+        mask[i, : len(pixels)] = True
+    with torch.no_grad():
+        batched = tiny_model.encode_views(padded, view_mask=mask)
+        alone = torch.cat([tiny_model.encode_views(p[None]) for p in prepared])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_mask_need_not_be_left_aligned(tiny_model):
+    pixels = tiny_model.preprocessor(list(random_views(3, seed=30)))
+    padded = torch.randn(1, 5, 3, 224, 224)
+    padded[0, [0, 2, 4]] = pixels
+    mask = torch.tensor([[True, False, True, False, True]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            tiny_model.encode_views(padded, view_mask=mask), tiny_model.encode_views(pixels[None]), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_embeddings_are_unit_length_and_unnormalised_on_request(tiny_model):
+    views = random_views(2)
+    assert torch.allclose(tiny_model.encode_views(views).norm(dim=-1), torch.ones(1))
+    raw = tiny_model.encode_views(views, normalize=False)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(1))
+    assert tiny_model.encode_text("a chair", normalize=False).shape == (1, 32)
+
+
+def test_tensor_path_keeps_autograd_for_training(tiny_model):
+    tiny_model.freeze_for_finetuning()
+    pixels = tiny_model.preprocessor(list(random_views(2)))[None]
+    tiny_model.encode_views(pixels).sum().backward()
+    trainable = dict(tiny_model.trainable_parameters())
+    for name, param in tiny_model.named_parameters():
+        assert (param.grad is not None) == (name in trainable), name
+
+
+def test_text_matches_open_clip(tiny_model):
+    texts = ["a white couch", "a red mug on a table"]
+    tokens = tiny_model.tokenizer(texts)
+    with torch.no_grad():
+        reference = F.normalize(tiny_model.clip.encode_text(tokens), dim=-1)
+    torch.testing.assert_close(tiny_model.encode_text(texts), reference)
+
+
+def test_trainable_parameters_are_the_upper_attention_blocks(vit_b32):
+    count = sum(p.numel() for _, p in vit_b32.trainable_parameters())
+    assert count == 14_174_208  # 6 blocks x (in_proj 768x2304+2304, out_proj 768x768+768): 14.2 M
+    names = {n for n, _ in vit_b32.trainable_parameters()}
+    assert names == {
+        f"clip.visual.transformer.resblocks.{i}.attn.{p}"
+        for i in range(6, 12)
+        for p in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+    }
+    assert sum(p.numel() for _, p in vit_b32.trainable_parameters(layers_threshold=0)) == 2 * count
+
+
+def test_freeze_for_finetuning_sets_requires_grad(tiny_model):
+    count = tiny_model.freeze_for_finetuning()
+    assert count == sum(p.numel() for p in tiny_model.parameters() if p.requires_grad)
+    optimizer = tiny_model.configure_optimizer()
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == count
+    assert optimizer.defaults["lr"] == 5e-5
+
+
+def test_bf16_autocast_close_to_fp32(tiny_model):
+    views = random_views(3, seed=40)
+    full = tiny_model.encode_views(views)
+    half = tiny_model.set_precision("bf16").encode_views(views)
+    assert half.dtype == torch.float32
+    assert F.cosine_similarity(full, half).item() > 0.99
+
+
+def test_config_json_round_trip_and_validation():
+    config = DuoduoConfig.from_arch("ViT-B-32", 6)
+    assert DuoduoConfig.from_json(config.to_json()) == config
+    assert config.num_blocks == 12 and config.embed_dim == 512
+    with pytest.raises(ValueError, match="layers_threshold must be in 0..12"):
+        DuoduoConfig.from_arch("ViT-B-32", 13)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        DuoduoConfig.from_arch("ViT-Q-99")
+    with pytest.raises(ValueError, match="plain ViT"):
+        DuoduoConfig.from_arch("RN50")

@@ -1,0 +1,142 @@
+"""The ddclip command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddclip_core import load_model, save_export
+from ddclip_core.cli import main
+from tests.conftest import make_tiny, random_views
+
+
+def ddclip(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ddclip_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DDCLIP_CACHE": "/nonexistent-ddclip-cache", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    return save_export(make_tiny(seed=3), tmp_path_factory.mktemp("weights") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for obj in ("mug", "chair"):
+        (folder / obj).mkdir()
+        for i, view in enumerate(random_views(3, seed=len(obj))):
+            Image.fromarray(view).save(folder / obj / f"{i:02d}.png")
+    strip = np.concatenate(list(random_views(4, seed=9)), axis=0)
+    Image.fromarray(strip).save(folder / "strip.png")
+    return folder
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("ddclip")
+    assert script.is_file(), "pip install -e . should install the ddclip console script"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ddclip 0.1.0" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["encode"], ["text"], ["weights"], ["weights", "download"], ["weights", "info"], ["weights", "export"]],
+)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: ddclip" in out and "-h, --help" in out
+
+
+def test_encode_views_of_one_object_matches_the_library(export, images, tmp_path):
+    out = tmp_path / "mug.npy"
+    files = sorted(str(p) for p in (images / "mug").iterdir())
+    result = ddclip("encode", *files, "--weights", str(export), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "1 object(s) x 32" in result.stdout and "3 view(s)" in result.stdout
+    model = load_model(export, device="cpu")
+    np.testing.assert_allclose(np.load(out), model.encode_views(files).numpy(), atol=1e-5)
+
+
+def test_encode_folders_and_strips(export, images, tmp_path):
+    out = tmp_path / "objects.npy"
+    result = ddclip("encode", str(images / "mug"), str(images / "chair"), "--weights", str(export), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert np.load(out).shape == (2, 32)
+    out = tmp_path / "strip.npy"
+    result = ddclip("encode", str(images / "strip.png"), "--views", "4", "--weights", str(export), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "4 view(s)" in result.stdout
+    model = load_model(export, device="cpu")
+    views = np.asarray(Image.open(images / "strip.png")).reshape(4, 224, 224, 3)
+    np.testing.assert_allclose(np.load(out), model.encode_views(views).numpy(), atol=1e-5)
+
+
+def test_text(export, tmp_path):
+    out = tmp_path / "t.npy"
+    result = ddclip("text", "a white couch", "a red mug", "--weights", str(export), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    expected = load_model(export, device="cpu").encode_text(["a white couch", "a red mug"]).numpy()
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_weights_info_and_export(export, tmp_path):
+    result = ddclip("weights", "info", str(export))
+    assert result.returncode == 0 and "ddclip" in result.stdout and "tiny-test" in result.stdout
+    ckpt = tmp_path / "m.ckpt"
+    model = make_tiny(seed=3)
+    torch.save(
+        {
+            "state_dict": {f"duoduoclip.{k}": v for k, v in model.clip.state_dict().items()},
+            "hyper_parameters": {"ddclip_config": model.config.to_dict()},
+        },
+        ckpt,
+    )
+    result = ddclip("weights", "export", str(ckpt), str(tmp_path / "exported"))
+    assert result.returncode == 0, result.stderr
+    assert load_model(tmp_path / "exported", device="cpu").weights_id == model.weights_id
+
+
+def test_random_weights_warn_loudly(images, tmp_path):
+    result = ddclip("encode", str(images / "mug"), "--out", str(tmp_path / "r.npy"))
+    assert result.returncode == 0, result.stderr
+    assert "RANDOMLY INITIALISED" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["encode", "/no/such/view.png"], "image file not found: /no/such/view.png"),
+        (["encode", "{strip}", "--views", "5"], "not divisible by num_views=5"),
+        (["encode", "{mug}", "--weights", "/no/such.ckpt"], "weights file not found"),
+        (["text", " "], "text 0 is empty"),
+    ],
+)
+def test_errors_are_one_clear_line(export, images, tmp_path, args, message):
+    args = [a.format(strip=images / "strip.png", mug=images / "mug") for a in args]
+    if "--weights" not in args:
+        args += ["--weights", str(export)]
+    result = ddclip(*args, "--out", str(tmp_path / "x.npy"))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_offline_download_says_so(tmp_path):
+    result = ddclip("weights", "download", "--dir", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "cannot download 3dlg-hcvc/DuoduoCLIP/Four_1to6F_bs1600_LT6.ckpt" in result.stderr
