@@ -1,8 +1,9 @@
 """ddclip: Duoduo CLIP multi-view shape embeddings for ROS 2 robots.
 
-The Python distribution is named ``ddclip`` and installs the import packages ``ddclip_core``
-(model, no ROS), ``ddclip_ros`` (ROS 2 layer) and ``training``. The ROS package (package.xml)
-is named ``ddclip``, which no source folder uses, so generated interfaces are never shadowed.
+The Python distribution is named ``ddclip``; its import packages are ``ddclip_core``
+(model, no ROS) and, as they land, ``ddclip_ros`` (ROS 2 layer) and ``training``. The ROS package
+(package.xml) is named ``ddclip``, which no source folder uses, so its generated interfaces are
+never shadowed.
 """
 
 from pathlib import Path
@@ -19,6 +20,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ddclip_core*", "ddclip_ros*", "training*"]),
     package_data={"ddclip_core": ["assets/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/ddclip"]),
+        ("share/ddclip", ["package.xml"]),
+    ],
     install_requires=[
         "numpy>=1.24",
         "pillow>=9",

@@ -10,8 +10,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import __version__
+from .factory import RandomWeightsWarning
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -131,6 +133,40 @@ def cmd_weights_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from .images import read_image, split_strip
+
+    assets = resources.files("ddclip_core") / "assets"
+    rows = [line.split("\t") for line in (assets / "examples.tsv").read_text().splitlines()[1:] if line.strip()]
+    labels = [label for _, label in rows]
+    objects = [split_strip(read_image(assets / name), args.views, name) for name, _ in rows]
+    model = _load(args)
+    if model.weights_source is None:
+        print("NOTE: no real weights found, so the model is RANDOMLY INITIALISED and the ranking below is")
+        print("      meaningless. Get the published weights with `ddclip weights download` (or --weights PATH).\n")
+    texts = model.encode_text(labels)
+    scores = {
+        1: model.encode_views([views[:1] for views in objects]) @ texts.T,
+        args.views: model.encode_views(objects) @ texts.T,
+    }
+    print(f"weights: {model.weights_source or 'random'} ({model.weights_id})")
+    print(f"{len(objects)} example objects ranked against: {', '.join(labels)}\n")
+    print(f"{'object':<16}" + "".join(f"{f'best label, {n} view(s)':<32}" for n in scores))
+    for i, label in enumerate(labels):
+        cells = []
+        for table in scores.values():
+            best = int(table[i].argmax())
+            cells.append(f"{'ok' if best == i else 'xx'} {labels[best]} ({table[i, best]:.3f})")
+        print(f"{label:<16}" + "".join(f"{cell:<32}" for cell in cells))
+    truth = torch.arange(len(labels), device=texts.device)
+    hits = {n: int((table.argmax(1) == truth).sum()) for n, table in scores.items()}
+    summary = ", ".join(f"{hit}/{len(labels)} with {n} view(s)" for n, hit in hits.items())
+    print(f"\ntop-1: {summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddclip",
@@ -188,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(text)
     text.set_defaults(func=cmd_text)
 
+    demo = commands.add_parser(
+        "demo", help="embed the shipped example objects and name each from a list of labels",
+        description="Embed the example objects shipped in ddclip_core/assets (12 rendered views of real meshes "
+        "each) with one view and with all views, and rank their labels by cosine similarity.",
+    )
+    demo.add_argument("--views", type=int, default=12, help="views in each example strip (default: 12)")
+    _add_model_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
     weights = commands.add_parser("weights", help="download, inspect or export weight files")
     weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     download = weight_commands.add_parser(
@@ -225,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     warnings.simplefilter("default")
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # load_model also logs it; say it once
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, TypeError, ConnectionError, RuntimeError) as exc:

@@ -14,10 +14,13 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "[setup] creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip setuptools wheel
+pip() {
+    # The registry mirror here prints a harmless "Location ... is ignored" line per package: hide those.
+    .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
+pip install --upgrade pip setuptools wheel
 # torch unpinned: the registry's current build; torchvision from the same registry matches it.
 echo "[setup] installing ddclip and its dependencies (first run: a few minutes)"
-"${pip[@]}" install -e ".[test,download]"
+pip install -e ".[test,download]"
 touch "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, open_clip; print("torch", torch.__version__, "open_clip", open_clip.__version__)')"

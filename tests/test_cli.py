@@ -112,6 +112,15 @@ def test_weights_info_and_export(export, tmp_path):
     assert load_model(tmp_path / "exported", device="cpu").weights_id == model.weights_id
 
 
+def test_demo_names_the_shipped_example_objects(export):
+    result = ddclip("demo", "--weights", str(export))
+    assert result.returncode == 0, result.stderr
+    for label in ("a rubber duck", "a teddy bear", "a red mug", "a soccer ball"):
+        assert label in result.stdout
+    assert "top-1: " in result.stdout and "with 12 view(s)" in result.stdout
+    assert "RANDOMLY INITIALISED" not in result.stdout
+
+
 def test_random_weights_warn_loudly(images, tmp_path):
     result = ddclip("encode", str(images / "mug"), "--out", str(tmp_path / "r.npy"))
     assert result.returncode == 0, result.stderr
