@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     text.set_defaults(func=cmd_text)
 
     demo = commands.add_parser(
-        "demo", help="embed the shipped example objects and name each from a list of labels",
+        "demo",
+        help="embed the shipped example objects and name each from a list of labels",
         description="Embed the example objects shipped in ddclip_core/assets (12 rendered views of real meshes "
         "each) with one view and with all views, and rank their labels by cosine similarity.",
     )

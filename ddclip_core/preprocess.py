@@ -44,40 +44,55 @@ class Preprocessor:
     def __call__(self, views: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
         if not views:
             raise ValueError("no views to preprocess")
-        size = self.config.image_size
-        out = torch.empty(len(views), 3, size, size, device=device)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, view in enumerate(views):
             by_shape.setdefault(view.shape, []).append(index)
+        if len(by_shape) == 1:
+            return self.from_uint8(torch.from_numpy(np.stack(views)).to(device, non_blocking=True))
+        size = self.config.image_size
+        out = torch.empty(len(views), 3, size, size, device=device)
         for indices in by_shape.values():
-            batch = np.stack([views[i] for i in indices])
-            pixels = torch.from_numpy(batch).to(device, non_blocking=True)
+            pixels = torch.from_numpy(np.stack([views[i] for i in indices])).to(device, non_blocking=True)
             out[indices] = self.from_uint8(pixels)
-        return self.crop_and_normalize(out)
+        return out
 
     def from_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, H, W, 3) uint8 -> (n, 3, S, S) float in [0, 1]."""
-        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        """(n, H, W, 3) uint8 -> (n, 3, S, S) network input.
+
+        Normalisation commutes with bilinear resizing (its weights sum to one), so it is applied
+        once, fused with the uint8 -> float conversion, on the smallest tensor on the way.
+        """
+        size = self.config.image_size
+        x = pixels.permute(0, 3, 1, 2)
         if self.resize == "pad" and x.shape[-1] != x.shape[-2]:
             height, width = x.shape[-2:]
             side = max(height, width)
             top, left = (side - height) // 2, (side - width) // 2
-            x = F.pad(x, (left, side - width - left, top, side - height - top), value=1.0)
-        size = self.config.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return x
+            x = F.pad(x, (left, side - width - left, top, side - height - top), value=255)
+        if x.shape[-2:] == (size, size):
+            x = self._normalize(self._crop(x).contiguous())
+        else:
+            x = self._crop(_resize(self._normalize(x.contiguous()), size))
+        return x if x.shape[-2:] == (size, size) else _resize(x, size)
 
-    def crop_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, 3, S, S) in [0, 1] -> cropped, resized back to S, CLIP-normalised."""
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
         size, crop = self.config.image_size, self.config.crop_size
-        if crop < size:
-            if self.crop == "random":
-                top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=self.generator))
-            else:
-                top = left = (size - crop) // 2
-            x = x[:, :, top : top + crop, left : left + crop]
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        if crop == size:
+            return x
+        if self.crop == "random":
+            top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=self.generator))
+        else:
+            top = left = (size - crop) // 2
+        return x[:, :, top : top + crop, left : left + crop]
+
+    def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 -> (x / 255 - mean) / std as one scale and one shift per channel."""
+        std = torch.tensor(self.config.std, device=pixels.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.config.mean, device=pixels.device).view(1, 3, 1, 1)
+        return pixels.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    # Antialiasing only matters when shrinking; for enlarging, plain bilinear is the same and faster.
+    shrink = x.shape[-1] > size or x.shape[-2] > size
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)

@@ -96,10 +96,13 @@ def test_center_crop_matches_the_published_recipe(tiny_model):
 def test_pad_resize_keeps_aspect(tiny_model):
     tall = np.zeros((200, 100, 3), dtype=np.uint8)
     tiny_model.set_preprocessing(resize="pad")
-    pixels = tiny_model.preprocessor.from_uint8(torch.from_numpy(tall[None]))
+    pixels = tiny_model.preprocessor([tall])
     assert pixels.shape == (1, 3, 224, 224)
-    assert torch.allclose(pixels[0, :, :, :40], torch.ones(1))  # white bars left and right
-    assert torch.allclose(pixels[0, :, 60:160, 70:150], torch.zeros(1))
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    white, black = (1 - mean) / std, -mean / std
+    torch.testing.assert_close(pixels[0, :, :, :40], white.expand(3, 224, 40))  # white bars left and right
+    torch.testing.assert_close(pixels[0, :, 60:160, 70:150], black.expand(3, 100, 80))
 
 
 @pytest.mark.parametrize(
