@@ -32,6 +32,9 @@ setup(
         "open_clip_torch>=2.24",
         "safetensors>=0.4",
         "tqdm",
+        "faiss-cpu>=1.8",
+        "h5py>=3.8",
+        "pyarrow>=14",
     ],
     extras_require={
         "download": ["huggingface_hub>=0.20"],

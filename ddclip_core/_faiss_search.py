@@ -1,0 +1,118 @@
+"""FAISS machinery behind EmbeddingBank: exact search over (memory-mapped) segments, and the
+approximate indexes (HNSW, IVF-PQ with exact re-ranking). Index ids are bank row numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+IP = faiss.METRIC_INNER_PRODUCT
+_gpu: dict[str, Any] = {}
+
+
+def gpu_available() -> bool:
+    """True when the installed faiss was built with GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _knn(q: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if gpu_available():
+        if "res" not in _gpu:
+            _gpu["res"] = faiss.StandardGpuResources()
+        return faiss.knn_gpu(_gpu["res"], q, np.ascontiguousarray(base), k, metric=IP)
+    return faiss.knn(q, np.ascontiguousarray(base), k, metric=IP)
+
+
+def exact_search(segments: list[np.ndarray], q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner product over every segment, merged: (Q, k) scores and row numbers."""
+    scores, rows, start = [], [], 0
+    for segment in segments:
+        if len(segment):
+            s, i = _knn(q, segment, min(k, len(segment)))
+            scores.append(s)
+            rows.append(np.where(i >= 0, i + start, -1))
+        start += len(segment)
+    if len(scores) == 1:
+        return scores[0], rows[0]
+    s, i = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def all_scores(segments: list[np.ndarray], q: np.ndarray) -> np.ndarray:
+    """(Q, N) inner products with every row, segment after segment."""
+    return np.concatenate(
+        [(segment @ q.T).T for segment in segments if len(segment)] or [np.zeros((len(q), 0))], axis=1
+    )
+
+
+def build(kind: str, vectors: np.ndarray, **params: Any) -> tuple[faiss.Index | None, dict[str, Any]]:
+    """A trained, filled index of ``kind`` over ``vectors`` and its spec (kind + parameters)."""
+    n, dim = vectors.shape
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if kind == "flat":
+        return None, {"kind": "flat"}
+    if kind == "hnsw":
+        m = int(params.get("m", 32))
+        index = faiss.IndexHNSWFlat(dim, m, IP)
+        index.hnsw.efConstruction = int(params.get("ef_construction", 80))
+        index.add(vectors)
+        return index, {
+            "kind": "hnsw",
+            "m": m,
+            "ef_construction": index.hnsw.efConstruction,
+            "ef_search": int(params.get("ef_search", 128)),
+        }
+    if kind == "ivfpq":
+        if n < 1000:
+            raise ValueError(f"ivfpq needs at least 1000 rows to train, the bank has {n}: use 'flat' or 'hnsw'")
+        nlist = int(params.get("nlist", max(1, min(int(4 * math.sqrt(n)), n // 39))))
+        pq_m = int(params.get("pq_m", max(1, dim // 8)))  # 8 dimensions per sub-quantizer
+        if dim % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}", IP)
+        sample = vectors if n <= 100_000 else vectors[np.random.default_rng(0).choice(n, 100_000, replace=False)]
+        index.train(sample)
+        index.add(vectors)
+        return index, {
+            "kind": "ivfpq",
+            "nlist": nlist,
+            "pq_m": pq_m,
+            "nprobe": int(params.get("nprobe", 32)),
+            "rerank": int(params.get("rerank", 16)),
+        }
+    raise ValueError(f"unknown index kind {kind!r}: use 'flat', 'hnsw' or 'ivfpq'")
+
+
+def params(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "kind"}
+
+
+def search_index(
+    index: faiss.Index, spec: dict[str, Any], q: np.ndarray, k: int, vectors_at: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate search; IVF-PQ candidates (rerank x k) are re-scored exactly with the stored vectors."""
+    if spec["kind"] == "hnsw":
+        return index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=max(spec["ef_search"], k)))
+    candidates = min(index.ntotal, k * spec["rerank"])
+    _, rows = index.search(q, candidates, params=faiss.SearchParametersIVF(nprobe=spec["nprobe"]))
+    safe = np.where(rows >= 0, rows, 0)
+    exact = np.einsum("qd,qcd->qc", q, vectors_at(safe.ravel()).reshape(*safe.shape, -1))
+    exact[rows < 0] = -np.inf
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
+def read_index(path: Path, spec: dict[str, Any], rows: int) -> faiss.Index:
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: corrupt faiss index: {str(exc).splitlines()[0]}") from exc
+    if index.ntotal != rows:
+        raise ValueError(f"{path}: index holds {index.ntotal} vectors but the bank has {rows} rows: rebuild it")
+    return index

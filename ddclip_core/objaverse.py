@@ -1,0 +1,90 @@
+"""The published Objaverse embeddings as released, and name/category tables keyed by uid.
+
+``shape_emb_objaverse.h5`` holds dataset ``shape_feat`` (N, 512); ``shape_emb_objaverse_model_to_idx.json``
+maps Objaverse uid -> row. Names come from any csv/parquet with a ``uid`` column, e.g. the LVIS
+csv ``class_idx,name,uid``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+
+PUBLISHED_WEIGHTS_ID = "published:Four_1to6F_bs1600_LT6"
+
+
+def read_shape_embeddings(h5_path: str | Path, uid_map_path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """(N, D) float32 embeddings and the uid of each row, validated against each other."""
+    h5_path, uid_map_path = Path(h5_path), Path(uid_map_path)
+    for path in (h5_path, uid_map_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"file not found: {path}")
+    try:
+        with h5py.File(h5_path, "r") as handle:
+            if "shape_feat" not in handle:
+                raise ValueError(f"{h5_path}: no dataset 'shape_feat' (found: {', '.join(handle.keys()) or 'none'})")
+            dataset = handle["shape_feat"]
+            if dataset.ndim != 2:
+                raise ValueError(f"{h5_path}: 'shape_feat' must be (N, D), got shape {dataset.shape}")
+            vectors = dataset[()].astype(np.float32, copy=False)
+    except OSError as exc:
+        raise ValueError(f"{h5_path}: not a readable HDF5 file: {exc}") from exc
+    try:
+        uid_to_row = json.loads(uid_map_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{uid_map_path}: not valid JSON: {exc}") from exc
+    if not isinstance(uid_to_row, dict):
+        raise ValueError(f"{uid_map_path}: expected a JSON object uid -> row")
+    uids: list[str | None] = [None] * len(vectors)
+    for uid, row in uid_to_row.items():
+        if not isinstance(row, int) or not 0 <= row < len(vectors):
+            raise ValueError(f"{uid_map_path}: uid {uid!r} maps to row {row!r}, outside 0..{len(vectors) - 1}")
+        if uids[row] is not None:
+            raise ValueError(f"{uid_map_path}: row {row} is claimed by {uids[row]!r} and {uid!r}")
+        uids[row] = uid
+    missing = [row for row, uid in enumerate(uids) if uid is None]
+    if missing:
+        raise ValueError(f"{uid_map_path}: {len(missing)} of {len(vectors)} rows have no uid (first: {missing[:5]})")
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{h5_path}: 'shape_feat' contains NaN or infinity")
+    return vectors, uids  # type: ignore[return-value]
+
+
+def read_names(path: str | Path, key: str = "uid") -> dict[str, dict[str, Any]]:
+    """uid -> the other columns of a csv or parquet table keyed by ``key``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"names table not found: {path}")
+    if path.suffix.lower() == ".parquet":
+        rows = pq.read_table(path).to_pylist()
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{path}: empty names table")
+    if key not in rows[0]:
+        raise ValueError(f"{path}: no {key!r} column (columns: {', '.join(rows[0])})")
+    return {str(row[key]): {k: v for k, v in row.items() if k != key and v not in (None, "")} for row in rows}
+
+
+def objaverse_metadata(uids: list[str], names: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Metadata records for the bank: id, source and, where the table has the uid, its fields.
+
+    A table with ``name`` but no ``category`` (the LVIS csv) names categories: both are set.
+    """
+    records = []
+    for uid in uids:
+        record: dict[str, Any] = {"id": uid, "source": "objaverse"}
+        extra = names.get(uid) if names else None
+        if extra:
+            record.update(extra)
+            if "name" in extra and "category" not in extra:
+                record["category"] = extra["name"]
+        records.append(record)
+    return records

@@ -1,0 +1,195 @@
+"""EmbeddingBank with real FAISS, real parquet/npy/h5 files in the published layouts."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from ddclip_core.bank import BankError, BankMismatchError, EmbeddingBank
+from ddclip_core.objaverse import PUBLISHED_WEIGHTS_ID
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    return unit(centres[rng.integers(0, clusters, n)] + 0.6 * rng.normal(size=(n, dim)))
+
+
+@pytest.fixture
+def small_bank() -> EmbeddingBank:
+    bank = EmbeddingBank(8, weights_id="w-A")
+    vectors = np.eye(8, dtype=np.float32)
+    names = ["mug", "chair", "couch", "duck", "teddy bear", "ball", "lamp", "table"]
+    colours = ["blue", "red"]
+    records = [{"id": f"obj{i}", "name": n, "category": n, "colour": colours[i % 2]} for i, n in enumerate(names)]
+    bank.add(vectors, records)
+    return bank
+
+
+def test_search_returns_ranked_matches_with_metadata(small_bank):
+    query = unit(np.array([0.1, 0.9, 0.3, 0, 0, 0, 0, 0]))
+    (matches,) = small_bank.search(query, k=3)
+    assert [m.id for m in matches] == ["obj1", "obj2", "obj0"]
+    assert matches[0].name == "chair" and matches[0].metadata["colour"] == "red"
+    assert matches[0].score == pytest.approx(float(query[1]), abs=1e-6)
+    assert len(small_bank) == 8 and "obj3" in small_bank
+    assert len(small_bank.search(np.stack([query, query]), k=20)) == 2  # k > rows is fine
+
+
+def test_save_load_round_trip_memory_mapped(small_bank, tmp_path):
+    small_bank.save(tmp_path / "bank")
+    manifest = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    assert manifest["format"] == "ddclip-bank" and manifest["version"] == 1 and manifest["weights_id"] == "w-A"
+    loaded = EmbeddingBank.load(tmp_path / "bank")
+    assert isinstance(loaded._segments[0], np.memmap)
+    assert len(loaded) == 8 and loaded.weights_id == "w-A"
+    query = unit(np.arange(8, dtype=np.float32))
+    assert [m.to_dict() for m in loaded.search(query, 8)[0]] == [m.to_dict() for m in small_bank.search(query, 8)[0]]
+    np.testing.assert_array_equal(loaded.embedding("obj4"), small_bank.embedding("obj4"))
+
+
+def test_incremental_add_and_remove_survive_save(small_bank, tmp_path):
+    small_bank.save(tmp_path / "bank")
+    bank = EmbeddingBank.load(tmp_path / "bank")
+    new = unit(np.array([0, 0, 0, 0, 0, 0, 1, 1], dtype=np.float32))
+    assert bank.add(new, [{"id": "robot-mug", "name": "my mug", "source": "enrolled"}]) == ["robot-mug"]
+    assert bank.search(new, 1)[0][0].id == "robot-mug"
+    bank.remove(["obj6"])
+    assert "obj6" not in bank and len(bank) == 8
+    assert "obj6" not in [m.id for m in bank.search(new, 9)[0]]
+    with pytest.raises(BankError, match="already in the bank"):
+        bank.add(new, [{"id": "robot-mug"}])
+    with pytest.raises(BankError, match=r"unknown ids: \['nope'\]"):
+        bank.remove(["nope"])
+    bank.save(tmp_path / "bank")  # over the mapped files it was loaded from
+    again = EmbeddingBank.load(tmp_path / "bank")
+    assert len(again) == 8 and "obj6" not in again and again.metadata("robot-mug")["source"] == "enrolled"
+    bank.add(unit(np.ones(8)), [{"id": "obj6", "name": "lamp again"}])  # a removed id can come back
+    assert bank.metadata("obj6")["name"] == "lamp again"
+
+
+def test_bank_refuses_other_weights(small_bank, tmp_path):
+    with pytest.raises(BankMismatchError, match="weights 'w-B'.*built with 'w-A'"):
+        small_bank.add(unit(np.ones(8)), weights_id="w-B")
+    small_bank.save(tmp_path / "bank")
+    with pytest.raises(BankMismatchError, match="not comparable"):
+        EmbeddingBank.load(tmp_path / "bank", weights_id="w-B")
+    assert len(EmbeddingBank.load(tmp_path / "bank", weights_id="w-A")) == 8
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_approximate_index_agrees_with_exact(kind, tmp_path):
+    bank = EmbeddingBank(64, weights_id="w")
+    bank.add(clustered(20_000, 64))
+    report = bank.build_index(kind)
+    assert report["kind"] == kind and report["recall@10"] >= 0.95
+    rng = np.random.default_rng(9)
+    query = unit(bank.vectors()[rng.choice(20_000, 20)] + 0.05 * rng.normal(size=(20, 64)))
+    approx, exact = bank.search(query, 10), bank.search(query, 10, exact=True)
+    overlap = np.mean([len({m.id for m in a} & {m.id for m in e}) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert overlap >= 0.9  # 20 queries; the 0.95 bar is on the 500-query report above
+    bank.save(tmp_path / kind)
+    loaded = EmbeddingBank.load(tmp_path / kind)
+    assert loaded.index_spec["kind"] == kind
+    assert [m.id for m in loaded.search(query, 10)[0]] == [m.id for m in approx[0]]
+    loaded.add(unit(np.ones(64)), [{"id": "new"}])  # the index grows with the bank
+    assert loaded.search(unit(np.ones(64)), 1)[0][0].id == "new"
+
+
+def test_concept_mixing_finds_the_object_between_two(small_bank):
+    mug, ball = small_bank.embedding("obj0"), small_bank.embedding("obj5")
+    small_bank.add(unit(mug + ball), [{"id": "mug-shaped-ball", "name": "mug-shaped ball"}])
+    small_bank.add(unit(3 * mug + 0.2 * ball), [{"id": "mostly-mug"}])
+    mixed = small_bank.mix(mug, ball, k=3, exclude=["obj0", "obj5"])
+    assert mixed[0].id == "mug-shaped-ball"
+    assert mixed[0].score == pytest.approx(float(unit(mug + ball) @ mug), abs=1e-5)
+
+
+def _write_objaverse(folder, n=300, dim=512, seed=0):
+    vectors = clustered(n, dim, seed=seed)
+    uids = [f"{i:032x}" for i in range(n)]
+    order = np.random.default_rng(seed).permutation(n)  # uid map is not in row order
+    with h5py.File(folder / "shape_emb_objaverse.h5", "w") as handle:
+        handle.create_dataset("shape_feat", data=(vectors * 3).astype(np.float16))  # unnormalised, fp16
+    (folder / "shape_emb_objaverse_model_to_idx.json").write_text(json.dumps({uids[i]: int(i) for i in order}))
+    with (folder / "lvis.csv").open("w") as handle:
+        handle.write("class_idx,name,uid\n")
+        for i in range(0, n, 3):
+            handle.write(f"{i % 7},{['chair', 'mug', 'duck', 'lamp', 'sofa', 'ball', 'shoe'][i % 7]},{uids[i]}\n")
+    return vectors, uids
+
+
+def test_objaverse_embeddings_as_released_with_names(tmp_path):
+    vectors, uids = _write_objaverse(tmp_path)
+    h5, uid_map = tmp_path / "shape_emb_objaverse.h5", tmp_path / "shape_emb_objaverse_model_to_idx.json"
+    bank = EmbeddingBank.from_objaverse(h5, uid_map, names=tmp_path / "lvis.csv")
+    assert len(bank) == 300 and bank.dim == 512 and bank.weights_id == PUBLISHED_WEIGHTS_ID
+    (best,) = bank.search(vectors[3], k=1)[0]
+    assert best.id == uids[3] and best.score == pytest.approx(1.0, abs=2e-3)
+    assert best.metadata["name"] == "lamp" and best.metadata["category"] == "lamp" and best.metadata["class_idx"] == "3"
+    assert best.metadata["source"] == "objaverse"
+    assert "name" not in bank.metadata(uids[1])  # not in the names table: the uid is all we have
+
+
+def test_objaverse_bad_files(tmp_path):
+    _write_objaverse(tmp_path, n=20)
+    h5, uid_map = tmp_path / "shape_emb_objaverse.h5", tmp_path / "shape_emb_objaverse_model_to_idx.json"
+    good_map = uid_map.read_text()
+    with pytest.raises(FileNotFoundError, match="names table not found"):
+        EmbeddingBank.from_objaverse(h5, uid_map, names=tmp_path / "nope.csv")
+    with pytest.raises(FileNotFoundError, match="file not found"):
+        EmbeddingBank.from_objaverse(tmp_path / "missing.h5", uid_map)
+    mapping = json.loads(uid_map.read_text())
+    mapping.pop(next(iter(mapping)))
+    uid_map.write_text(json.dumps(mapping))
+    with pytest.raises(ValueError, match="1 of 20 rows have no uid"):
+        EmbeddingBank.from_objaverse(h5, uid_map)
+    uid_map.write_text(json.dumps({"x": 99}))
+    with pytest.raises(ValueError, match="outside 0..19"):
+        EmbeddingBank.from_objaverse(h5, uid_map)
+    with h5py.File(tmp_path / "other.h5", "w") as handle:
+        handle.create_dataset("feat", data=np.zeros((2, 4)))
+    uid_map.write_text(good_map)
+    with pytest.raises(ValueError, match="no dataset 'shape_feat'"):
+        EmbeddingBank.from_objaverse(tmp_path / "other.h5", uid_map)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (np.zeros((0, 8)), r"Q >= 1"),
+        (np.ones(5), "query dimension 5 does not match the bank's 8"),
+        (np.full(8, np.nan), "NaN"),
+        (np.zeros(8), "all zeros"),
+    ],
+)
+def test_bad_queries(small_bank, query, message):
+    with pytest.raises(BankError, match=message):
+        small_bank.search(query)
+
+
+def test_bad_banks_and_arguments(small_bank, tmp_path):
+    with pytest.raises(BankError, match="k must be >= 1"):
+        small_bank.search(np.ones(8), k=0)
+    with pytest.raises(BankError, match="2 embeddings but 1 metadata records"):
+        small_bank.add(np.ones((2, 8)), [{}])
+    with pytest.raises(FileNotFoundError, match="not a ddclip bank"):
+        EmbeddingBank.load(tmp_path)
+    small_bank.save(tmp_path / "bank")
+    np.save(tmp_path / "bank" / "vectors.npy", np.ones((3, 8), np.float32))
+    with pytest.raises(BankError, match="corrupt bank: 3 vectors, 8 metadata rows"):
+        EmbeddingBank.load(tmp_path / "bank")
+    np.save(tmp_path / "bank" / "vectors.npy", np.ones((8, 4), np.float32))
+    with pytest.raises(BankError, match=r"expected float32 \(N, 8\)"):
+        EmbeddingBank.load(tmp_path / "bank")
+    with pytest.raises(ValueError, match="unknown index kind"):
+        small_bank.build_index("lsh")
+    with pytest.raises(ValueError, match="at least 1000 rows"):
+        small_bank.build_index("ivfpq")
