@@ -14,8 +14,7 @@ import torch
 
 from . import __version__
 from .factory import RandomWeightsWarning
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from .images import IMAGE_SUFFIXES
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -234,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
     demo.set_defaults(func=cmd_demo)
 
+    from .cli_bank import register
+
+    register(commands, _add_model_args)
+
     weights = commands.add_parser("weights", help="download, inspect or export weight files")
     weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     download = weight_commands.add_parser(
@@ -242,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument(
         "--name",
         default="duoduoclip",
-        choices=["duoduoclip", "openclip-vit-b-32"],
-        help="which weights (default: the published Duoduo CLIP checkpoint)",
+        choices=["duoduoclip", "openclip-vit-b-32", "lvis"],
+        help="what to download: the published Duoduo CLIP checkpoint (default), the OpenCLIP ViT-B-32 weights "
+        "(training start), or the Objaverse-LVIS categories (label set 'lvis')",
     )
     download.add_argument("--dir", metavar="FOLDER", help="target folder (default: $DDCLIP_CACHE or ~/.cache/ddclip)")
     download.set_defaults(func=cmd_weights_download)

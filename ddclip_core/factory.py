@@ -81,4 +81,6 @@ def _model_from_file(weights: WeightFile, layers_threshold: int | None, arch: st
     check_state_dict(model.clip.state_dict(), weights.state_dict, f"{weights.path} ({weights.format})", config.arch)
     model.clip.load_state_dict(weights.state_dict, strict=True)
     model.weights_source = str(Path(weights.path).resolve())
+    if weights.format == "lightning":
+        model.weights_aliases = (f"published:{Path(weights.path).stem}",)
     return model

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 PUBLISHED = {
-    # name: (repo id, file name)
-    "duoduoclip": ("3dlg-hcvc/DuoduoCLIP", "Four_1to6F_bs1600_LT6.ckpt"),
-    "openclip-vit-b-32": ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_model.safetensors"),
+    # name: (repo id, file name, repo type)
+    "duoduoclip": ("3dlg-hcvc/DuoduoCLIP", "Four_1to6F_bs1600_LT6.ckpt", "model"),
+    "openclip-vit-b-32": ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_model.safetensors", "model"),
+    # Objaverse-LVIS: category -> uids, the 1,156 categories of the zero-shot benchmark
+    "lvis": ("allenai/objaverse", "lvis-annotations.json.gz", "dataset"),
 }
 
 
@@ -34,11 +36,11 @@ def download(name: str = "duoduoclip", folder: str | os.PathLike | None = None) 
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as exc:
         raise RuntimeError("downloading needs huggingface_hub: pip install 'ddclip[download]'") from exc
-    repo, filename = PUBLISHED[name]
+    repo, filename, repo_type = PUBLISHED[name]
     target = Path(folder) if folder else cache_dir()
     target.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(hf_hub_download(repo_id=repo, filename=filename, local_dir=target))
+        return Path(hf_hub_download(repo_id=repo, filename=filename, repo_type=repo_type, local_dir=target))
     except LocalEntryNotFoundError as exc:
         raise ConnectionError(
             f"cannot download {repo}/{filename}: Hugging Face is not reachable from this machine. "

@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 View = np.ndarray
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+
 # Decompression-bomb guard: a view larger than this is almost certainly a mistake on a robot.
 MAX_PIXELS = 64_000_000
 

@@ -43,6 +43,9 @@ class DuoduoCLIP(nn.Module):
         self.precision: Precision = "fp32"
         self.preprocessor = Preprocessor(config.preprocess)
         self.weights_source: str | None = None
+        # Other names of these weights: a published checkpoint is also "published:<file stem>", the
+        # id recorded by banks built from the released embeddings without the checkpoint at hand.
+        self.weights_aliases: tuple[str, ...] = ()
         self._tokenizer: Any = None
         self._weights_id: str | None = None
 

@@ -1,0 +1,143 @@
+"""Zero-shot labelling: label sets, prompt templates averaged per class, cached text embeddings."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+from .hub import cache_dir
+
+TEMPLATE_SETS: dict[str, list[str]] = {
+    "openai": [template("{}") for template in OPENAI_IMAGENET_TEMPLATES],  # CLIP's 80 ImageNet prompts
+    "simple": [template("{}") for template in SIMPLE_IMAGENET_TEMPLATES],
+    "none": ["{}"],
+}
+LVIS_FILES = ("lvis-annotations.json.gz", "lvis-annotations.json", "lvis.csv")
+
+
+def load_templates(spec: str | Sequence[str] = "openai") -> list[str]:
+    """A named template set (openai, simple, none), a text file with one template per line, or a list."""
+    if isinstance(spec, str):
+        if spec in TEMPLATE_SETS:
+            return list(TEMPLATE_SETS[spec])
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"template set {spec!r} is neither {', '.join(TEMPLATE_SETS)} nor a file")
+        spec = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    templates = list(spec)
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ValueError(f"templates must each contain '{{}}' for the label; bad: {bad[:3] or 'empty list'}")
+    return templates
+
+
+def find_lvis() -> Path:
+    """$DDCLIP_LVIS, else an LVIS file in the ddclip cache (see `ddclip weights download --name lvis`)."""
+    env = os.environ.get("DDCLIP_LVIS")
+    candidates = [Path(env)] if env else [cache_dir() / name for name in LVIS_FILES]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "the LVIS label set needs the Objaverse-LVIS categories: run `ddclip weights download --name lvis` "
+        "(online), or set DDCLIP_LVIS to lvis-annotations.json.gz or an LVIS csv (class_idx,name,uid); looked for "
+        + ", ".join(str(p) for p in candidates)
+    )
+
+
+def load_labels(spec: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Label names from "lvis", a .txt (one per line), a .csv with a ``name`` column (the LVIS csv:
+    one label per class_idx, in class order), a JSON list or {label: [...]} (.json/.json.gz), or a list."""
+    if isinstance(spec, (list, tuple)):
+        labels = [str(s) for s in spec]
+    else:
+        path = find_lvis() if str(spec) == "lvis" else Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"label file not found: {path} (use 'lvis' or a .txt/.csv/.json file)")
+        labels = _read_label_file(path)
+    labels = [label.strip() for label in labels if label.strip()]
+    if not labels:
+        raise ValueError(f"no labels in {spec}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1}) if len(labels) < 5000 else []
+    if duplicates:
+        raise ValueError(f"duplicate labels in {spec}: {duplicates[:5]}")
+    return labels
+
+
+def _read_label_file(path: Path) -> list[str]:
+    name = path.name.lower()
+    if name.endswith((".json", ".json.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            data = json.load(handle)
+        return sorted(data) if isinstance(data, dict) else [str(x) for x in data]
+    if name.endswith(".csv"):
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows or "name" not in rows[0]:
+            raise ValueError(f"{path}: a label csv needs a 'name' column")
+        if "class_idx" in rows[0]:
+            by_class = {int(row["class_idx"]): row["name"] for row in rows}
+            return [by_class[i] for i in sorted(by_class)]
+        return list(dict.fromkeys(row["name"] for row in rows))
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def prompt_name(label: str) -> str:
+    """LVIS-style names to words: "baseball_bat" -> "baseball bat", "bow_(weapon)" -> "bow (weapon)"."""
+    return label.replace("_", " ").strip()
+
+
+class LabelSet:
+    """Label names plus prompt templates; its text embeddings are cached on disk per weights."""
+
+    def __init__(self, labels: str | os.PathLike | Sequence[str], templates: str | Sequence[str] = "openai") -> None:
+        self.labels = load_labels(labels)
+        self.templates = load_templates(templates)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def cache_key(self, weights_id: str) -> str:
+        text = "\n".join([weights_id, *self.templates, "--", *self.labels])
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def embeddings(self, model: Any, *, cache: bool = True) -> np.ndarray:
+        """(labels, dim) unit vectors: per label, the mean of its normalised template embeddings."""
+        path = cache_dir() / "labels" / f"{self.cache_key(model.weights_id)}.npy"
+        if cache and path.is_file():
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape == (len(self.labels), model.embed_dim):
+                return cached
+        out = np.empty((len(self.labels), model.embed_dim), dtype=np.float32)
+        for i, label in enumerate(self.labels):
+            prompts = [template.format(prompt_name(label)) for template in self.templates]
+            mean = model.encode_text(prompts).mean(dim=0)
+            out[i] = (mean / mean.norm()).cpu().numpy()
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, out)
+            tmp.replace(path)
+        return out
+
+    def classify(self, model: Any, shape_embeddings: Any, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per shape embedding, the top-k labels and cosine scores."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        shapes = np.asarray(
+            shape_embeddings.detach().cpu() if hasattr(shape_embeddings, "detach") else shape_embeddings
+        )
+        shapes = np.atleast_2d(shapes).astype(np.float32)
+        scores = shapes @ self.embeddings(model).T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(self.labels))]
+        return [[(self.labels[j], float(row[j])) for j in ranks] for row, ranks in zip(scores, top, strict=True)]
