@@ -137,12 +137,14 @@ class EmbeddingBank:
         if len(records) != len(vectors):
             raise BankError(f"{len(vectors)} embeddings but {len(records)} metadata records")
         rows = self._rows()
-        new_ids = []
+        new_ids: list[str] = []
+        seen: set[str] = set()
         for offset, record in enumerate(records):
             item_id = str(record.get("id") or f"row-{len(self._ids) + offset}")
-            if (item_id in rows and not self._removed[rows[item_id]]) or item_id in new_ids:
+            if item_id in seen or (item_id in rows and not self._removed[rows[item_id]]):
                 raise BankError(f"id {item_id!r} is already in the bank")
             record["id"] = item_id
+            seen.add(item_id)
             new_ids.append(item_id)
         for item_id in new_ids:  # a re-added id hides its removed predecessor
             if item_id in rows:
@@ -208,9 +210,6 @@ class EmbeddingBank:
         record = self._metadata.slice(row, 1).to_pylist()[0]
         return {k: v for k, v in record.items() if v is not None}
 
-    def _match(self, row: int, score: float) -> Match:
-        return Match(self._ids[row], float(score), self._row_metadata(row))
-
     # ------------------------------------------------------------------ searching
     def search(self, queries: Any, k: int = 10, *, exact: bool | None = None) -> list[list[Match]]:
         """Per query, the k best rows by cosine similarity (inner product of unit vectors).
@@ -227,11 +226,26 @@ class EmbeddingBank:
             scores, rows = fs.search_index(self._index, self.index_spec, q, fetch, self._vectors_at)
         else:
             scores, rows = fs.exact_search(self._segments, q, fetch)
-        results = []
+        kept = []
         for score_row, row_row in zip(scores, rows, strict=True):
-            keep = [(s, r) for s, r in zip(score_row, row_row, strict=True) if r >= 0 and not self._removed[r]]
-            results.append([self._match(int(r), s) for s, r in keep[:k]])
-        return results
+            keep = [
+                (float(s), int(r)) for s, r in zip(score_row, row_row, strict=True) if r >= 0 and not self._removed[r]
+            ]
+            kept.append(keep[:k])
+        return self._matches(kept)
+
+    def _matches(self, ranked: list[list[tuple[float, int]]]) -> list[list[Match]]:
+        """(score, row) lists -> Match lists, reading all the metadata rows in one go."""
+        flat = [row for ranking in ranked for _, row in ranking]
+        records = iter(self._metadata.take(pa.array(flat, pa.int64())).to_pylist() if flat else [])
+        out = []
+        for ranking in ranked:
+            matches = []
+            for score, row in ranking:
+                record = {key: value for key, value in next(records).items() if value is not None}
+                matches.append(Match(self._ids[row], score, record))
+            out.append(matches)
+        return out
 
     def scores(self, queries: Any) -> np.ndarray:
         """(Q, N) cosine scores of every live row (exact; used by concept mixing)."""
@@ -251,7 +265,7 @@ class EmbeddingBank:
                 hidden[rows[item_id]] = True
         both[hidden] = -np.inf
         top = np.argsort(-both, kind="stable")[: min(k, int((~hidden).sum()))]
-        return [self._match(int(r), both[r]) for r in top]
+        return self._matches([[(float(both[r]), int(r)) for r in top]])[0]
 
     # ------------------------------------------------------------------ approximate index
     def build_index(self, kind: str = "flat", *, check_recall: bool = True, **params: Any) -> dict[str, Any]:
