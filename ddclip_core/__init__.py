@@ -7,8 +7,10 @@ text = model.encode_text(["a white couch", "a red mug"])       # (2, 512)
 scores = shape @ text.T
 """
 
+from .bank import BankError, BankMismatchError, EmbeddingBank, Match
 from .config import DuoduoConfig, PreprocessConfig
 from .factory import RandomWeightsWarning, load_model
+from .labels import LabelSet
 from .model import DuoduoCLIP, embeddings_to_numpy
 from .preprocess import Preprocessor
 from .weights import CheckpointError, read_weights, save_export
@@ -16,9 +18,14 @@ from .weights import CheckpointError, read_weights, save_export
 __version__ = "0.1.0"
 
 __all__ = [
+    "BankError",
+    "BankMismatchError",
     "CheckpointError",
     "DuoduoCLIP",
     "DuoduoConfig",
+    "EmbeddingBank",
+    "LabelSet",
+    "Match",
     "PreprocessConfig",
     "Preprocessor",
     "RandomWeightsWarning",

@@ -21,7 +21,7 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-BLOCK_ROWS = 262_144  # rows scored per GEMM: bounds the (queries x rows) score matrix
+SCORES_PER_BLOCK = 2**26  # bounds the (queries x rows) score matrix of one GEMM to 256 MB
 
 
 def exact_search(segments: list[np.ndarray], q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,9 +32,10 @@ def exact_search(segments: list[np.ndarray], q: np.ndarray, k: int) -> tuple[np.
     bundled BLAS was slow, and within ~1.3x of the memory-bandwidth floor for a single query.
     """
     scores, rows, start = [], [], 0
+    block_rows = max(4096, SCORES_PER_BLOCK // len(q))
     for segment in segments:
-        for first in range(0, len(segment), BLOCK_ROWS):
-            block = segment[first : first + BLOCK_ROWS]
+        for first in range(0, len(segment), block_rows):
+            block = segment[first : first + block_rows]
             s, i = _block_topk(q, block, min(k, len(block)))
             scores.append(s)
             rows.append(i + start + first)
@@ -82,12 +83,13 @@ def build(kind: str, vectors: np.ndarray, **params: Any) -> tuple[faiss.Index | 
     if kind == "ivfpq":
         if n < 1000:
             raise ValueError(f"ivfpq needs at least 1000 rows to train, the bank has {n}: use 'flat' or 'hnsw'")
-        nlist = int(params.get("nlist", max(1, min(int(4 * math.sqrt(n)), n // 39))))
+        nlist = int(params.get("nlist", max(1, min(int(2 * math.sqrt(n)), n // 39))))
         pq_m = int(params.get("pq_m", max(1, dim // 8)))  # 8 dimensions per sub-quantizer
         if dim % pq_m:
             raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}", IP)
-        sample = vectors if n <= 100_000 else vectors[np.random.default_rng(0).choice(n, 100_000, replace=False)]
+        train = min(n, max(50_000, 39 * nlist))  # k-means wants >= 39 points per list
+        sample = vectors if train == n else vectors[np.sort(np.random.default_rng(0).choice(n, train, replace=False))]
         index.train(sample)
         index.add(vectors)
         return index, {

@@ -95,12 +95,13 @@ class EmbeddingBank:
         self._ids: list[str] = []
         self._row_of: dict[str, int] | None = None
         self._removed = np.zeros(0, dtype=bool)
+        self._removed_count = 0
         self._index: faiss.Index | None = None
         self.path: Path | None = None
 
     # ------------------------------------------------------------------ size and identity
     def __len__(self) -> int:
-        return len(self._ids) - int(self._removed.sum())
+        return len(self._ids) - self._removed_count
 
     def __contains__(self, item_id: str) -> bool:
         row = self._rows().get(item_id)
@@ -170,6 +171,7 @@ class EmbeddingBank:
             )
         for item_id in ids:
             self._removed[rows[item_id]] = True
+        self._removed_count = int(self._removed.sum())
         return len(ids)
 
     # ------------------------------------------------------------------ reading rows
@@ -192,6 +194,17 @@ class EmbeddingBank:
         if row is None or self._removed[row]:
             raise BankError(f"unknown id {item_id!r}")
         return self._row_metadata(row)
+
+    def field_counts(self, name: str) -> dict[str, int]:
+        """How many live rows have each value of a metadata field (missing values count as "-")."""
+        if name not in self._metadata.column_names:
+            return {}
+        counts: dict[str, int] = {}
+        for value, removed in zip(self._metadata.column(name).to_pylist(), self._removed, strict=True):
+            if not removed:
+                key = "-" if value is None else str(value)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def _row_vector(self, row: int) -> np.ndarray:
         return self._vectors_at(np.array([row]))[0]
@@ -221,7 +234,7 @@ class EmbeddingBank:
         q = as_queries(queries, self.dim)
         if len(self) == 0:
             return [[] for _ in range(len(q))]
-        fetch = min(k + int(self._removed.sum()), len(self._ids))
+        fetch = min(k + len(self._ids) - len(self), len(self._ids))
         if self._index is not None and exact is not True:
             scores, rows = fs.search_index(self._index, self.index_spec, q, fetch, self._vectors_at)
         else:
@@ -237,6 +250,8 @@ class EmbeddingBank:
     def _matches(self, ranked: list[list[tuple[float, int]]]) -> list[list[Match]]:
         """(score, row) lists -> Match lists, reading all the metadata rows in one go."""
         flat = [row for ranking in ranked for _, row in ranking]
+        if self._metadata.column("id").num_chunks > 1:  # take() on many chunks is ~100x slower
+            self._metadata = self._metadata.combine_chunks()
         records = iter(self._metadata.take(pa.array(flat, pa.int64())).to_pylist() if flat else [])
         out = []
         for ranking in ranked:
@@ -304,6 +319,7 @@ class EmbeddingBank:
         self._ids = [item_id for item_id, live in zip(self._ids, keep, strict=True) if live]
         self._segments = [np.ascontiguousarray(vectors)]
         self._removed = np.zeros(len(self._ids), dtype=bool)
+        self._removed_count = 0
         self._row_of = None
         if self._index is not None:
             self._index, self.index_spec = fs.build(self.index_spec["kind"], vectors, **fs.params(self.index_spec))
@@ -389,7 +405,7 @@ class EmbeddingBank:
                 f"manifest says {manifest.get('rows')}"
             )
         bank._segments = [vectors]
-        bank._metadata = table
+        bank._metadata = table.combine_chunks()
         bank._ids = table.column("id").to_pylist()
         bank._removed = np.zeros(len(vectors), dtype=bool)
         bank.index_spec = manifest.get("index") or {"kind": "flat"}

@@ -83,9 +83,7 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
     print(f"weights    {bank.weights_id}")
     print(f"index      {json.dumps(bank.index_spec)}")
     print(f"fields     {', '.join(manifest.get('fields', []))}")
-    sources: dict[str, int] = {}
-    for source in bank._metadata.column("source").to_pylist():
-        sources[source or "-"] = sources.get(source or "-", 0) + 1
+    sources = bank.field_counts("source")
     print("sources    " + ", ".join(f"{name} ({count})" for name, count in sorted(sources.items())))
     return 0
 

@@ -110,4 +110,7 @@ def test_import_objaverse_with_an_approximate_index(tmp_path):
     result = ddclip("search", str(out), "--like", "uid5", "-k", "1", "--json")
     assert result.returncode == 0, result.stderr
     info = ddclip("bank", "info", str(out)).stdout
-    assert "published:Four_1to6F_bs1600_LT6" in info and "hnsw" in info
+    assert "published:Four_1to6F_bs1600_LT6" in info and "hnsw" in info and "objaverse (2000)" in info
+    result = ddclip("bank", "index", str(out), "--index", "flat")
+    assert result.returncode == 0, result.stderr
+    assert '"kind": "flat"' in ddclip("bank", "info", str(out)).stdout
