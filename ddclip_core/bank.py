@@ -262,11 +262,6 @@ class EmbeddingBank:
             out.append(matches)
         return out
 
-    def scores(self, queries: Any) -> np.ndarray:
-        """(Q, N) cosine scores of every live row (exact; used by concept mixing)."""
-        q = as_queries(queries, self.dim)
-        return fs.all_scores(self._segments, q)[:, ~self._removed] if len(self._ids) else np.zeros((len(q), 0))
-
     def mix(self, first: Any, second: Any, k: int = 10, *, exclude: Sequence[str] = ()) -> list[Match]:
         """Concept mixing: rows ranked by min(cos(row, first), cos(row, second)) (paper, Fig. 2)."""
         q = np.concatenate([as_queries(first, self.dim), as_queries(second, self.dim)])
@@ -279,7 +274,11 @@ class EmbeddingBank:
             if item_id in rows:
                 hidden[rows[item_id]] = True
         both[hidden] = -np.inf
-        top = np.argsort(-both, kind="stable")[: min(k, int((~hidden).sum()))]
+        count = min(k, int((~hidden).sum()))
+        if count == 0:
+            return []
+        best = np.argpartition(-both, count - 1)[:count]
+        top = best[np.argsort(-both[best], kind="stable")]
         return self._matches([[(float(both[r]), int(r)) for r in top]])[0]
 
     # ------------------------------------------------------------------ approximate index
