@@ -20,10 +20,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ddclip_core*", "ddclip_ros*", "training*"]),
     package_data={"ddclip_core": ["assets/*"]},
-    data_files=[
-        ("share/ament_index/resource_index/packages", ["resource/ddclip"]),
-        ("share/ddclip", ["package.xml"]),
-    ],
     install_requires=[
         "numpy>=1.24",
         "pillow>=9",

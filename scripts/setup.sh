@@ -8,7 +8,7 @@ cd "$root"
 PYTHON="${PYTHON:-python3}"
 stamp=.venv/.ddclip-setup-done
 if [[ -f "$stamp" && "$stamp" -nt setup.py && "$stamp" -nt scripts/setup.sh ]]; then
-    exit 0
+    exec bash scripts/setup_ros.sh  # returns at once when the interfaces are up to date
 fi
 if [[ ! -x .venv/bin/python ]]; then
     echo "[setup] creating .venv with $($PYTHON --version)"
@@ -23,4 +23,5 @@ pip install --upgrade pip setuptools wheel
 echo "[setup] installing ddclip and its dependencies (first run: a few minutes)"
 pip install -e ".[test,download]"
 touch "$stamp"
+bash scripts/setup_ros.sh
 echo "[setup] done: $(.venv/bin/python -c 'import torch, open_clip; print("torch", torch.__version__, "open_clip", open_clip.__version__)')"
