@@ -1,0 +1,92 @@
+"""Per-track view buffers: diverse view selection, encode triggers, bounded memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddclip_core.tracks import TrackBuffer, TrackPolicy
+
+
+def pattern(seed: int, size: int = 64) -> np.ndarray:
+    """A distinct view: smooth random colour blobs (different seeds look different)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    return np.kron(coarse, np.ones((size // 4, size // 4, 1), np.uint8))
+
+
+def near_copy(view: np.ndarray, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(-2, 3, view.shape)
+    return np.clip(view.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def test_near_duplicate_frames_do_not_crowd_out_diverse_views():
+    buffer = TrackBuffer(TrackPolicy(max_views=4, min_views=1))
+    for seed in range(4):
+        assert buffer.add("mug", pattern(seed), now=seed)
+    for i in range(30):  # the robot stares at one side of the mug
+        assert not buffer.add("mug", near_copy(pattern(3), i), now=10 + i)
+    assert buffer.rejected_views == 30
+    kept = buffer.get("mug").views
+    assert len(kept) == 4 and all(np.array_equal(kept[i], pattern(i)) for i in range(4))
+
+
+def test_a_new_side_replaces_the_most_redundant_view():
+    buffer = TrackBuffer(TrackPolicy(max_views=3, min_views=1))
+    a = pattern(0)
+    a_shifted = a.copy()
+    a_shifted[:16] = 255 - a_shifted[:16]  # similar to a, not identical
+    buffer.add("t", a, 0)
+    buffer.add("t", a_shifted, 1)
+    buffer.add("t", pattern(1), 2)
+    assert buffer.add("t", pattern(2), 3)  # a genuinely new side
+    kept = buffer.get("t").views
+    assert any(np.array_equal(v, pattern(2)) for v in kept)
+    assert sum(np.array_equal(v, a) or np.array_equal(v, a_shifted) for v in kept) == 1
+
+
+def test_encode_triggers():
+    buffer = TrackBuffer(TrackPolicy(min_views=3, reencode_after=2, timeout_s=2.0))
+    buffer.add("t", pattern(0), 0.0)
+    buffer.add("t", pattern(1), 0.1)
+    assert buffer.due(0.2) == []
+    buffer.add("t", pattern(2), 0.3)
+    (track,) = buffer.due(0.4)
+    assert track.encoded_views == 3
+    assert buffer.due(0.5) == []  # nothing new
+    buffer.add("t", pattern(3), 0.6)
+    assert buffer.due(0.7) == []  # one new view: not enough to re-encode yet
+    buffer.add("t", pattern(4), 0.8)
+    assert [t.encoded_views for t in buffer.due(0.9)] == [5]
+    buffer.add("slow", pattern(5), 1.0)  # one view only, then silence
+    assert buffer.due(2.5) == []
+    assert [t.track_id for t in buffer.due(3.1)] == ["slow"]  # timeout
+    buffer.add("t", pattern(6), 3.2)
+    buffer.end("t")
+    assert [t.track_id for t in buffer.due(3.3)] == ["t"]  # track end
+
+
+def test_memory_is_bounded():
+    buffer = TrackBuffer(TrackPolicy(max_tracks=3, max_age_s=10.0, max_side=64))
+    big = np.zeros((1000, 500, 3), np.uint8)
+    big[:500] = 200
+    buffer.add("a", big, 0.0)
+    assert buffer.get("a").views[0].shape == (64, 32, 3)
+    for name, now in (("b", 1.0), ("c", 2.0)):
+        buffer.add(name, pattern(1), now)
+    buffer.add("a", pattern(2), 3.0)  # a is recent again
+    buffer.add("d", pattern(3), 4.0)  # over capacity: the least recently seen (b) goes
+    assert "b" not in buffer and all(t in buffer for t in ("a", "c", "d"))
+    assert buffer.evicted == 1
+    buffer.expire(13.5)  # c unseen since 2.0 for > 10 s
+    assert "c" not in buffer and "a" not in buffer and "d" in buffer
+    assert buffer.forget(["d", "nope"]) == 1 and len(buffer) == 0
+
+
+def test_bad_views_and_policies():
+    buffer = TrackBuffer()
+    for bad in (np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)):
+        with pytest.raises(ValueError, match="non-empty"):
+            buffer.add("t", bad, 0.0)
+    with pytest.raises(ValueError, match="min_views <= max_views"):
+        TrackPolicy(max_views=2, min_views=3)
