@@ -1,9 +1,10 @@
 """ddclip: Duoduo CLIP multi-view shape embeddings for ROS 2 robots.
 
-The Python distribution is named ``ddclip``; its import packages are ``ddclip_core``
+The Python distribution is named ``ddclip-py``; its import packages are ``ddclip_core``
 (model, no ROS) and, as they land, ``ddclip_ros`` (ROS 2 layer) and ``training``. The ROS package
 (package.xml) is named ``ddclip``, which no source folder uses, so its generated interfaces are
-never shadowed.
+never shadowed; and the distribution is not named ``ddclip`` either, because the interfaces install
+an egg-info of that name, which pip would take for this distribution and uninstall on upgrade.
 """
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 setup(
-    name="ddclip",
+    name="ddclip-py",
     version="0.1.0",
     description="Duoduo CLIP: multi-view shape embeddings in CLIP space, with a ROS 2 perception node",
     long_description=Path("README.md").read_text(encoding="utf-8"),
@@ -39,6 +40,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ddclip = ddclip_core.cli:main",
+            "ddclip-node = ddclip_ros.node:main",
         ],
     },
 )

@@ -95,6 +95,9 @@ class TrackBuffer:
     def nbytes(self) -> int:
         return sum(track.nbytes for track in self._tracks.values())
 
+    def view_counts(self) -> list[int]:
+        return [len(track.views) for track in self._tracks.values()]
+
     def add(self, track_id: str, view: np.ndarray, now: float, *, stamp: Any = None, pose: Any = None) -> bool:
         """Offer a view (H, W, 3 uint8); returns whether it was kept."""
         if view.ndim != 3 or view.shape[2] != 3 or view.dtype != np.uint8 or 0 in view.shape:

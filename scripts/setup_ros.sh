@@ -12,7 +12,9 @@ fresh=1
 for f in CMakeLists.txt package.xml scripts/setup_ros.sh msg/*.msg srv/*.srv; do
     [[ -f "$stamp" && "$stamp" -nt "$f" ]] || fresh=0
 done
-[[ $fresh == 1 ]] && exit 0
+if [[ $fresh == 1 ]] && "$venv/bin/python" -c "import rclpy, ddclip.msg" 2>/dev/null; then
+    exit 0
+fi
 for tool in cmake g++; do
     command -v "$tool" >/dev/null || { echo "[setup-ros] error: $tool is needed to build the ROS interfaces (apt-get install cmake g++)" >&2; exit 1; }
 done

@@ -1,0 +1,269 @@
+"""The ddclip perception node: object views in, shape embeddings, matches and language answers out.
+
+Callbacks only convert messages and buffer views (TrackBuffer); a timer hands due tracks to the
+single encoder thread (EncodeWorker), which batches them through the model and publishes. The
+services run in their own callback group on a multi-threaded executor, so they answer while the
+encoder is busy.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from ddclip.msg import Match, ObjectMatches, ObjectView, QueryResult, ShapeEmbedding
+from ddclip.srv import Forget, Query
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from ddclip_core import EmbeddingBank, LabelSet, load_model
+from ddclip_core.memory import ObjectMemory, SeenObject
+from ddclip_core.retrieval import check_compatible
+from ddclip_core.tracks import TrackBuffer, TrackPolicy
+
+from .image_conversion import apply_mask, image_to_rgb, mask_to_bool
+from .parameters import NodeParameters, declare_parameters
+from .worker import EncodeJob, EncodeWorker
+
+
+def stamp_seconds(stamp: Any) -> float:
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def seconds_stamp(seconds: float) -> Time:
+    whole = int(seconds)
+    return Time(sec=whole, nanosec=min(999_999_999, round((seconds - whole) * 1e9)))
+
+
+class DDClipNode(Node):
+    def __init__(self) -> None:
+        super().__init__("ddclip")
+        self.p: NodeParameters = declare_parameters(self)
+        p = self.p
+        self.model = load_model(p.weights or None, device=p.device, precision=p.precision)
+        self.get_logger().info(
+            f"model {self.model.weights_id} on {self.model.device} ({p.weights or 'RANDOM weights'})"
+        )
+        self.bank = EmbeddingBank.load(p.bank) if p.bank else None
+        if self.bank is not None:
+            check_compatible(self.bank, self.model)
+        self.labels = LabelSet(p.labels, templates=p.templates) if p.labels else None
+        self.label_embeddings = self.labels.embeddings(self.model) if self.labels else None
+        self.buffer = TrackBuffer(
+            TrackPolicy(
+                max_views=p.max_views,
+                min_views=p.min_views,
+                reencode_after=p.reencode_after,
+                timeout_s=p.timeout_s,
+                max_tracks=p.max_tracks,
+                max_age_s=p.max_age_s,
+            )
+        )
+        self.memory = self._open_memory()
+        self.lock = threading.Lock()  # guards buffer and memory (callbacks, timers, worker, services)
+        self.bad_inputs = 0
+        self.worker = EncodeWorker(self._encode, self._deliver, queue_size=p.queue_size, max_batch=p.max_batch)
+
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE) if p.reliable else qos_profile_sensor_data
+        inputs = MutuallyExclusiveCallbackGroup()
+        services = ReentrantCallbackGroup()
+        self.embedding_pub = self.create_publisher(ShapeEmbedding, "ddclip/embeddings", 10)
+        self.matches_pub = self.create_publisher(ObjectMatches, "ddclip/matches", 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(ObjectView, "ddclip/views", self._on_view, qos, callback_group=inputs)
+        self.create_service(Query, "ddclip/query", self._on_query, callback_group=services)
+        self.create_service(Forget, "ddclip/forget", self._on_forget, callback_group=services)
+        self.create_timer(0.05, self._schedule, callback_group=inputs)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=services)
+        self.worker.start()
+        self.get_logger().info("ready: views on ddclip/views, query service ddclip/query")
+
+    def _open_memory(self) -> ObjectMemory:
+        path = Path(self.p.memory_path) if self.p.memory_path else None
+        if path is not None and (path / "memory.json").is_file():
+            return ObjectMemory.load(path, self.p.max_objects, weights_id=self.model.weights_id)
+        return ObjectMemory(self.model.embed_dim, self.p.max_objects, weights_id=self.model.weights_id)
+
+    # ------------------------------------------------------------------ input
+    def _on_view(self, msg: ObjectView) -> None:
+        try:
+            rgb = image_to_rgb(msg.image)
+            rgb = apply_mask(rgb, mask_to_bool(msg.mask, rgb.shape[:2]))
+            if not msg.track_id:
+                raise ValueError("empty track_id")
+        except ValueError as exc:
+            self.bad_inputs += 1
+            self.get_logger().warning(f"dropped a view of track {msg.track_id!r}: {exc}", throttle_duration_sec=1.0)
+            return
+        pose = msg.pose if msg.pose.header.frame_id else None
+        with self.lock:
+            self.buffer.add(msg.track_id, rgb, time.monotonic(), stamp=msg.header, pose=pose)
+            if msg.track_ended:
+                self.buffer.end(msg.track_id)
+
+    def _schedule(self) -> None:
+        with self.lock:
+            due = self.buffer.due(time.monotonic())
+            jobs = [
+                EncodeJob(t.track_id, list(t.views), stamp=t.last_stamp, pose=t.pose, arrived=t.last_seen) for t in due
+            ]
+        for job in jobs:
+            self.worker.submit(job)
+
+    # ------------------------------------------------------------------ encoder thread
+    def _encode(self, objects: list[list[np.ndarray]]) -> np.ndarray:
+        return self.model.encode_views(objects, batch_size=len(objects)).cpu().numpy()
+
+    def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
+        bank_matches = (
+            self.bank.search(embeddings, self.p.k_matches) if self.bank is not None and len(self.bank) else None
+        )
+        labels = self.labels.classify(self.model, embeddings, self.p.k_matches) if self.labels else None
+        for i, job in enumerate(jobs):
+            header = job.stamp
+            embedding = ShapeEmbedding(header=header, track_id=job.track_id, num_views=len(job.views))
+            embedding.embedding = embeddings[i].astype(np.float32).tolist()
+            embedding.weights_id = self.model.weights_id
+            if job.pose is not None:
+                embedding.pose = job.pose
+            self.embedding_pub.publish(embedding)
+            matches = ObjectMatches(header=header, track_id=job.track_id, num_views=len(job.views))
+            matches.threshold = self.p.confidence_threshold
+            if bank_matches is not None:
+                matches.bank_matches = [
+                    Match(id=m.id, name=m.name, category=m.metadata.get("category", ""), score=m.score)
+                    for m in bank_matches[i]
+                ]
+            if labels is not None:
+                matches.label_matches = [Match(id=label, name=label, score=score) for label, score in labels[i]]
+            best = [m.score for m in (*matches.bank_matches[:1], *matches.label_matches[:1])]
+            matches.confident = bool(best) and max(best) >= self.p.confidence_threshold
+            self.matches_pub.publish(matches)
+            seen = SeenObject(
+                job.track_id,
+                stamp_seconds(header.stamp) if header else 0.0,
+                len(job.views),
+                frame_id=header.frame_id if header else "",
+                pose=_pose_list(job.pose),
+            )
+            with self.lock:
+                self.memory.update(seen, embeddings[i])
+
+    # ------------------------------------------------------------------ services
+    def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        k = request.k or self.p.k_matches
+        sources = request.sources or Query.Request.SOURCE_SEEN
+        if not request.text.strip():
+            response.success, response.message = False, "empty query text"
+            return response
+        if sources & Query.Request.SOURCE_BANK and self.bank is None:
+            response.success, response.message = False, "no bank loaded (parameter 'bank')"
+            return response
+        text = self.model.encode_text(request.text).cpu().numpy()
+        results = []
+        if sources & Query.Request.SOURCE_SEEN:
+            with self.lock:
+                found = self.memory.search(text, k)
+            for seen, score in found:
+                result = QueryResult(source="seen", track_id=seen.track_id, name=seen.name, score=score)
+                result.last_seen, result.num_views = seconds_stamp(seen.last_seen), seen.num_views
+                result.pose.header.frame_id = seen.frame_id if seen.pose else ""
+                if seen.pose:
+                    _fill_pose(result.pose.pose, seen.pose)
+                results.append(result)
+        if sources & Query.Request.SOURCE_BANK:
+            for match in self.bank.search(text, k)[0]:
+                results.append(QueryResult(source="bank", id=match.id, name=match.name, score=match.score))
+        results.sort(key=lambda r: -r.score)
+        response.success, response.results = True, results[:k]
+        response.message = f"{len(response.results)} result(s)"
+        return response
+
+    def _on_forget(self, request: Forget.Request, response: Forget.Response) -> Forget.Response:
+        with self.lock:
+            ids = None if request.all else list(request.track_ids)
+            count = self.memory.forget(ids)
+            self.buffer.forget(ids)
+        if request.enrolled_ids and self.bank is not None:
+            known = [i for i in request.enrolled_ids if i in self.bank]
+            count += self.bank.remove(known)
+        response.success, response.forgotten = True, count
+        response.message = f"forgot {count}"
+        return response
+
+    # ------------------------------------------------------------------ diagnostics and shutdown
+    def _publish_diagnostics(self) -> None:
+        stats = self.worker.stats
+        with self.lock:
+            tracks = len(self.buffer)
+            views = self.buffer.view_counts()
+            values = {
+                "queue_depth": self.worker.depth,
+                "dropped_jobs": stats.dropped_jobs,
+                "bad_inputs": self.bad_inputs,
+                "rejected_views": self.buffer.rejected_views,
+                "tracks": tracks,
+                "evicted_tracks": self.buffer.evicted,
+                "mean_views_per_track": round(float(np.mean(views)), 2) if views else 0,
+                "encoded_tracks": stats.encoded_tracks,
+                "failed_batches": stats.failed_batches,
+                "last_batch_size": stats.last_batch_size,
+                "last_encode_ms": round(stats.last_encode_ms, 1),
+                "last_view_to_result_ms": round(stats.last_total_ms, 1),
+                "objects_in_memory": len(self.memory),
+            }
+        level = DiagnosticStatus.WARN if stats.dropped_jobs or stats.failed_batches else DiagnosticStatus.OK
+        status = DiagnosticStatus(level=level, name="ddclip: encoder", hardware_id=str(self.model.device))
+        status.message = "dropping or failing work" if level else "ok"
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+    def close(self) -> None:
+        self.worker.stop()
+        if self.p.memory_path:
+            self.memory.save(self.p.memory_path)
+
+
+def _pose_list(pose: Any) -> list[float]:
+    if pose is None:
+        return []
+    p, q = pose.pose.position, pose.pose.orientation
+    return [p.x, p.y, p.z, q.x, q.y, q.z, q.w]
+
+
+def _fill_pose(target: Any, values: list[float]) -> None:
+    p, q = target.position, target.orientation
+    p.x, p.y, p.z, q.x, q.y, q.z, q.w = values
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DDClipNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

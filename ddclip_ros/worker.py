@@ -1,0 +1,124 @@
+"""One inference thread fed by a bounded queue: ROS callbacks never wait for the model.
+
+Jobs of several tracks are batched into one forward pass (objects with different view counts go
+through the encoder together). A newer job for a track replaces its queued older one; when the
+queue is full the oldest job is dropped and counted. No ROS in here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeJob:
+    track_id: str
+    views: list[np.ndarray]
+    stamp: Any = None  # message stamp of the newest view
+    frame_id: str = ""
+    pose: Any = None
+    arrived: float = field(default_factory=time.monotonic)  # when the newest view arrived
+
+
+@dataclass
+class WorkerStats:
+    encoded_tracks: int = 0
+    batches: int = 0
+    dropped_jobs: int = 0
+    replaced_jobs: int = 0
+    failed_batches: int = 0
+    last_batch_size: int = 0
+    last_encode_ms: float = 0.0
+    last_total_ms: float = 0.0  # newest view arrival -> results handed over
+
+
+class EncodeWorker:
+    """Runs ``encode(list of view lists) -> (B, D) array`` and ``deliver(jobs, embeddings)`` off-thread."""
+
+    def __init__(
+        self,
+        encode: Callable[[list[list[np.ndarray]]], np.ndarray],
+        deliver: Callable[[list[EncodeJob], np.ndarray], None],
+        *,
+        queue_size: int = 32,
+        max_batch: int = 8,
+    ) -> None:
+        if queue_size < 1 or max_batch < 1:
+            raise ValueError("queue_size and max_batch must be >= 1")
+        self._encode, self._deliver = encode, deliver
+        self.queue_size, self.max_batch = queue_size, max_batch
+        self._jobs: OrderedDict[str, EncodeJob] = OrderedDict()
+        self._ready = threading.Condition()
+        self._stop = False
+        self.stats = WorkerStats()
+        self._thread = threading.Thread(target=self._run, name="ddclip-encoder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._ready:
+            self._stop = True
+            self._ready.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        with self._ready:
+            return len(self._jobs)
+
+    def submit(self, job: EncodeJob) -> bool:
+        """Queue a job without blocking; returns False if an older job had to be dropped for it."""
+        with self._ready:
+            accepted = True
+            if job.track_id in self._jobs:
+                del self._jobs[job.track_id]
+                self.stats.replaced_jobs += 1
+            elif len(self._jobs) >= self.queue_size:
+                self._jobs.popitem(last=False)
+                self.stats.dropped_jobs += 1
+                accepted = False
+            self._jobs[job.track_id] = job
+            self._ready.notify()
+            return accepted
+
+    def _take_batch(self) -> list[EncodeJob]:
+        with self._ready:
+            while not self._jobs and not self._stop:
+                self._ready.wait(0.5)
+            batch = []
+            while self._jobs and len(batch) < self.max_batch:
+                batch.append(self._jobs.popitem(last=False)[1])
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if self._stop:
+                    return
+                continue
+            start = time.monotonic()
+            try:
+                embeddings = self._encode([job.views for job in batch])
+                self.stats.last_encode_ms = (time.monotonic() - start) * 1e3
+                self._deliver(batch, embeddings)
+            except Exception:  # one bad batch must not stop the node; it is logged and counted
+                self.stats.failed_batches += 1
+                log.exception("encoding a batch of %d track(s) failed", len(batch))
+                continue
+            self.stats.batches += 1
+            self.stats.encoded_tracks += len(batch)
+            self.stats.last_batch_size = len(batch)
+            self.stats.last_total_ms = (time.monotonic() - min(job.arrived for job in batch)) * 1e3

@@ -1,0 +1,143 @@
+"""The ddclip node as a separate process, over real DDS: views in, embeddings/matches/answers out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: scripts/setup.sh installs ROS 2 from PyPI")
+from ddclip.msg import ObjectMatches, ObjectView, ShapeEmbedding  # noqa: E402
+from ddclip.srv import Forget, Query  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+
+from ddclip_core import save_export  # noqa: E402
+from ddclip_core.bank_build import build_bank  # noqa: E402
+from ddclip_ros.image_conversion import rgb_to_image  # noqa: E402
+from tests.conftest import make_tiny, random_views  # noqa: E402
+
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture
+def node_process(tmp_path):
+    model = make_tiny(seed=3)
+    weights = save_export(model, tmp_path / "weights")
+    objects = tmp_path / "objects"
+    for index, name in enumerate(("red_mug", "white_couch")):
+        (objects / name).mkdir(parents=True)
+        from PIL import Image
+
+        for i, view in enumerate(random_views(2, seed=50 + index)):
+            Image.fromarray(view).save(objects / name / f"{i}.png")
+    build_bank(model, objects, progress=False).save(tmp_path / "bank")
+    (tmp_path / "labels.txt").write_text("mug\ncouch\nduck\n")
+    env = {
+        **os.environ,
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(150 + os.getpid() % 80),
+        "ROS_LOG_DIR": str(tmp_path / "ros_log"),
+        "DDCLIP_CACHE": str(tmp_path / "cache"),
+    }
+    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")})
+    params = {
+        "weights": str(weights),
+        "device": "cpu",
+        "bank": str(tmp_path / "bank"),
+        "labels": str(tmp_path / "labels.txt"),
+        "templates": "none",
+        "reliable": "true",
+        "min_views": "2",
+        "timeout_s": "1.0",
+        "memory_path": str(tmp_path / "memory"),
+    }
+    args = ["--ros-args", *[item for k, v in params.items() for item in ("-p", f"{k}:={v}")]]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddclip_ros.node", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield process, tmp_path
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def spin_until(node, condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if condition():
+            return True
+    return False
+
+
+def view_message(track_id: str, pixels: np.ndarray, ended: bool = False) -> ObjectView:
+    message = ObjectView(track_id=track_id, track_ended=ended)
+    message.header.frame_id = "camera"
+    message.image = rgb_to_image(pixels)
+    return message
+
+
+def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
+    process, tmp_path = node_process
+    rclpy.init()
+    try:
+        client_node = rclpy.create_node("ddclip_test_client")
+        embeddings: list[ShapeEmbedding] = []
+        matches: list[ObjectMatches] = []
+        client_node.create_subscription(ShapeEmbedding, "ddclip/embeddings", embeddings.append, 10)
+        client_node.create_subscription(ObjectMatches, "ddclip/matches", matches.append, 10)
+        publisher = client_node.create_publisher(ObjectView, "ddclip/views", RELIABLE)
+        query = client_node.create_client(Query, "ddclip/query")
+        assert query.wait_for_service(timeout_sec=120), (
+            process.stdout.read() if process.poll() is not None else "no service"
+        )
+        assert spin_until(client_node, lambda: publisher.get_subscription_count() > 0, 30)
+        counts = {"mug-1": 2, "couch-2": 3, "duck-3": 5}
+        for offset, (track, count) in enumerate(counts.items()):
+            for i, view in enumerate(random_views(count, seed=100 * offset)):
+                publisher.publish(view_message(track, view, ended=i == count - 1))
+        bad = view_message("bad-4", random_views(1)[0])
+        bad.image.encoding = "yuv422"
+        publisher.publish(bad)
+        done = lambda: {m.track_id for m in matches} >= set(counts) and {e.track_id for e in embeddings} >= set(counts)  # noqa: E731
+        assert spin_until(client_node, done, 60), f"got {[(e.track_id, e.num_views) for e in embeddings]}"
+        latest = {e.track_id: e for e in embeddings}
+        assert {t: latest[t].num_views for t in counts} == counts
+        assert all(len(e.embedding) == 32 and abs(np.linalg.norm(e.embedding) - 1) < 1e-4 for e in latest.values())
+        match = next(m for m in matches if m.track_id == "duck-3")
+        assert len(match.bank_matches) == 2 and {m.id for m in match.bank_matches} == {"red_mug", "white_couch"}
+        assert [m.name for m in match.label_matches] and len(match.label_matches) == 3
+        future = query.call_async(Query.Request(text="a red mug", k=5, sources=Query.Request.SOURCE_BOTH))
+        assert spin_until(client_node, future.done, 30)
+        response = future.result()
+        assert response.success, response.message
+        sources = [r.source for r in response.results]
+        assert sources.count("seen") == 3 and sources.count("bank") == 2
+        assert [r.score for r in response.results] == sorted((r.score for r in response.results), reverse=True)
+        seen = {r.track_id: r for r in response.results if r.source == "seen"}
+        assert seen["duck-3"].num_views == 5
+        future = query.call_async(Query.Request(text="  "))
+        assert spin_until(client_node, future.done, 30) and not future.result().success
+        forget = client_node.create_client(Forget, "ddclip/forget")
+        future = forget.call_async(Forget.Request(track_ids=["mug-1"]))
+        assert spin_until(client_node, future.done, 30) and future.result().forgotten == 1
+        client_node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "dropped a view of track 'bad-4': unsupported image encoding 'yuv422'" in output
+    assert (tmp_path / "memory" / "memory.json").is_file()  # the object memory outlives the node
