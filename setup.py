@@ -41,6 +41,9 @@ setup(
         "console_scripts": [
             "ddclip = ddclip_core.cli:main",
             "ddclip-node = ddclip_ros.node:main",
+            "ddclip-demo = ddclip_ros.demo:main",
+            "ddclip-query = ddclip_ros.query_client:main",
+            "ddclip-replay = ddclip_ros.replay:main",
         ],
     },
 )

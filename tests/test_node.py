@@ -141,3 +141,30 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
     assert process.returncode == 0, output
     assert "dropped a view of track 'bad-4': unsupported image encoding 'yuv422'" in output
     assert (tmp_path / "memory" / "memory.json").is_file()  # the object memory outlives the node
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path):
+    weights = save_export(make_tiny(seed=4), tmp_path / "weights")
+    env = {**os.environ, "DDCLIP_CACHE": str(tmp_path / "cache"), "ROS_DOMAIN_ID": str(20 + os.getpid() % 80)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddclip_ros.demo",
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--query",
+            "a soccer ball",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "replayed 48 views of 4 objects" in result.stdout
+    answer = result.stdout.split("objects matching 'a soccer ball':")[1].splitlines()
+    assert sum(" seen " in line and " 12 " in line for line in answer) == 4  # every object, all 12 views
+    assert "RANDOMLY INITIALISED" not in result.stdout

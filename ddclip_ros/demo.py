@@ -1,0 +1,139 @@
+"""ddclip-demo: the main job on the embedded default scene, end to end, then exit.
+
+Starts the ddclip node as its own process, replays the example objects shipped in
+ddclip_core/assets (12 rendered views of real meshes each) as tracked object views, prints what
+the node recognised, asks it a language query, prints the ranked answer, and stops the node.
+All ROS traffic stays on this machine (loopback discovery, its own domain id and log folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+
+def _assets() -> tuple[Path, list[tuple[str, str]]]:
+    folder = Path(str(resources.files("ddclip_core") / "assets"))
+    rows = [line.split("\t") for line in (folder / "examples.tsv").read_text().splitlines()[1:] if line.strip()]
+    return folder, [(Path(name).stem, label) for name, label in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ddclip_core.hub import default_weights
+
+    parser = argparse.ArgumentParser(
+        prog="ddclip-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--query", default="a red mug", help='language query to ask at the end (default: "a red mug")')
+    parser.add_argument(
+        "--weights", help="model weights (default: $DDCLIP_WEIGHTS or the downloaded published checkpoint, else random)"
+    )
+    parser.add_argument("--bank", help="an embedding bank folder to match against as well (e.g. Objaverse)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    parser.add_argument("-k", type=int, default=4, help="answers to print (default: 4)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the node's results (default: 300)"
+    )
+    args = parser.parse_args(argv)
+
+    weights = args.weights or default_weights()
+    if weights is None:
+        print("NOTE: no real weights found, so the node runs with RANDOMLY INITIALISED weights: everything below runs")
+        print("      end to end, but names and scores are meaningless. `ddclip weights download` gets the real ones.\n")
+    work = Path(tempfile.mkdtemp(prefix="ddclip-demo-"))
+    os.environ.update(
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        ROS_DOMAIN_ID=os.environ.get("ROS_DOMAIN_ID") or str(random.randint(1, 100)),
+        ROS_LOG_DIR=str(work / "ros_log"),
+    )
+    assets, examples = _assets()
+    labels = work / "labels.txt"
+    labels.write_text("\n".join(label for _, label in examples) + "\n")
+    params = {
+        "weights": weights or "",
+        "device": args.device,
+        "labels": str(labels),
+        "reliable": "true",
+        "bank": args.bank or "",
+        "min_views": "12",
+        "timeout_s": "5.0",
+    }
+    overrides = [x for k, v in params.items() if v for x in ("-p", f"{k}:={v}")]  # "" cannot be passed as -p
+    command = [sys.executable, "-m", "ddclip_ros.node", "--ros-args", *overrides]
+    node_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        return _run(args, assets, examples, node_process)
+    finally:
+        if node_process.poll() is None:
+            node_process.send_signal(signal.SIGINT)
+            try:
+                node_process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node_process.kill()
+
+
+def _run(
+    args: argparse.Namespace, assets: Path, examples: list[tuple[str, str]], node_process: subprocess.Popen
+) -> int:
+    import rclpy
+    from ddclip.msg import ObjectMatches
+
+    from .query_client import ask, format_answer
+    from .replay import load_tracks, publish_tracks
+
+    tracks = load_tracks(assets, num_views=12)
+    rclpy.init()
+    client = rclpy.create_node("ddclip_demo")
+    try:
+        latest: dict[str, ObjectMatches] = {}
+        client.create_subscription(ObjectMatches, "ddclip/matches", lambda m: latest.__setitem__(m.track_id, m), 10)
+        print(f"starting the ddclip node (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}) ...", flush=True)
+        if not _spin_until(
+            client,
+            lambda: client.count_publishers("ddclip/matches") > 0 or node_process.poll() is not None,
+            args.timeout,
+        ):
+            raise TimeoutError("the node did not start")
+        if node_process.poll() is not None:
+            print(node_process.stdout.read(), file=sys.stderr)
+            print("ddclip-demo: the node exited before it was ready (its output is above)", file=sys.stderr)
+            return 1
+        sent = publish_tracks(client, tracks, rate_hz=60.0)
+        print(f"replayed {sent} views of {len(tracks)} objects: {', '.join(name for name, _ in tracks)}")
+        complete = lambda: all(name in latest and latest[name].num_views == len(views) for name, views in tracks)  # noqa: E731
+        if not _spin_until(client, complete, args.timeout):
+            print(f"ddclip-demo: results for only {sorted(latest)} within {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        print("\nwhat the node recognised (best label, all views):")
+        for name, _ in tracks:
+            best = latest[name].label_matches[0]
+            print(f"  {name:<12} {best.name:<16} {best.score:6.3f}")
+        response = ask(client, args.query, k=args.k, sources="seen")
+        print("\n" + format_answer(args.query, response))
+        return 0 if response.success else 1
+    finally:
+        client.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _spin_until(node, condition, timeout: float) -> bool:
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if condition():
+            return True
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
