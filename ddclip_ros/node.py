@@ -18,7 +18,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from ddclip.msg import Match, ObjectMatches, ObjectView, QueryResult, ShapeEmbedding
-from ddclip.srv import Forget, Query
+from ddclip.srv import Enroll, Forget, Query
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -70,7 +70,9 @@ class DDClipNode(Node):
         )
         self.memory = self._open_memory()
         self.lock = threading.Lock()  # guards buffer and memory (callbacks, timers, worker, services)
+        self.bank_lock = threading.Lock()  # guards the bank: the worker searches it, enroll/forget edit it
         self.bad_inputs = 0
+        self._last_warning: dict[str, float] = {}
         self.worker = EncodeWorker(self._encode, self._deliver, queue_size=p.queue_size, max_batch=p.max_batch)
 
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE) if p.reliable else qos_profile_sensor_data
@@ -82,6 +84,7 @@ class DDClipNode(Node):
         self.create_subscription(ObjectView, "ddclip/views", self._on_view, qos, callback_group=inputs)
         self.create_service(Query, "ddclip/query", self._on_query, callback_group=services)
         self.create_service(Forget, "ddclip/forget", self._on_forget, callback_group=services)
+        self.create_service(Enroll, "ddclip/enroll", self._on_enroll, callback_group=services)
         self.create_timer(0.05, self._schedule, callback_group=inputs)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=services)
         self.worker.start()
@@ -102,13 +105,22 @@ class DDClipNode(Node):
                 raise ValueError("empty track_id")
         except ValueError as exc:
             self.bad_inputs += 1
-            self.get_logger().warning(f"dropped a view of track {msg.track_id!r}: {exc}", throttle_duration_sec=1.0)
+            self._warn_once_a_second(
+                f"dropped a view of track {msg.track_id!r}: {exc}", key=" ".join(str(exc).split()[:2])
+            )
             return
         pose = msg.pose if msg.pose.header.frame_id else None
         with self.lock:
             self.buffer.add(msg.track_id, rgb, time.monotonic(), stamp=msg.header, pose=pose)
             if msg.track_ended:
                 self.buffer.end(msg.track_id)
+
+    def _warn_once_a_second(self, message: str, key: str) -> None:
+        """Log each kind of problem at most once a second, so a flood of bad input cannot flood the log."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -1e9) >= 1.0:
+            self._last_warning[key] = now
+            self.get_logger().warning(message)
 
     def _schedule(self) -> None:
         with self.lock:
@@ -181,7 +193,9 @@ class DDClipNode(Node):
                     _fill_pose(result.pose.pose, seen.pose)
                 results.append(result)
         if sources & Query.Request.SOURCE_BANK:
-            for match in self.bank.search(text, k)[0]:
+            with self.bank_lock:
+                found_in_bank = self.bank.search(text, k)[0] if len(self.bank) else []
+            for match in found_in_bank:
                 results.append(QueryResult(source="bank", id=match.id, name=match.name, score=match.score))
         results.sort(key=lambda r: -r.score)
         response.success, response.results = True, results[:k]
@@ -194,10 +208,47 @@ class DDClipNode(Node):
             count = self.memory.forget(ids)
             self.buffer.forget(ids)
         if request.enrolled_ids and self.bank is not None:
-            known = [i for i in request.enrolled_ids if i in self.bank]
-            count += self.bank.remove(known)
+            with self.bank_lock:
+                known = [i for i in request.enrolled_ids if i in self.bank]
+                count += self.bank.remove(known)
         response.success, response.forgotten = True, count
         response.message = f"forgot {count}"
+        return response
+
+    def _on_enroll(self, request: Enroll.Request, response: Enroll.Response) -> Enroll.Response:
+        """Name an object (a tracked one's current views, or given images) so the bank recognises it."""
+        name = request.name.strip()
+        try:
+            if not name:
+                raise ValueError("empty name")
+            if request.track_id:
+                with self.lock:
+                    track = self.buffer.get(request.track_id)
+                    views = list(track.views) if track is not None else []
+                if not views:
+                    raise ValueError(f"no views of track {request.track_id!r} (unknown or forgotten)")
+            elif request.images:
+                views = [image_to_rgb(image) for image in request.images]
+            else:
+                raise ValueError("give a track_id or images")
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        embedding = self.model.encode_views(views).cpu().numpy()
+        item_id = f"enrolled:{name}"
+        record = {"id": item_id, "name": name, "category": request.category, "source": "enrolled"}
+        with self.bank_lock:
+            if self.bank is None:
+                self.bank = EmbeddingBank(self.model.embed_dim, weights_id=self.model.weights_id)
+            if item_id in self.bank:
+                self.bank.remove([item_id])  # enrolling a name again replaces its views
+            self.bank.add(embedding, [record], weights_id=self.model.weights_id)
+        if request.track_id:
+            with self.lock:
+                if request.track_id in self.memory:
+                    self.memory.name(request.track_id, name)
+        response.success, response.id = True, item_id
+        response.message = f"enrolled {name!r} from {len(views)} view(s)"
         return response
 
     # ------------------------------------------------------------------ diagnostics and shutdown

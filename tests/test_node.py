@@ -13,7 +13,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: scripts/setup.sh installs ROS 2 from PyPI")
 from ddclip.msg import ObjectMatches, ObjectView, ShapeEmbedding  # noqa: E402
-from ddclip.srv import Forget, Query  # noqa: E402
+from ddclip.srv import Enroll, Forget, Query  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from ddclip_core import save_export  # noqa: E402
@@ -111,6 +111,12 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
         bad = view_message("bad-4", random_views(1)[0])
         bad.image.encoding = "yuv422"
         publisher.publish(bad)
+        empty = view_message("bad-5", random_views(1)[0])
+        empty.image.width = empty.image.height = 0
+        publisher.publish(empty)
+        short = view_message("bad-6", random_views(1)[0])
+        short.image.step = 100  # step smaller than a row
+        publisher.publish(short)
         done = lambda: {m.track_id for m in matches} >= set(counts) and {e.track_id for e in embeddings} >= set(counts)  # noqa: E731
         assert spin_until(client_node, done, 60), f"got {[(e.track_id, e.num_views) for e in embeddings]}"
         latest = {e.track_id: e for e in embeddings}
@@ -130,6 +136,20 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
         assert seen["duck-3"].num_views == 5
         future = query.call_async(Query.Request(text="  "))
         assert spin_until(client_node, future.done, 30) and not future.result().success
+        enroll = client_node.create_client(Enroll, "ddclip/enroll")
+        future = enroll.call_async(Enroll.Request(name="Ana's mug", category="mug", track_id="duck-3"))
+        assert spin_until(client_node, future.done, 60) and future.result().success, future.result().message
+        assert future.result().id == "enrolled:Ana's mug"
+        for i, view in enumerate(random_views(5, seed=200)):  # the same object again, under a new track id
+            publisher.publish(view_message("again-9", view, ended=i == 4))
+        recognised = lambda: any(m.track_id == "again-9" and m.num_views == 5 for m in matches)  # noqa: E731
+        assert spin_until(client_node, recognised, 60)
+        again = [m for m in matches if m.track_id == "again-9"][-1]
+        assert again.bank_matches[0].id == "enrolled:Ana's mug" and again.bank_matches[0].score > 0.999
+        assert again.confident
+        future = enroll.call_async(Enroll.Request(name="ghost", track_id="no-such-track"))
+        assert spin_until(client_node, future.done, 30) and not future.result().success
+        assert "no views of track 'no-such-track'" in future.result().message
         forget = client_node.create_client(Forget, "ddclip/forget")
         future = forget.call_async(Forget.Request(track_ids=["mug-1"]))
         assert spin_until(client_node, future.done, 30) and future.result().forgotten == 1
@@ -140,6 +160,8 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "dropped a view of track 'bad-4': unsupported image encoding 'yuv422'" in output
+    assert "dropped a view of track 'bad-5': zero-size image" in output
+    assert "dropped a view of track 'bad-6': step 100 is smaller than a row" in output
     assert (tmp_path / "memory" / "memory.json").is_file()  # the object memory outlives the node
 
 
