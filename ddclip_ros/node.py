@@ -17,20 +17,22 @@ from typing import Any
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
-from ddclip.msg import Match, ObjectMatches, ObjectView, QueryResult, ShapeEmbedding
+from ddclip.msg import Match, ObjectMatches, ObjectView, QueryResult, ShapeEmbedding, TrackedDetections
 from ddclip.srv import Enroll, Forget, Query
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
 
 from ddclip_core import EmbeddingBank, LabelSet, load_model
 from ddclip_core.memory import ObjectMemory, SeenObject
 from ddclip_core.retrieval import check_compatible
 from ddclip_core.tracks import TrackBuffer, TrackPolicy
 
-from .image_conversion import apply_mask, image_to_rgb, mask_to_bool
+from .frames import FramePairer, boxes_from_tracked, boxes_from_vision_msgs, crop, stamp_key
+from .image_conversion import apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool
 from .parameters import NodeParameters, declare_parameters
 from .worker import EncodeJob, EncodeWorker
 
@@ -82,6 +84,20 @@ class DDClipNode(Node):
         self.matches_pub = self.create_publisher(ObjectMatches, "ddclip/matches", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(ObjectView, "ddclip/views", self._on_view, qos, callback_group=inputs)
+        self.pairer = FramePairer()
+        self.create_subscription(Image, "image", self._on_frame, qos, callback_group=inputs)
+        self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos, callback_group=inputs)
+        self.create_subscription(
+            TrackedDetections, "ddclip/detections", self._on_detections, qos, callback_group=inputs
+        )
+        try:  # what ROS detectors publish, where vision_msgs is installed
+            from vision_msgs.msg import Detection2DArray
+
+            self.create_subscription(
+                Detection2DArray, "detections", self._on_detection_array, qos, callback_group=inputs
+            )
+        except ImportError:
+            self.get_logger().info("vision_msgs not installed: only ddclip/TrackedDetections are read for frames")
         self.create_service(Query, "ddclip/query", self._on_query, callback_group=services)
         self.create_service(Forget, "ddclip/forget", self._on_forget, callback_group=services)
         self.create_service(Enroll, "ddclip/enroll", self._on_enroll, callback_group=services)
@@ -115,6 +131,51 @@ class DDClipNode(Node):
             if msg.track_ended:
                 self.buffer.end(msg.track_id)
 
+    def _on_frame(self, msg: Image) -> None:
+        self._frame(msg.header, lambda: image_to_rgb(msg))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._frame(msg.header, lambda: compressed_to_rgb(msg))
+
+    def _frame(self, header: Any, convert: Any) -> None:
+        try:
+            rgb = convert()
+        except ValueError as exc:
+            self.bad_inputs += 1
+            self._warn_once_a_second(f"dropped a frame: {exc}", key="frame " + " ".join(str(exc).split()[:2]))
+            return
+        with self.lock:
+            waiting = self.pairer.add_frame(stamp_key(header), rgb)
+        if waiting is not None:
+            self._add_crops(header, rgb, *waiting)
+
+    def _on_detections(self, msg: TrackedDetections) -> None:
+        self._detections(msg.header, boxes_from_tracked(msg), list(msg.ended_tracks))
+
+    def _on_detection_array(self, msg: Any) -> None:
+        self._detections(msg.header, boxes_from_vision_msgs(msg), [])
+
+    def _detections(self, header: Any, boxes: list, ended: list[str]) -> None:
+        with self.lock:
+            frame = self.pairer.add_boxes(stamp_key(header), (boxes, ended))
+        if frame is not None:
+            self._add_crops(header, frame, boxes, ended)
+
+    def _add_crops(self, header: Any, rgb: np.ndarray, boxes: list, ended: list[str]) -> None:
+        now = time.monotonic()
+        for box in boxes:
+            try:
+                view = crop(rgb, box)
+            except ValueError as exc:
+                self.bad_inputs += 1
+                self._warn_once_a_second(f"dropped a detection: {exc}", key="box")
+                continue
+            with self.lock:
+                self.buffer.add(box.track_id, np.ascontiguousarray(view), now, stamp=header)
+        with self.lock:
+            for track_id in ended:
+                self.buffer.end(track_id)
+
     def _warn_once_a_second(self, message: str, key: str) -> None:
         """Log each kind of problem at most once a second, so a flood of bad input cannot flood the log."""
         now = time.monotonic()
@@ -136,19 +197,29 @@ class DDClipNode(Node):
         return self.model.encode_views(objects, batch_size=len(objects)).cpu().numpy()
 
     def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
-        bank_matches = (
-            self.bank.search(embeddings, self.p.k_matches) if self.bank is not None and len(self.bank) else None
-        )
+        with self.bank_lock:
+            has_bank = self.bank is not None and len(self.bank) > 0
+            bank_matches = self.bank.search(embeddings, self.p.k_matches) if has_bank else None
         labels = self.labels.classify(self.model, embeddings, self.p.k_matches) if self.labels else None
+        with self.lock:  # memory first: whoever hears the results can query them at once
+            for job, vector in zip(jobs, embeddings, strict=True):
+                header = job.stamp
+                seen = SeenObject(
+                    job.track_id,
+                    stamp_seconds(header.stamp) if header else 0.0,
+                    len(job.views),
+                    frame_id=header.frame_id if header else "",
+                    pose=_pose_list(job.pose),
+                )
+                self.memory.update(seen, vector)
         for i, job in enumerate(jobs):
-            header = job.stamp
-            embedding = ShapeEmbedding(header=header, track_id=job.track_id, num_views=len(job.views))
+            embedding = ShapeEmbedding(header=job.stamp, track_id=job.track_id, num_views=len(job.views))
             embedding.embedding = embeddings[i].astype(np.float32).tolist()
             embedding.weights_id = self.model.weights_id
             if job.pose is not None:
                 embedding.pose = job.pose
             self.embedding_pub.publish(embedding)
-            matches = ObjectMatches(header=header, track_id=job.track_id, num_views=len(job.views))
+            matches = ObjectMatches(header=job.stamp, track_id=job.track_id, num_views=len(job.views))
             matches.threshold = self.p.confidence_threshold
             if bank_matches is not None:
                 matches.bank_matches = [
@@ -160,15 +231,6 @@ class DDClipNode(Node):
             best = [m.score for m in (*matches.bank_matches[:1], *matches.label_matches[:1])]
             matches.confident = bool(best) and max(best) >= self.p.confidence_threshold
             self.matches_pub.publish(matches)
-            seen = SeenObject(
-                job.track_id,
-                stamp_seconds(header.stamp) if header else 0.0,
-                len(job.views),
-                frame_id=header.frame_id if header else "",
-                pose=_pose_list(job.pose),
-            )
-            with self.lock:
-                self.memory.update(seen, embeddings[i])
 
     # ------------------------------------------------------------------ services
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:

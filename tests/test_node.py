@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: scripts/setup.sh installs ROS 2 from PyPI")
-from ddclip.msg import ObjectMatches, ObjectView, ShapeEmbedding  # noqa: E402
+from ddclip.msg import ObjectMatches, ObjectView, ShapeEmbedding, TrackedBox, TrackedDetections  # noqa: E402
 from ddclip.srv import Enroll, Forget, Query  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
 from ddclip_core import save_export  # noqa: E402
 from ddclip_core.bank_build import build_bank  # noqa: E402
@@ -117,12 +118,16 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
         short = view_message("bad-6", random_views(1)[0])
         short.image.step = 100  # step smaller than a row
         publisher.publish(short)
-        done = lambda: {m.track_id for m in matches} >= set(counts) and {e.track_id for e in embeddings} >= set(counts)  # noqa: E731
+
+        def done() -> bool:  # every track's final encode (all its views) has arrived, embedding and matches
+            final = {(e.track_id, e.num_views) for e in embeddings} & {(m.track_id, m.num_views) for m in matches}
+            return set(counts.items()) <= final
+
         assert spin_until(client_node, done, 60), f"got {[(e.track_id, e.num_views) for e in embeddings]}"
-        latest = {e.track_id: e for e in embeddings}
-        assert {t: latest[t].num_views for t in counts} == counts
+        latest = {e.track_id: e for e in embeddings if e.num_views == counts.get(e.track_id)}
+        assert set(latest) == set(counts)
         assert all(len(e.embedding) == 32 and abs(np.linalg.norm(e.embedding) - 1) < 1e-4 for e in latest.values())
-        match = next(m for m in matches if m.track_id == "duck-3")
+        match = next(m for m in matches if m.track_id == "duck-3" and m.num_views == 5)
         assert len(match.bank_matches) == 2 and {m.id for m in match.bank_matches} == {"red_mug", "white_couch"}
         assert [m.name for m in match.label_matches] and len(match.label_matches) == 3
         future = query.call_async(Query.Request(text="a red mug", k=5, sources=Query.Request.SOURCE_BOTH))
@@ -190,3 +195,41 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     answer = result.stdout.split("objects matching 'a soccer ball':")[1].splitlines()
     assert sum(" seen " in line and " 12 " in line for line in answer) == 4  # every object, all 12 views
     assert "RANDOMLY INITIALISED" not in result.stdout
+
+
+def test_full_frames_with_tracked_boxes(node_process):
+    process, _ = node_process
+    rclpy.init()
+    try:
+        client_node = rclpy.create_node("ddclip_frames_client")
+        embeddings: list[ShapeEmbedding] = []
+        client_node.create_subscription(ShapeEmbedding, "ddclip/embeddings", embeddings.append, 10)
+        frames = client_node.create_publisher(Image, "image", RELIABLE)
+        detections = client_node.create_publisher(TrackedDetections, "ddclip/detections", RELIABLE)
+        ready = lambda: frames.get_subscription_count() > 0 and detections.get_subscription_count() > 0  # noqa: E731
+        assert spin_until(client_node, ready, 120), "the node never subscribed"
+        for index, pixels in enumerate(random_views(3, size=320, seed=7)):
+            frame = rgb_to_image(pixels)
+            frame.header.stamp.sec, frame.header.frame_id = 100 + index, "camera"
+            boxes = TrackedDetections(header=frame.header, ended_tracks=["left", "right"] if index == 2 else [])
+            boxes.boxes = [
+                TrackedBox(track_id="left", x_min=10.0, y_min=10.0, x_max=150.0, y_max=300.0),
+                TrackedBox(track_id="right", x_min=170.0, y_min=20.0, x_max=310.0, y_max=310.0),
+                TrackedBox(track_id="sliver", x_min=315.0, y_min=0.0, x_max=400.0, y_max=50.0),
+            ]
+            if index % 2:  # detections may come before or after their frame
+                detections.publish(boxes)
+                frames.publish(frame)
+            else:
+                frames.publish(frame)
+                detections.publish(boxes)
+        done = lambda: {(e.track_id, e.num_views) for e in embeddings} >= {("left", 3), ("right", 3)}  # noqa: E731
+        assert spin_until(client_node, done, 60), [(e.track_id, e.num_views) for e in embeddings]
+        assert "sliver" not in {e.track_id for e in embeddings}
+        client_node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "dropped a detection: box of track 'sliver' leaves 5x50 pixels" in output
