@@ -77,7 +77,8 @@ class DDClipNode(Node):
         self._last_warning: dict[str, float] = {}
         self.worker = EncodeWorker(self._encode, self._deliver, queue_size=p.queue_size, max_batch=p.max_batch)
 
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE) if p.reliable else qos_profile_sensor_data
+        # Reliable input (tests, replays) must not lose views in a burst; sensor data may.
+        qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE) if p.reliable else qos_profile_sensor_data
         inputs = MutuallyExclusiveCallbackGroup()
         services = ReentrantCallbackGroup()
         self.embedding_pub = self.create_publisher(ShapeEmbedding, "ddclip/embeddings", 10)
@@ -130,6 +131,7 @@ class DDClipNode(Node):
             self.buffer.add(msg.track_id, rgb, time.monotonic(), stamp=msg.header, pose=pose)
             if msg.track_ended:
                 self.buffer.end(msg.track_id)
+        self._schedule()  # a track that just became due goes to the encoder now, not at the next tick
 
     def _on_frame(self, msg: Image) -> None:
         self._frame(msg.header, lambda: image_to_rgb(msg))
@@ -175,6 +177,7 @@ class DDClipNode(Node):
         with self.lock:
             for track_id in ended:
                 self.buffer.end(track_id)
+        self._schedule()
 
     def _warn_once_a_second(self, message: str, key: str) -> None:
         """Log each kind of problem at most once a second, so a flood of bad input cannot flood the log."""

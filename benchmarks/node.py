@@ -1,0 +1,165 @@
+"""Node benchmark: end-to-end latency, batched throughput and memory under a flood, over real DDS.
+
+- latency: from publishing the last view of a track to receiving its matches in this process,
+  p50/p99, against the encoder alone on the same views in the same run (overhead goal: <= 10% + 5 ms);
+- throughput: 1, 4, 16 concurrent tracks, the batched worker (max_batch 16) against one track per
+  forward pass (max_batch 1), in tracks/s;
+- memory: the node's resident memory while views of 50 tracks flood in at 30 Hz (bounded: no growth
+  after warm-up).
+
+    .venv/bin/python benchmarks/node.py --device cpu --flood-seconds 600      # the full 10-minute flood
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
+os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="ddclip-bench-log-"))
+
+import rclpy
+from ddclip.msg import ObjectMatches, ObjectView
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from ddclip_core import load_model
+from ddclip_ros.image_conversion import rgb_to_image
+
+RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace, **params: str) -> None:
+        overrides = {"device": args.device, "reliable": "true", "timeout_s": "30.0", **params}
+        if args.weights:
+            overrides["weights"] = args.weights
+        command = [sys.executable, "-m", "ddclip_ros.node", "--ros-args"]
+        command += [x for k, v in overrides.items() for x in ("-p", f"{k}:={v}")]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.node = rclpy.create_node("ddclip_bench")
+        self.arrivals: dict[tuple[str, int], float] = {}
+        self.node.create_subscription(ObjectMatches, "ddclip/matches", self._on_matches, 100)
+        self.publisher = self.node.create_publisher(ObjectView, "ddclip/views", RELIABLE)
+        deadline = time.monotonic() + 300
+        while self.publisher.get_subscription_count() == 0 or self.node.count_publishers("ddclip/matches") == 0:
+            rclpy.spin_once(self.node, timeout_sec=0.1)
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the node did not start")
+
+    def _on_matches(self, msg: ObjectMatches) -> None:
+        self.arrivals.setdefault((msg.track_id, msg.num_views), time.perf_counter())
+
+    def publish(self, track: str, view: np.ndarray, ended: bool = False) -> None:
+        message = ObjectView(track_id=track, track_ended=ended)
+        message.image = rgb_to_image(view)
+        self.publisher.publish(message)
+
+    def wait_for(self, keys: list[tuple[str, int]], timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(k in self.arrivals for k in keys):
+            rclpy.spin_once(self.node, timeout_sec=0.01)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matches for {[k for k in keys if k not in self.arrivals][:3]}")
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+
+
+def views(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", help="weights (default: random ViT-B-32; speed does not depend on values)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--views", type=int, default=6, help="views per track (default: 6)")
+    parser.add_argument("--repeats", type=int, default=10, help="tracks timed for latency (default: 10)")
+    parser.add_argument("--flood-seconds", type=float, default=600.0, help="flood duration (default: 600 = 10 min)")
+    args = parser.parse_args(argv)
+    rclpy.init()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(args.weights, device=args.device)
+    print(f"model {model.config.arch} on {model.device}; {args.views} views per track")
+
+    # Latency: last view published -> matches received, against the encoder alone.
+    harness = Harness(args, min_views=str(args.views), max_batch="16")
+    latencies, encoder = [], []
+    for i in range(args.repeats):
+        track_views = views(args.views, seed=i)
+        for j, view in enumerate(track_views):
+            harness.publish(f"lat-{i}", view, ended=j == args.views - 1)
+        sent = time.perf_counter()
+        harness.wait_for([(f"lat-{i}", args.views)])
+        latencies.append((harness.arrivals[(f"lat-{i}", args.views)] - sent) * 1e3)
+        start = time.perf_counter()
+        model.encode_views(track_views)
+        encoder.append((time.perf_counter() - start) * 1e3)
+    e2e, enc = np.percentile(latencies, [50, 99]), np.percentile(encoder, [50, 99])
+    print(f"latency last view -> matches: p50 {e2e[0]:.1f} ms, p99 {e2e[1]:.1f} ms")
+    print(f"encoder alone:                p50 {enc[0]:.1f} ms, p99 {enc[1]:.1f} ms")
+    overhead = e2e[0] - enc[0]
+    print(f"overhead p50: {overhead:.1f} ms ({overhead / enc[0] * 100:.0f}% of the encoder; goal <= 10% + 5 ms)")
+    harness.close()
+
+    # Throughput: batched worker against one track per forward pass.
+    print(f"\n{'tracks':>6} {'batched tracks/s':>17} {'one-at-a-time tracks/s':>23} {'speed-up':>9}")
+    for tracks in (1, 4, 16):
+        rates = []
+        for max_batch in ("16", "1"):
+            harness = Harness(args, min_views=str(args.views), max_batch=max_batch)
+            keys = [(f"t{max_batch}-{n}", args.views) for n in range(tracks)]  # reliable input: no view is lost
+            start = time.perf_counter()
+            for j in range(args.views):
+                for n in range(tracks):
+                    harness.publish(f"t{max_batch}-{n}", views(1, seed=1000 * n + j)[0], ended=j == args.views - 1)
+            harness.wait_for(keys)
+            rates.append(tracks / (max(harness.arrivals[k] for k in keys) - start))
+            harness.close()
+        print(f"{tracks:>6} {rates[0]:>17.2f} {rates[1]:>23.2f} {rates[0] / rates[1]:>8.2f}x")
+
+    # Memory under a flood: 30 Hz views over 50 tracks.
+    harness = Harness(args, max_batch="16")
+    pool = views(64, seed=5)
+    start = time.monotonic()
+    samples = []
+    sent = 0
+    while time.monotonic() - start < args.flood_seconds:
+        harness.publish(f"flood-{sent % 50}", pool[sent % len(pool)])
+        sent += 1
+        rclpy.spin_once(harness.node, timeout_sec=0)
+        if not samples or time.monotonic() - samples[-1][0] - start >= 10:
+            samples.append((time.monotonic() - start, rss_mb(harness.process.pid)))
+        time.sleep(max(0.0, start + sent / 30.0 - time.monotonic()))
+    warm = [rss for t, rss in samples if t >= min(60.0, args.flood_seconds / 4)]
+    print(f"\nflood: {sent} views over 50 tracks in {args.flood_seconds:.0f} s")
+    print("node RSS MB over time: " + ", ".join(f"{t:.0f}s {rss:.0f}" for t, rss in samples))
+    if warm:
+        print(f"after warm-up: min {min(warm):.0f} MB, max {max(warm):.0f} MB, growth {warm[-1] - warm[0]:+.0f} MB")
+    harness.close()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
