@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -88,6 +87,7 @@ def _run(
 
     from .query_client import ask, format_answer
     from .replay import load_tracks, publish_tracks
+    from .spin import spin_until
 
     tracks = load_tracks(assets, num_views=12)
     rclpy.init()
@@ -96,7 +96,7 @@ def _run(
         latest: dict[str, ObjectMatches] = {}
         client.create_subscription(ObjectMatches, "ddclip/matches", lambda m: latest.__setitem__(m.track_id, m), 10)
         print(f"starting the ddclip node (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}) ...", flush=True)
-        if not _spin_until(
+        if not spin_until(
             client,
             lambda: client.count_publishers("ddclip/matches") > 0 or node_process.poll() is not None,
             args.timeout,
@@ -109,7 +109,7 @@ def _run(
         sent = publish_tracks(client, tracks, rate_hz=60.0)
         print(f"replayed {sent} views of {len(tracks)} objects: {', '.join(name for name, _ in tracks)}")
         complete = lambda: all(name in latest and latest[name].num_views == len(views) for name, views in tracks)  # noqa: E731
-        if not _spin_until(client, complete, args.timeout):
+        if not spin_until(client, complete, args.timeout):
             print(f"ddclip-demo: results for only {sorted(latest)} within {args.timeout:.0f} s", file=sys.stderr)
             return 1
         print("\nwhat the node recognised (best label, all views):")
@@ -122,17 +122,6 @@ def _run(
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-
-
-def _spin_until(node, condition, timeout: float) -> bool:
-    import rclpy
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.05)
-        if condition():
-            return True
-    return False
 
 
 if __name__ == "__main__":

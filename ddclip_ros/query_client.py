@@ -7,22 +7,20 @@ import sys
 import time
 from typing import Any
 
+from .spin import spin_until
+
 SOURCES = {"seen": 1, "bank": 2, "both": 3}
 
 
 def ask(node: Any, text: str, k: int = 5, sources: str = "seen", timeout: float = 30.0) -> Any:
     """Call ddclip/query from ``node``; returns the response (raises TimeoutError if no answer)."""
-    import rclpy
     from ddclip.srv import Query
 
     client = node.create_client(Query, "ddclip/query")
     if not client.wait_for_service(timeout_sec=timeout):
         raise TimeoutError("no ddclip node answers on ddclip/query (is it running, same ROS_DOMAIN_ID?)")
     future = client.call_async(Query.Request(text=text, k=k, sources=SOURCES[sources]))
-    deadline = time.monotonic() + timeout
-    while not future.done() and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    if not future.done():
+    if not spin_until(node, future.done, timeout):
         raise TimeoutError(f"ddclip/query did not answer within {timeout:.0f} s")
     return future.result()
 

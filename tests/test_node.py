@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from ddclip_core import save_export  # noqa: E402
 from ddclip_core.bank_build import build_bank  # noqa: E402
 from ddclip_ros.image_conversion import rgb_to_image  # noqa: E402
+from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.conftest import make_tiny, random_views  # noqa: E402
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -72,15 +72,6 @@ def node_process(tmp_path):
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def spin_until(node, condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.05)
-        if condition():
-            return True
-    return False
 
 
 def view_message(track_id: str, pixels: np.ndarray, ended: bool = False) -> ObjectView:
