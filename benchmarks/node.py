@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from ddclip_core import load_model
 from ddclip_ros.image_conversion import rgb_to_image
+from ddclip_ros.node_process import start_node, stop_node
+from ddclip_ros.spin import spin_until
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -47,21 +48,18 @@ def rss_mb(pid: int) -> float:
 
 class Harness:
     def __init__(self, args: argparse.Namespace, **params: str) -> None:
-        overrides = {"device": args.device, "reliable": "true", "timeout_s": "30.0", **params}
-        if args.weights:
-            overrides["weights"] = args.weights
-        command = [sys.executable, "-m", "ddclip_ros.node", "--ros-args"]
-        command += [x for k, v in overrides.items() for x in ("-p", f"{k}:={v}")]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        overrides = {"weights": args.weights or "", "device": args.device, "reliable": "true", "timeout_s": "30.0"}
+        self.process = start_node({**overrides, **params}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.node = rclpy.create_node("ddclip_bench")
         self.arrivals: dict[tuple[str, int], float] = {}
         self.node.create_subscription(ObjectMatches, "ddclip/matches", self._on_matches, 100)
         self.publisher = self.node.create_publisher(ObjectView, "ddclip/views", RELIABLE)
-        deadline = time.monotonic() + 300
-        while self.publisher.get_subscription_count() == 0 or self.node.count_publishers("ddclip/matches") == 0:
-            rclpy.spin_once(self.node, timeout_sec=0.1)
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the node did not start")
+        started = lambda: (  # noqa: E731
+            self.process.poll() is not None
+            or (self.publisher.get_subscription_count() > 0 and self.node.count_publishers("ddclip/matches") > 0)
+        )
+        if not spin_until(self.node, started, 300) or self.process.poll() is not None:
+            raise RuntimeError("the node did not start")
 
     def _on_matches(self, msg: ObjectMatches) -> None:
         self.arrivals.setdefault((msg.track_id, msg.num_views), time.perf_counter())
@@ -72,16 +70,12 @@ class Harness:
         self.publisher.publish(message)
 
     def wait_for(self, keys: list[tuple[str, int]], timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(k in self.arrivals for k in keys):
-            rclpy.spin_once(self.node, timeout_sec=0.01)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no matches for {[k for k in keys if k not in self.arrivals][:3]}")
+        if not spin_until(self.node, lambda: all(k in self.arrivals for k in keys), timeout):
+            raise TimeoutError(f"no matches for {[k for k in keys if k not in self.arrivals][:3]}")
 
     def close(self) -> None:
         self.node.destroy_node()
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=60)
+        stop_node(self.process)
 
 
 def views(count: int, seed: int) -> np.ndarray:

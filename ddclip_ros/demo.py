@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ def _assets() -> tuple[Path, list[tuple[str, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     from ddclip_core.hub import default_weights
+
+    from .node_process import start_node, stop_node
 
     parser = argparse.ArgumentParser(
         prog="ddclip-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,18 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         "min_views": "12",
         "timeout_s": "5.0",
     }
-    overrides = [x for k, v in params.items() if v for x in ("-p", f"{k}:={v}")]  # "" cannot be passed as -p
-    command = [sys.executable, "-m", "ddclip_ros.node", "--ros-args", *overrides]
-    node_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node_process = start_node(params, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         return _run(args, assets, examples, node_process)
     finally:
-        if node_process.poll() is None:
-            node_process.send_signal(signal.SIGINT)
-            try:
-                node_process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node_process.kill()
+        stop_node(node_process, timeout=30)
 
 
 def _run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from ddclip_core import save_export  # noqa: E402
 from ddclip_core.bank_build import build_bank  # noqa: E402
 from ddclip_ros.image_conversion import rgb_to_image  # noqa: E402
+from ddclip_ros.node_process import start_node, stop_node  # noqa: E402
 from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.conftest import make_tiny, random_views  # noqa: E402
 
@@ -57,21 +57,9 @@ def node_process(tmp_path):
         "timeout_s": "1.0",
         "memory_path": str(tmp_path / "memory"),
     }
-    args = ["--ros-args", *[item for k, v in params.items() for item in ("-p", f"{k}:={v}")]]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddclip_ros.node", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_node(params, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield process, tmp_path
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    stop_node(process)
 
 
 def view_message(track_id: str, pixels: np.ndarray, ended: bool = False) -> ObjectView:
@@ -152,8 +140,7 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
         client_node.destroy_node()
     finally:
         rclpy.try_shutdown()
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    output = stop_node(process)
     assert process.returncode == 0, output
     assert "dropped a view of track 'bad-4': unsupported image encoding 'yuv422'" in output
     assert "dropped a view of track 'bad-5': zero-size image" in output
@@ -220,7 +207,6 @@ def test_full_frames_with_tracked_boxes(node_process):
         client_node.destroy_node()
     finally:
         rclpy.try_shutdown()
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    output = stop_node(process)
     assert process.returncode == 0, output
     assert "dropped a detection: box of track 'sliver' leaves 5x50 pixels" in output
