@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def load_labels(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     labels = [label.strip() for label in labels if label.strip()]
     if not labels:
         raise ValueError(f"no labels in {spec}")
-    duplicates = sorted({label for label in labels if labels.count(label) > 1}) if len(labels) < 5000 else []
+    duplicates = sorted(label for label, count in Counter(labels).items() if count > 1)
     if duplicates:
         raise ValueError(f"duplicate labels in {spec}: {duplicates[:5]}")
     return labels
