@@ -32,6 +32,7 @@ setup(
         "faiss-cpu>=1.8",
         "h5py>=3.8",
         "pyarrow>=14",
+        "rosbags>=0.11",
     ],
     extras_require={
         "download": ["huggingface_hub>=0.20"],

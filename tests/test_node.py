@@ -16,48 +16,18 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from ddclip_core import save_export  # noqa: E402
-from ddclip_core.bank_build import build_bank  # noqa: E402
 from ddclip_ros.image_conversion import rgb_to_image  # noqa: E402
-from ddclip_ros.node_process import start_node, stop_node  # noqa: E402
+from ddclip_ros.node_process import stop_node  # noqa: E402
 from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.conftest import make_tiny, random_views  # noqa: E402
+from tests.ros_node import launch, node_params, ros_env  # noqa: E402
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @pytest.fixture
 def node_process(tmp_path):
-    model = make_tiny(seed=3)
-    weights = save_export(model, tmp_path / "weights")
-    objects = tmp_path / "objects"
-    for index, name in enumerate(("red_mug", "white_couch")):
-        (objects / name).mkdir(parents=True)
-        from PIL import Image
-
-        for i, view in enumerate(random_views(2, seed=50 + index)):
-            Image.fromarray(view).save(objects / name / f"{i}.png")
-    build_bank(model, objects, progress=False).save(tmp_path / "bank")
-    (tmp_path / "labels.txt").write_text("mug\ncouch\nduck\n")
-    env = {
-        **os.environ,
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_DOMAIN_ID": str(150 + os.getpid() % 80),
-        "ROS_LOG_DIR": str(tmp_path / "ros_log"),
-        "DDCLIP_CACHE": str(tmp_path / "cache"),
-    }
-    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")})
-    params = {
-        "weights": str(weights),
-        "device": "cpu",
-        "bank": str(tmp_path / "bank"),
-        "labels": str(tmp_path / "labels.txt"),
-        "templates": "none",
-        "reliable": "true",
-        "min_views": "2",
-        "timeout_s": "1.0",
-        "memory_path": str(tmp_path / "memory"),
-    }
-    process = start_node(params, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = launch(node_params(tmp_path), ros_env(tmp_path))
     yield process, tmp_path
     stop_node(process)
 
