@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ from ddclip_core.memory import ObjectMemory, SeenObject
 from ddclip_core.retrieval import check_compatible
 from ddclip_core.tracks import TrackBuffer, TrackPolicy
 
+from .annotate import best_match, draw_detections
 from .frames import FramePairer, boxes_from_tracked, boxes_from_vision_msgs, crop, stamp_key
-from .image_conversion import apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool
+from .image_conversion import apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
 from .parameters import NodeParameters, declare_parameters
 from .worker import EncodeJob, EncodeWorker
 
@@ -84,6 +86,8 @@ class DDClipNode(Node):
         self.embedding_pub = self.create_publisher(ShapeEmbedding, "ddclip/embeddings", 10)
         self.matches_pub = self.create_publisher(ObjectMatches, "ddclip/matches", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.annotated_pub = self.create_publisher(Image, "ddclip/annotated", 10) if p.annotate else None
+        self.best: OrderedDict[str, tuple[str, float]] = OrderedDict()  # track -> best match, for annotation
         self.create_subscription(ObjectView, "ddclip/views", self._on_view, qos, callback_group=inputs)
         self.pairer = FramePairer()
         self.create_subscription(Image, "image", self._on_frame, qos, callback_group=inputs)
@@ -164,6 +168,10 @@ class DDClipNode(Node):
             self._add_crops(header, frame, boxes, ended)
 
     def _add_crops(self, header: Any, rgb: np.ndarray, boxes: list, ended: list[str]) -> None:
+        if self.annotated_pub is not None:  # before buffering: the caption is what was known when the frame came
+            with self.lock:
+                labels = {box.track_id: self.best[box.track_id] for box in boxes if box.track_id in self.best}
+            self.annotated_pub.publish(rgb_to_image(draw_detections(rgb, boxes, labels), header))
         now = time.monotonic()
         for box in boxes:
             try:
@@ -233,6 +241,12 @@ class DDClipNode(Node):
                 matches.label_matches = [Match(id=label, name=label, score=score) for label, score in labels[i]]
             best = [m.score for m in (*matches.bank_matches[:1], *matches.label_matches[:1])]
             matches.confident = bool(best) and max(best) >= self.p.confidence_threshold
+            if self.annotated_pub is not None and (caption := best_match(matches)) is not None:
+                with self.lock:
+                    self.best[job.track_id] = caption
+                    self.best.move_to_end(job.track_id)
+                    while len(self.best) > self.p.max_tracks:
+                        self.best.popitem(last=False)
             self.matches_pub.publish(matches)
 
     # ------------------------------------------------------------------ services

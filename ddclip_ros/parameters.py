@@ -18,6 +18,7 @@ class NodeParameters:
     templates: str = "openai"
     memory_path: str = ""  # folder to persist the object memory in; "" = not persisted
     reliable: bool = False  # input QoS: False = sensor data (best effort), True = reliable
+    annotate: bool = False  # read-only: publish frames with boxes, track ids and best matches on ddclip/annotated
     max_views: int = 12
     min_views: int = 3
     reencode_after: int = 2
@@ -40,6 +41,7 @@ DESCRIPTIONS = {
     "templates": "prompt templates for the labels: openai, simple, none or a file",
     "memory_path": "folder where the object memory is loaded from and saved to at shutdown",
     "reliable": "input QoS: false = sensor data (best effort), true = reliable",
+    "annotate": "publish full frames with their boxes, track ids and best matches on ddclip/annotated",
     "max_views": "views kept per track (diverse ones)",
     "min_views": "views before a track's first encode",
     "reencode_after": "new views that trigger a re-encode",
@@ -61,6 +63,7 @@ READ_ONLY = {
     "templates",
     "memory_path",
     "reliable",
+    "annotate",
     "max_views",
     "max_tracks",
     "queue_size",
