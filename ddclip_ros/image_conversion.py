@@ -32,7 +32,16 @@ ENCODINGS: dict[str, tuple[type, int, str]] = {
 MAX_PIXELS = 64_000_000
 
 
-def image_to_array(msg: Any) -> np.ndarray:
+class ImageTooLarge(ValueError):
+    """An image over the pixel limit: refused before its pixels are converted or decoded."""
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image of {width}x{height} exceeds {max_pixels} pixels")
+
+
+def image_to_array(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The pixels of a sensor_msgs/Image as an (H, W, C) array of the encoding's dtype (native order)."""
     encoding = msg.encoding
     if encoding not in ENCODINGS:
@@ -41,8 +50,7 @@ def image_to_array(msg: Any) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ValueError(f"zero-size image ({width}x{height})")
-    if height * width > MAX_PIXELS:
-        raise ValueError(f"image of {width}x{height} exceeds {MAX_PIXELS} pixels")
+    _check_size(width, height, max_pixels)
     row_bytes = width * channels * np.dtype(dtype).itemsize
     if step < row_bytes:
         raise ValueError(f"step {step} is smaller than a row of {width} {encoding} pixels ({row_bytes} bytes)")
@@ -55,9 +63,9 @@ def image_to_array(msg: Any) -> np.ndarray:
     return pixels.astype(np.dtype(dtype).newbyteorder("="), copy=False)
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def image_to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A sensor_msgs/Image as an (H, W, 3) uint8 RGB view for the encoder."""
-    return to_rgb8(image_to_array(msg), ENCODINGS[msg.encoding][2])
+    return to_rgb8(image_to_array(msg, max_pixels), ENCODINGS[msg.encoding][2])
 
 
 def to_rgb8(pixels: np.ndarray, order: str) -> np.ndarray:
@@ -77,15 +85,14 @@ def to_rgb8(pixels: np.ndarray, order: str) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, :3])
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
+def compressed_to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A sensor_msgs/CompressedImage (jpeg, png, ...) as an (H, W, 3) uint8 RGB array."""
     data = bytes(memoryview(msg.data).cast("B"))
     if not data:
         raise ValueError("compressed image with no data")
     try:
-        with PILImage.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"image of {image.width}x{image.height} exceeds {MAX_PIXELS} pixels")
+        with PILImage.open(io.BytesIO(data)) as image:  # reads the header only: the size is known before decoding
+            _check_size(image.width, image.height, max_pixels)
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot decode compressed image (format {msg.format!r}): {exc}") from exc

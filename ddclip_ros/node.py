@@ -34,7 +34,14 @@ from ddclip_core.tracks import TrackBuffer, TrackPolicy
 
 from .annotate import best_match, draw_detections
 from .frames import FramePairer, boxes_from_tracked, boxes_from_vision_msgs, crop, stamp_key
-from .image_conversion import apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
+from .image_conversion import (
+    ImageTooLarge,
+    apply_mask,
+    compressed_to_rgb,
+    image_to_rgb,
+    mask_to_bool,
+    rgb_to_image,
+)
 from .parameters import NodeParameters, declare_parameters
 from .worker import EncodeJob, EncodeWorker
 
@@ -76,6 +83,7 @@ class DDClipNode(Node):
         self.lock = threading.Lock()  # guards buffer and memory (callbacks, timers, worker, services)
         self.bank_lock = threading.Lock()  # guards the bank: the worker searches it, enroll/forget edit it
         self.bad_inputs = 0
+        self.too_large = 0  # of bad_inputs: images over max_pixels
         self._last_warning: dict[str, float] = {}
         self.worker = EncodeWorker(self._encode, self._deliver, queue_size=p.queue_size, max_batch=p.max_batch)
 
@@ -120,12 +128,12 @@ class DDClipNode(Node):
     # ------------------------------------------------------------------ input
     def _on_view(self, msg: ObjectView) -> None:
         try:
-            rgb = image_to_rgb(msg.image)
+            rgb = image_to_rgb(msg.image, self.p.max_pixels)
             rgb = apply_mask(rgb, mask_to_bool(msg.mask, rgb.shape[:2]))
             if not msg.track_id:
                 raise ValueError("empty track_id")
         except ValueError as exc:
-            self.bad_inputs += 1
+            self._count_bad(exc)
             self._warn_once_a_second(
                 f"dropped a view of track {msg.track_id!r}: {exc}", key=" ".join(str(exc).split()[:2])
             )
@@ -138,16 +146,16 @@ class DDClipNode(Node):
         self._schedule()  # a track that just became due goes to the encoder now, not at the next tick
 
     def _on_frame(self, msg: Image) -> None:
-        self._frame(msg.header, lambda: image_to_rgb(msg))
+        self._frame(msg.header, lambda: image_to_rgb(msg, self.p.max_pixels))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._frame(msg.header, lambda: compressed_to_rgb(msg))
+        self._frame(msg.header, lambda: compressed_to_rgb(msg, self.p.max_pixels))
 
     def _frame(self, header: Any, convert: Any) -> None:
         try:
             rgb = convert()
         except ValueError as exc:
-            self.bad_inputs += 1
+            self._count_bad(exc)
             self._warn_once_a_second(f"dropped a frame: {exc}", key="frame " + " ".join(str(exc).split()[:2]))
             return
         with self.lock:
@@ -187,6 +195,10 @@ class DDClipNode(Node):
                 self.buffer.end(track_id)
         self._schedule()
 
+    def _count_bad(self, exc: ValueError) -> None:
+        self.bad_inputs += 1
+        self.too_large += isinstance(exc, ImageTooLarge)
+
     def _warn_once_a_second(self, message: str, key: str) -> None:
         """Log each kind of problem at most once a second, so a flood of bad input cannot flood the log."""
         now = time.monotonic()
@@ -206,6 +218,17 @@ class DDClipNode(Node):
     # ------------------------------------------------------------------ encoder thread
     def _encode(self, objects: list[list[np.ndarray]]) -> np.ndarray:
         return self.model.encode_views(objects, batch_size=len(objects)).cpu().numpy()
+
+    def _publish(self, publisher: Any, message: Any) -> None:
+        """Publish from the encoder thread, which may still be finishing a batch when a signal has
+        already shut the ROS context down: its results then go to the memory only, without a traceback."""
+        if not self.context.ok():
+            return
+        try:
+            publisher.publish(message)
+        except Exception:
+            if self.context.ok():
+                raise
 
     def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
         with self.bank_lock:
@@ -229,7 +252,7 @@ class DDClipNode(Node):
             embedding.weights_id = self.model.weights_id
             if job.pose is not None:
                 embedding.pose = job.pose
-            self.embedding_pub.publish(embedding)
+            self._publish(self.embedding_pub, embedding)
             matches = ObjectMatches(header=job.stamp, track_id=job.track_id, num_views=len(job.views))
             matches.threshold = self.p.confidence_threshold
             if bank_matches is not None:
@@ -247,7 +270,7 @@ class DDClipNode(Node):
                     self.best.move_to_end(job.track_id)
                     while len(self.best) > self.p.max_tracks:
                         self.best.popitem(last=False)
-            self.matches_pub.publish(matches)
+            self._publish(self.matches_pub, matches)
 
     # ------------------------------------------------------------------ services
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
@@ -307,7 +330,7 @@ class DDClipNode(Node):
                 if not views:
                     raise ValueError(f"no views of track {request.track_id!r} (unknown or forgotten)")
             elif request.images:
-                views = [image_to_rgb(image) for image in request.images]
+                views = [image_to_rgb(image, self.p.max_pixels) for image in request.images]
             else:
                 raise ValueError("give a track_id or images")
         except ValueError as exc:
@@ -340,6 +363,7 @@ class DDClipNode(Node):
                 "queue_depth": self.worker.depth,
                 "dropped_jobs": stats.dropped_jobs,
                 "bad_inputs": self.bad_inputs,
+                "too_large_images": self.too_large,
                 "rejected_views": self.buffer.rejected_views,
                 "tracks": tracks,
                 "evicted_tracks": self.buffer.evicted,

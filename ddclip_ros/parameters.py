@@ -19,6 +19,7 @@ class NodeParameters:
     memory_path: str = ""  # folder to persist the object memory in; "" = not persisted
     reliable: bool = False  # input QoS: False = sensor data (best effort), True = reliable
     annotate: bool = False  # read-only: publish frames with boxes, track ids and best matches on ddclip/annotated
+    max_pixels: int = 16_000_000  # larger images are refused unconverted (a 4K frame has 8.3 million)
     max_views: int = 12
     min_views: int = 3
     reencode_after: int = 2
@@ -42,6 +43,7 @@ DESCRIPTIONS = {
     "memory_path": "folder where the object memory is loaded from and saved to at shutdown",
     "reliable": "input QoS: false = sensor data (best effort), true = reliable",
     "annotate": "publish full frames with their boxes, track ids and best matches on ddclip/annotated",
+    "max_pixels": "images with more pixels than this are dropped and counted, not converted",
     "max_views": "views kept per track (diverse ones)",
     "min_views": "views before a track's first encode",
     "reencode_after": "new views that trigger a re-encode",
@@ -64,6 +66,7 @@ READ_ONLY = {
     "memory_path",
     "reliable",
     "annotate",
+    "max_pixels",
     "max_views",
     "max_tracks",
     "queue_size",
@@ -71,6 +74,7 @@ READ_ONLY = {
     "max_objects",
 }
 INT_RANGES = {
+    "max_pixels": (1, 1_000_000_000),
     "max_views": (1, 64),
     "min_views": (1, 64),
     "reencode_after": (1, 64),

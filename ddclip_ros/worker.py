@@ -67,8 +67,12 @@ class EncodeWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in progress and drop the queued ones: shutdown must not wait for a backlog
+        (launch escalates to SIGKILL after a few seconds)."""
         with self._ready:
             self._stop = True
+            self.stats.dropped_jobs += len(self._jobs)
+            self._jobs.clear()
             self._ready.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
