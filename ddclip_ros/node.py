@@ -28,6 +28,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
 from ddclip_core import EmbeddingBank, LabelSet, load_model
+from ddclip_core.enrolled import PREFIX, EnrolledObjects
 from ddclip_core.memory import ObjectMemory, SeenObject
 from ddclip_core.retrieval import check_compatible
 from ddclip_core.tracks import TrackBuffer, TrackPolicy
@@ -67,6 +68,11 @@ class DDClipNode(Node):
         self.bank = EmbeddingBank.load(p.bank) if p.bank else None
         if self.bank is not None:
             check_compatible(self.bank, self.model)
+        # Names given through ddclip/enroll, kept in memory_path (not in the bank folder, which stays read-only)
+        self.enrolled = EnrolledObjects(self.model.embed_dim, self.model.weights_id, p.memory_path or None)
+        self.bank = self.enrolled.into(self.bank)
+        if len(self.enrolled):
+            self.get_logger().info(f"{len(self.enrolled)} enrolled object(s) from {p.memory_path}")
         self.labels = LabelSet(p.labels, templates=p.templates) if p.labels else None
         self.label_embeddings = self.labels.embeddings(self.model) if self.labels else None
         self.buffer = TrackBuffer(
@@ -309,10 +315,11 @@ class DDClipNode(Node):
             ids = None if request.all else list(request.track_ids)
             count = self.memory.forget(ids)
             self.buffer.forget(ids)
-        if request.enrolled_ids and self.bank is not None:
+        if request.enrolled_ids:
             with self.bank_lock:
-                known = [i for i in request.enrolled_ids if i in self.bank]
-                count += self.bank.remove(known)
+                count += self.enrolled.remove(self.bank, list(request.enrolled_ids))
+                if self.bank is not None:  # other bank rows may be hidden too, until a restart
+                    count += self.bank.remove([i for i in request.enrolled_ids if i in self.bank])
         response.success, response.forgotten = True, count
         response.message = f"forgot {count}"
         return response
@@ -337,14 +344,9 @@ class DDClipNode(Node):
             response.success, response.message = False, str(exc)
             return response
         embedding = self.model.encode_views(views).cpu().numpy()
-        item_id = f"enrolled:{name}"
-        record = {"id": item_id, "name": name, "category": request.category, "source": "enrolled"}
-        with self.bank_lock:
-            if self.bank is None:
-                self.bank = EmbeddingBank(self.model.embed_dim, weights_id=self.model.weights_id)
-            if item_id in self.bank:
-                self.bank.remove([item_id])  # enrolling a name again replaces its views
-            self.bank.add(embedding, [record], weights_id=self.model.weights_id)
+        item_id = PREFIX + name
+        with self.bank_lock:  # enrolling a name again replaces its views
+            self.bank = self.enrolled.add(self.bank, embedding, name, request.category)
         if request.track_id:
             with self.lock:
                 if request.track_id in self.memory:

@@ -40,7 +40,7 @@ DESCRIPTIONS = {
     "bank": "embedding bank folder to match objects against (ddclip bank ...)",
     "labels": "label set for zero-shot labels: lvis or a .txt/.csv/.json file",
     "templates": "prompt templates for the labels: openai, simple, none or a file",
-    "memory_path": "folder where the object memory is loaded from and saved to at shutdown",
+    "memory_path": "folder for the object memory (saved at shutdown) and enrolled names (saved at once)",
     "reliable": "input QoS: false = sensor data (best effort), true = reliable",
     "annotate": "publish full frames with their boxes, track ids and best matches on ddclip/annotated",
     "max_pixels": "images with more pixels than this are dropped and counted, not converted",
