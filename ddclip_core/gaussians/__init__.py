@@ -1,0 +1,38 @@
+"""GS-CLIP: 3D Gaussian splats of an object -> an embedding in the same CLIP space. No ROS in here.
+
+from ddclip_core.gaussians import GSCLIPEncoder, GSEncoderConfig, lift_points, read_gaussians
+splats = read_gaussians("object.ply")                           # a 3DGS PLY, or:
+splats = lift_points(points, colours)                           # a coloured point cloud
+embedding = GSCLIPEncoder(GSEncoderConfig()).eval().encode(splats)   # (1, 512), L2-normalised
+"""
+
+from .checkpoint import load_gs_encoder, save_gs_encoder
+from .config import GSEncoderConfig
+from .encoder import GSCLIPEncoder
+from .lift import LiftResult, lift, lift_points, points_from_depth
+from .ply import PlyError, read_gaussians, read_point_cloud, read_vertices, write_gaussians, write_point_cloud
+from .refine import PosedImage, RefinementUnavailableWarning, refine_gaussians
+from .splats import FEATURE_NAMES, SH_C0, Gaussians
+
+__all__ = [
+    "FEATURE_NAMES",
+    "SH_C0",
+    "GSCLIPEncoder",
+    "GSEncoderConfig",
+    "Gaussians",
+    "LiftResult",
+    "PlyError",
+    "PosedImage",
+    "RefinementUnavailableWarning",
+    "lift",
+    "lift_points",
+    "load_gs_encoder",
+    "points_from_depth",
+    "read_gaussians",
+    "read_point_cloud",
+    "read_vertices",
+    "refine_gaussians",
+    "save_gs_encoder",
+    "write_gaussians",
+    "write_point_cloud",
+]
