@@ -10,6 +10,7 @@ scores = shape @ text.T
 from .bank import BankError, BankMismatchError, EmbeddingBank, Match
 from .config import DuoduoConfig, PreprocessConfig
 from .factory import RandomWeightsWarning, load_model
+from .gaussians import Gaussians, GSCLIPEncoder, GSEncoderConfig, lift_points, load_gs_encoder, read_gaussians
 from .labels import LabelSet
 from .model import DuoduoCLIP, embeddings_to_numpy
 from .preprocess import Preprocessor
@@ -24,13 +25,19 @@ __all__ = [
     "DuoduoCLIP",
     "DuoduoConfig",
     "EmbeddingBank",
+    "GSCLIPEncoder",
+    "GSEncoderConfig",
+    "Gaussians",
     "LabelSet",
     "Match",
     "PreprocessConfig",
     "Preprocessor",
     "RandomWeightsWarning",
     "embeddings_to_numpy",
+    "lift_points",
+    "load_gs_encoder",
     "load_model",
+    "read_gaussians",
     "read_weights",
     "save_export",
 ]
