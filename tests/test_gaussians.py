@@ -356,6 +356,8 @@ def test_encoder_checkpoint_round_trip_and_mismatch(tmp_path, encoder):
 def test_config_validation():
     with pytest.raises(ValueError, match="fusion_groups must be in 1..npoints"):
         GSEncoderConfig(npoints=(32, 8), fusion_groups=64)
+    with pytest.raises(ValueError, match="neighbours of level 1 exceed the centres of the level before: 16 > 8"):
+        GSEncoderConfig(npoints=(8, 4), neighbours=(8, 16), fusion_groups=8)
     with pytest.raises(ValueError, match="one entry per level"):
         GSEncoderConfig(npoints=(32,), neighbours=(8, 8))
     assert GSEncoderConfig.from_json(GSEncoderConfig.tiny().to_json()) == GSEncoderConfig.tiny()

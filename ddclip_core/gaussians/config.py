@@ -73,6 +73,10 @@ class GSEncoderConfig:
             raise ValueError("all sizes must be >= 1 and every MLP needs at least one layer")
         if list(self.npoints) != sorted(self.npoints, reverse=True):
             raise ValueError(f"npoints must not increase from level to level, got {self.npoints}")
+        too_many = [i for i in range(1, levels) if self.neighbours[i] > self.npoints[i - 1]]
+        if too_many:
+            raise ValueError(f"neighbours of level {too_many[0]} exceed the centres of the level before: "
+                             f"{self.neighbours[too_many[0]]} > {self.npoints[too_many[0] - 1]}")  # fmt: skip
         if not 1 <= self.fusion_groups <= self.npoints[0]:
             raise ValueError(f"fusion_groups must be in 1..npoints[0] ({self.npoints[0]}), got {self.fusion_groups}")
         if self.fusion_group_size < 1 or self.fusion_depth < 0 or self.embed_dim < 1 or self.head_hidden < 1:
