@@ -18,15 +18,17 @@ def canonical_order(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
 
     After this, the rows' input order no longer matters; position in the sorted order breaks ties.
     """
-    order = torch.argsort(features[..., 0], dim=1, stable=True)
-    x_sorted = features[..., 0].gather(1, order)
-    # Ties in x are what make a full lexicographic sort necessary (duplicates, depth-image columns).
-    if bool((x_sorted[:, 1:] == x_sorted[:, :-1]).any()):
+    # Padding sorts last on x = +inf (features are finite); its own order does not matter.
+    x = features[..., 0].masked_fill(~mask, torch.inf)
+    order = torch.argsort(x, dim=1, stable=True)
+    x_sorted, valid_sorted = x.gather(1, order), mask.gather(1, order)
+    # Ties in x between real rows (duplicates, depth-image columns) need the full lexicographic sort.
+    if bool(((x_sorted[:, 1:] == x_sorted[:, :-1]) & valid_sorted[:, 1:]).any()):
         order = torch.arange(features.shape[1], device=features.device).expand(features.shape[:2])
         for column in reversed(range(features.shape[-1])):
             key = features[..., column].gather(1, order)
             order = order.gather(1, torch.argsort(key, dim=1, stable=True))
-    order = order.gather(1, torch.argsort((~mask).gather(1, order).to(torch.uint8), dim=1, stable=True))
+        order = order.gather(1, torch.argsort((~mask).gather(1, order).to(torch.uint8), dim=1, stable=True))
     return gather(features, order), mask.gather(1, order)
 
 
