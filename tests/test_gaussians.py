@@ -319,6 +319,7 @@ def test_encoder_output_and_gradients(encoder):
     g = random_gaussians(80)
     out = encoder.encode(g)
     assert out.shape == (1, 32) and torch.allclose(out.norm(dim=-1), torch.ones(1))
+    torch.testing.assert_close(encoder.encode(g.to_features()), out, rtol=0, atol=0)  # (N, 14) array input
     raw = encoder.encode(g, normalize=False)
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(1))
     features = torch.from_numpy(g.to_features())[None].requires_grad_(True)
