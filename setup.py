@@ -37,6 +37,9 @@ setup(
     extras_require={
         "download": ["huggingface_hub>=0.20"],
         "test": ["pytest>=7", "ruff"],
+        # training/: data preparation (a real renderer, mesh conversion), Lightning training, plots
+        "train": ["pytorch-lightning>=2.1", "pybullet>=3.2", "trimesh>=4", "matplotlib>=3.7", "pyyaml>=6"],
+        "tensorboard": ["tensorboard>=2.12"],
     },
     entry_points={
         "console_scripts": [

@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_bank import register
 
     register(commands, _add_model_args)
+    _register_training(commands)
 
     weights = commands.add_parser("weights", help="download, inspect or export weight files")
     weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
@@ -266,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(export)
     export.set_defaults(func=cmd_weights_export)
     return parser
+
+
+def _register_training(commands) -> None:
+    # training/ ships beside ddclip_core in the same distribution; ddclip_core itself never needs it.
+    try:
+        from training.cli import register
+    except ImportError:
+        return
+    register(commands, _add_model_args, _load)
 
 
 def main(argv: list[str] | None = None) -> int:

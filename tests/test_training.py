@@ -1,0 +1,297 @@
+"""The training pipeline end to end on CPU: real renders of real meshes, real h5 files, Lightning."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import make_tiny
+
+from ddclip_core import load_model, save_export
+from training.catalog import pybullet_objects
+from training.config import TrainConfig
+from training.data import ViewBatchSampler
+from training.demo_set import captions_for
+from training.evaluate import evaluate_retrieval, evaluate_zero_shot, write_report
+from training.layout import DataError, DataFolder
+from training.loss import INIT_LOGIT_SCALE, ContrastiveLoss, info_nce
+from training.pack import pack
+from training.render import MeshObject, RenderSettings, render_all
+from training.targets import compute_targets
+from training.train import train
+
+pytest.importorskip("pybullet", reason="data preparation renders with pybullet (the 'train' extra)")
+
+# Two objects in three categories each: validation asks for categories seen in training.
+OBJECTS = ["duck", "mug", "soccerball", "sphere_red", "table", "table_square"]
+RENDERS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    return save_export(make_tiny(layers_threshold=2), tmp_path_factory.mktemp("tiny") / "export")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, tiny_weights) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    catalogue = {obj.uid: obj for obj in pybullet_objects()}
+    variants, splits, captions = [], {}, {}
+    for uid in OBJECTS:
+        for r in range(RENDERS):
+            obj = catalogue[uid]
+            variant = MeshObject(f"{uid}-r{r}", obj.path, obj.name, obj.category, obj.euler)
+            variants.append(variant)
+            splits[variant.uid] = "val" if r == RENDERS - 1 else "train"
+            captions[variant.uid] = captions_for(obj)
+    variants.append(MeshObject("broken", root / "missing.obj", "nothing"))
+    report = render_all(variants, root / "renders", RenderSettings(views=12, seed=0), workers=1, progress=False)
+    assert (report.rendered, report.failed) == (len(OBJECTS) * RENDERS, 1)
+    assert "missing.obj" in (root / "renders" / "failures.jsonl").read_text()
+    pack(root / "renders", root / "data", splits=splits, captions=captions, progress=False)
+    compute_targets(DataFolder(root / "data"), load_model(tiny_weights, device="cpu"), progress=False)
+    return root / "data"
+
+
+def _config(data_root: Path, weights: Path, out: Path, *overrides: str) -> TrainConfig:
+    return TrainConfig.load(
+        None,
+        [
+            f"data.root={data_root}",
+            f"model.init_weights={weights}",
+            "model.layers_threshold=0",
+            "data.batch_size=6",
+            "data.num_workers=0",
+            "data.templates=simple",
+            "optim.lr=2e-3",
+            f"trainer.out_dir={out}",
+            "trainer.log_every_n_steps=1",
+            "trainer.progress_bar=false",
+            "trainer.seed=7",
+            *overrides,
+        ],
+    )
+
+
+def _train_losses(out: Path) -> list[float]:
+    metrics = next((out / "logs").rglob("metrics.csv"))
+    with metrics.open() as f:
+        return [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_render_is_resumable_and_real(data_root):
+    renders = data_root.parent / "renders"
+    again = render_all(
+        [MeshObject("duck-r0", Path("unused"), "duck")], renders, RenderSettings(), workers=1, progress=False
+    )
+    assert (again.skipped, again.rendered) == (1, 0)
+    meta = json.loads((renders / "duck-r0" / "meta.json").read_text())
+    assert len(meta["cameras"]) == 12 and np.asarray(meta["cameras"][0]["world_to_camera"]).shape == (4, 4)
+    with h5py.File(data_root / "mv_images.h5") as f:
+        views = f["imgs"][0]
+    assert views.shape == (12, 3, 224, 224) and views.dtype == np.uint8
+    # White background around a visible, coloured object.
+    assert (views[:, :, 0, 0] == 255).all()
+    assert (views.reshape(12, 3, -1).std(axis=2) > 10).all()
+
+
+def test_pack_layout_and_targets(data_root):
+    data = DataFolder(data_root)
+    assert data.num_objects == len(OBJECTS) * RENDERS and data.num_views == 12
+    assert sorted(json.loads((data_root / "model_to_idx.json").read_text()).values()) == list(range(18))
+    assert len(data.rows("val")) == len(OBJECTS) and data.categories() == ["ball", "mug", "rubber duck", "table"]
+    with h5py.File(data_root / "image_embeddings.h5") as f:
+        feats = f["img_feat"][:]
+    assert feats.shape == (18, 12, 32)
+    # Each target is plain CLIP of one view: the same as encoding that view alone.
+    model = load_model(next(data_root.parent.parent.glob("tiny*/export")), device="cpu")
+    with h5py.File(data_root / "mv_images.h5") as f:
+        view = f["imgs"][3, 5]
+    from ddclip_core import PreprocessConfig, Preprocessor
+
+    pixels = Preprocessor(PreprocessConfig(crop_size=224)).from_uint8(torch.from_numpy(view[None]).permute(0, 2, 3, 1))
+    expected = model.encode_views(pixels[None]).detach().numpy()[0]
+    np.testing.assert_allclose(feats[3, 5], expected, atol=2e-3)
+    with h5py.File(data_root / "text_embeddings.h5") as f:
+        assert f["text_offsets"][-1] == len(f["text_feat"]) == 18 * 4
+
+
+def test_published_layout_alone_is_a_data_folder(tmp_path):
+    with h5py.File(tmp_path / "mv_images.h5", "w") as f:
+        f.create_dataset("imgs", data=np.zeros((2, 12, 3, 224, 224), np.uint8))
+    (tmp_path / "model_to_idx.json").write_text(json.dumps({"a": 0, "b": 1}))
+    data = DataFolder(tmp_path)
+    assert data.uids == ["a", "b"] and list(data.rows("train")) == [0, 1]
+    (tmp_path / "model_to_idx.json").write_text(json.dumps({"a": 0, "b": 5}))
+    with pytest.raises(DataError, match="outside"):
+        DataFolder(tmp_path)
+
+
+def test_view_sampler_bounds_and_determinism():
+    rows = np.arange(40)
+    ranks = [ViewBatchSampler(rows, 5, min_views=2, max_views=4, seed=3, rank=r, world_size=2) for r in range(2)]
+    batches = [list(s) for s in ranks]
+    assert len(batches[0]) == len(batches[1]) == 4
+    for a, b in zip(*batches, strict=True):
+        assert {len(i.views) for i in a} == {len(i.views) for i in b}  # same F on every rank at a step
+        assert len({len(i.views) for i in a}) == 1
+        assert not {i.row for i in a} & {i.row for i in b}
+        for item in a + b:
+            assert 2 <= len(item.views) <= 4 and len(set(item.views)) == len(item.views)
+            assert all(0 <= v < 12 for v in item.views) and 0 <= item.caption < 1
+    seen = {len(i.views) for batch in batches[0] for i in batch}
+    assert seen <= {2, 3, 4}
+    assert list(ranks[0]) == batches[0]  # same epoch, same draw
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != batches[0]
+    with pytest.raises(ValueError, match="min_views"):
+        ViewBatchSampler(rows, 5, min_views=0, max_views=4)
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def test_loss_matches_hand_computation():
+    shape = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    image = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    text = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    loss = ContrastiveLoss(lambda_image=1.0, lambda_text=0.5)
+    out = loss(shape, image, text)
+    s = math.exp(INIT_LOGIT_SCALE)  # 1 / 0.07
+    r = 1 / math.sqrt(2)
+    # cosine matrices: shape rows vs target rows
+    cos_image = [[r, 0.0], [r, 1.0]]
+    cos_text = [[1.0, r], [0.0, r]]
+
+    def nce(cos):
+        rows = sum(-math.log(math.exp(s * cos[i][i]) / sum(math.exp(s * c) for c in cos[i])) for i in range(2)) / 2
+        cols = sum(
+            -math.log(math.exp(s * cos[j][j]) / sum(math.exp(s * cos[i][j]) for i in range(2))) for j in range(2)
+        )
+        return (rows + cols / 2) / 2
+
+    assert out["loss_image"].item() == pytest.approx(nce(cos_image), rel=1e-5)
+    assert out["loss_text"].item() == pytest.approx(nce(cos_text), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(nce(cos_image) + 0.5 * nce(cos_text), rel=1e-5)
+    assert loss.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    out["loss"].backward()
+    assert loss.logit_scale.grad is not None
+    assert info_nce(shape, shape, torch.tensor(1.0)).item() < info_nce(shape, shape.flip(0), torch.tensor(1.0))
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 32\noptim:\n  lr: 1.0e-4\n")
+    config = TrainConfig.load(path, ["data.max_views=4", "optim.min_lr=1e-8", "trainer.devices=4"])
+    assert (config.data.batch_size, config.data.max_views, config.optim.lr) == (32, 4, 1e-4)
+    assert config.optim.min_lr == 1e-8 and config.trainer.devices == 4
+    with pytest.raises(ValueError, match="unknown config key 'data.batchsize'"):
+        TrainConfig.load(path, ["data.batchsize=3"])
+    with pytest.raises(ValueError, match="data.batch_size must be int"):
+        TrainConfig.load(path, ["data.batch_size=big"])
+    with pytest.raises(ValueError, match="min_views"):
+        TrainConfig.load(path, ["data.min_views=5", "data.max_views=2"])
+    for shipped in Path("training/configs").glob("*.yaml"):
+        TrainConfig.load(shipped)
+
+
+def _fixed_loss(model, data_root: Path, logit_scale: float = INIT_LOGIT_SCALE) -> float:
+    """Loss over every train object with views 0..5 (no randomness), for before/after comparisons."""
+    from training.data import Item, MultiViewDataset, collate
+
+    data = DataFolder(data_root)
+    dataset = MultiViewDataset(data)
+    batch = collate([dataset[Item(int(r), tuple(range(6)), 0.0)] for r in data.rows("train")])
+    pixels = model.preprocessor.from_uint8(batch["pixels"].flatten(0, 1).permute(0, 2, 3, 1))
+    with torch.no_grad():
+        shape = model(pixels.unflatten(0, batch["pixels"].shape[:2]))
+        loss = ContrastiveLoss(init_logit_scale=logit_scale)
+        return loss(shape, batch["image_target"], batch["text_target"])["loss"].item()
+
+
+def test_train_learns_checkpoint_loads_and_eval_reports(data_root, tiny_weights, tmp_path):
+    out = tmp_path / "run"
+    result = train(_config(data_root, tiny_weights, out, "trainer.max_epochs=12", "optim.lr=5e-3"))
+    assert len(_train_losses(out)) == 24  # 12 train objects / batch 6 = 2 steps x 12 epochs
+    # The checkpoint is the published layout and loads safely into ddclip_core.
+    state = torch.load(result.last, map_location="cpu", weights_only=True)
+    assert all(k.startswith("duoduoclip.") for k in state["state_dict"] if k != "contrastive_loss.logit_scale")
+    assert state["hyper_parameters"]["ddclip_config"]["layers_threshold"] == 0
+    trained = load_model(result.best or result.last, device="cpu")
+    before = load_model(tiny_weights, device="cpu", layers_threshold=0)
+    scale = state["state_dict"]["contrastive_loss.logit_scale"].item()
+    after, start = _fixed_loss(trained, data_root, scale), _fixed_loss(before, data_root)
+    print(f"loss on the train objects: {start:.3f} -> {after:.3f}")
+    assert after < 0.92 * start  # 5.07 -> 4.41 when written
+    assert load_model(result.export, device="cpu").weights_id == trained.weights_id
+    assert {"val/top1", "val/top3"} <= set(result.metrics)
+
+    zero_shot = evaluate_zero_shot(trained, DataFolder(data_root), views=(1, 3, 12), seeds=2, templates="simple")
+    assert list(zero_shot.by_views) == [1, 3, 12] and zero_shot.baseline is not None
+    files = write_report(zero_shot, tmp_path / "eval")
+    assert all(f.stat().st_size > 0 for f in files) and files[-1].read_bytes()[:4] == b"\x89PNG"
+    assert "| 12 |" in (tmp_path / "eval" / "zero_shot.md").read_text()
+    retrieval = evaluate_retrieval(trained, DataFolder(data_root))
+    assert retrieval["queries"] == 18 * 4 and 0 <= retrieval["recall@1"] <= retrieval["recall@10"] <= 100
+
+
+def test_gradient_reaches_only_the_attention_above_threshold(data_root, tiny_weights, tmp_path):
+    from training.data import Item, MultiViewDataset, collate
+    from training.module import DuoduoTraining
+
+    config = _config(data_root, tiny_weights, tmp_path, "model.layers_threshold=2")
+    model = load_model(tiny_weights, device="cpu", layers_threshold=2)
+    module = DuoduoTraining(model, config)
+
+    dataset = MultiViewDataset(DataFolder(data_root))
+    batch = collate([dataset[Item(r, (0, 4, 8), 0.5)] for r in range(4)])
+    loss = module.contrastive_loss(
+        module.model(module._pixels(batch["pixels"], train=True)), batch["image_target"], batch["text_target"]
+    )["loss"]
+    loss.backward()
+    with_grad = {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    expected = {f"model.{n}" for n, _ in model.trainable_parameters(2)} | {"contrastive_loss.logit_scale"}
+    assert with_grad == expected
+    assert all(".attn." in n and int(n.split(".")[5]) >= 2 for n in with_grad if n.startswith("model."))
+
+
+class _Interrupt(pl.Callback):
+    """Stops a run after its first epoch, as a crash or a cluster time limit would."""
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        trainer.should_stop = True
+
+
+def test_resume_gives_the_same_next_step(data_root, tiny_weights, tmp_path):
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    train(_config(data_root, tiny_weights, straight, "trainer.max_epochs=2"))
+    train(_config(data_root, tiny_weights, first, "trainer.max_epochs=2"), callbacks=[_Interrupt()])
+    assert len(_train_losses(first)) == 2
+    ckpt = first / "checkpoints" / "last.ckpt"
+    train(_config(data_root, tiny_weights, resumed, "trainer.max_epochs=2", f"trainer.resume={ckpt}"))
+    expected = _train_losses(straight)
+    assert len(expected) == 4
+    assert _train_losses(resumed) == pytest.approx(expected[2:], rel=1e-5)
+
+
+def test_cli_help_lists_the_pipeline():
+    from ddclip_core.cli import build_parser
+
+    text = build_parser().format_help()
+    for command in ("data", "train", "eval"):
+        assert command in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "render", "--help"])

@@ -1,0 +1,216 @@
+"""``ddclip data|train|eval``: data preparation, training and evaluation commands.
+
+Registered into the ``ddclip`` command line; heavy imports (Lightning, pybullet) happen inside the
+commands so ``ddclip --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render import RenderSettings, find_meshes, render_all
+
+    source = Path(args.meshes)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder of meshes")
+    objects = find_meshes(source, up=args.up)
+    if not objects:
+        raise ValueError(f"{source}: no meshes (.glb .gltf .obj .ply .stl .urdf) found")
+    report = render_all(objects, Path(args.out), RenderSettings(views=args.views, seed=args.seed), workers=args.workers)
+    print(report)
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from .pack import pack, read_captions
+
+    captions = read_captions(Path(args.captions)) if args.captions else None
+    count = pack(Path(args.renders), Path(args.out), captions=captions, val_fraction=args.val_fraction, seed=args.seed)
+    print(f"packed {count} objects into {args.out}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace, load: Callable) -> int:
+    from .layout import DataFolder
+    from .targets import compute_targets
+
+    data = DataFolder(args.data)
+    views, captions = compute_targets(data, load(args), templates=args.templates, batch_size=args.batch_size)
+    print(f"wrote targets for {data.num_objects} objects: {views} view and {captions} caption embeddings")
+    return 0
+
+
+def cmd_demo_set(args: argparse.Namespace, load: Callable) -> int:
+    from .demo_set import make_demo_set
+
+    report = make_demo_set(
+        Path(args.out), load(args), renders=args.renders, robosuite=args.robosuite, workers=args.workers
+    )
+    print(
+        f"{report.objects} objects x {args.renders} renders: {report.renders}; packed {report.packed} "
+        f"({report.categories} categories) into {report.data}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .train import train
+
+    config = TrainConfig.load(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=1))
+        return 0
+    result = train(config)
+    shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if not k.startswith("lr-")}
+    print(json.dumps({"best": str(result.best), "last": str(result.last), "export": str(result.export), **shown}))
+    return 0
+
+
+def cmd_eval_lvis(args: argparse.Namespace, load: Callable) -> int:
+    from .evaluate import evaluate_zero_shot, write_report
+    from .layout import DataFolder
+
+    views = [int(v) for v in args.views.split(",")]
+    result = evaluate_zero_shot(
+        load(args),
+        DataFolder(args.data),
+        labels=args.labels,
+        split=args.split,
+        views=views,
+        seeds=args.seeds,
+        templates=args.templates,
+    )
+    files = write_report(result, Path(args.out))
+    print(result.markdown())
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_eval_retrieval(args: argparse.Namespace, load: Callable) -> int:
+    from .evaluate import evaluate_retrieval
+    from .layout import DataFolder
+
+    print(json.dumps(evaluate_retrieval(load(args), DataFolder(args.data), split=args.split)))
+    return 0
+
+
+def cmd_eval_photos(args: argparse.Namespace, load: Callable) -> int:
+    from .evaluate import evaluate_photo_folders, write_report
+
+    views = [int(v) for v in args.views.split(",")]
+    result = evaluate_photo_folders(load(args), Path(args.folder), views=views, seeds=args.seeds)
+    files = write_report(result, Path(args.out), title=f"{Path(args.folder).name}: real multi-view photos")
+    print(result.markdown())
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def register(commands, add_model_args: Callable, load: Callable) -> None:
+    """Add the data, train and eval commands to the ``ddclip`` parser."""
+    data = commands.add_parser("data", help="prepare training data: render, pack, targets, demo-set")
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    render = actions.add_parser(
+        "render",
+        help="render meshes to 12 views on white (pybullet TinyRenderer, CPU)",
+        description="Render every mesh (GLB/GLTF/OBJ/PLY/STL/URDF) under a folder to views on white, cameras "
+        "random on a sphere. Resumable: finished objects are skipped. Failures go to OUT/failures.jsonl.",
+    )
+    render.add_argument("meshes", help="folder of meshes (searched recursively)")
+    render.add_argument("out", help="output folder: OUT/<uid>/views.png + meta.json")
+    render.add_argument("--views", type=int, default=12, help="views per object (default: 12)")
+    render.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
+    render.add_argument("--seed", type=int, default=0, help="camera seed (default: 0)")
+    render.add_argument("--up", default="auto", choices=["auto", "y", "z"], help="up axis of the meshes")
+    render.set_defaults(func=cmd_render)
+
+    pack = actions.add_parser(
+        "pack",
+        help="pack renders into mv_images.h5 + model_to_idx.json (the published layout)",
+        description="Pack rendered objects into the published layout, with objects.csv (name, category, split).",
+    )
+    pack.add_argument("renders", help="folder written by `ddclip data render`")
+    pack.add_argument("out", help="data folder to write")
+    pack.add_argument("--captions", metavar="FILE", help="captions: JSON {uid: [captions]} or CSV uid,caption")
+    pack.add_argument("--val-fraction", type=float, default=0.0, help="fraction of objects held out (default: 0)")
+    pack.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    pack.set_defaults(func=cmd_pack)
+
+    targets = actions.add_parser(
+        "targets",
+        help="frozen CLIP embeddings of every view and caption (image_embeddings.h5, text_embeddings.h5)",
+        description="Compute the training targets with a frozen CLIP (--weights: the OpenCLIP ViT-B-32 file). "
+        "Objects without captions are captioned from their category with prompt templates.",
+    )
+    targets.add_argument("data", help="data folder (mv_images.h5 + model_to_idx.json)")
+    targets.add_argument("--templates", default="simple", help="templates for category captions (default: simple)")
+    targets.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
+    add_model_args(targets)
+    targets.set_defaults(func=lambda a: cmd_targets(a, load))
+
+    demo = actions.add_parser(
+        "demo-set",
+        help="the real small data set: pybullet_data (+ robosuite) objects rendered, packed, with targets",
+        description="Render every named object of pybullet_data (and robosuite's, given its wheel or an "
+        "installed robosuite) RENDERS times, pack them (last render of each object = val split), caption "
+        "them from their names and compute targets.",
+    )
+    demo.add_argument("out", help="output folder (OUT/renders, OUT/data)")
+    demo.add_argument("--renders", type=int, default=3, help="renders per object (default: 3)")
+    demo.add_argument(
+        "--robosuite", metavar="WHEEL_OR_DIR", help="robosuite wheel (pip download --no-deps robosuite) or folder"
+    )
+    demo.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
+    add_model_args(demo)
+    demo.set_defaults(func=lambda a: cmd_demo_set(a, load))
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune Duoduo CLIP (PyTorch Lightning; multi-GPU and multi-node)",
+        description="Train from a YAML config (see training/configs/) with section.key=value overrides, e.g. "
+        "`ddclip train training/configs/published.yaml data.root=DATA trainer.devices=4`.",
+    )
+    train.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 data.batch_size=64")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="zero-shot evaluation: lvis protocol, retrieval, photos")
+    kinds = evaluate.add_subparsers(dest="eval_command", metavar="KIND", required=True)
+    lvis = kinds.add_parser(
+        "lvis",
+        help="Objaverse-LVIS protocol on a data folder: views 1..12, 3 seeds, top-1/3/5, plain-CLIP baseline",
+        description="Zero-shot classification of the objects of a data folder; writes zero_shot.json, .md and a "
+        "PNG plot of accuracy against the number of views.",
+    )
+    lvis.add_argument("data", help="data folder")
+    lvis.add_argument("--labels", help="CSV with uid and name/category columns (LVIS lvis.csv); default objects.csv")
+    lvis.add_argument("--split", help="only objects of this split (train/val/test); default: all labelled")
+    lvis.add_argument("--views", default="1,2,3,4,5,6,8,10,12", help="view counts (default: 1,2,3,4,5,6,8,10,12)")
+    lvis.add_argument("--seeds", type=int, default=3, help="random view subsets per count (default: 3)")
+    lvis.add_argument("--templates", default="openai", help="prompt templates (default: openai, 80 prompts)")
+    lvis.add_argument("--out", default="eval", help="output folder (default: eval)")
+    add_model_args(lvis)
+    lvis.set_defaults(func=lambda a: cmd_eval_lvis(a, load))
+
+    retrieval = kinds.add_parser("retrieval", help="text-to-shape recall@1/5/10 from per-object captions")
+    retrieval.add_argument("data", help="data folder with captions.json")
+    retrieval.add_argument("--split", help="only objects of this split")
+    add_model_args(retrieval)
+    retrieval.set_defaults(func=lambda a: cmd_eval_retrieval(a, load))
+
+    photos = kinds.add_parser(
+        "photos", help="MVPNet-style zero-shot on FOLDER/<class>/<object>/*.jpg real multi-view photos"
+    )
+    photos.add_argument("folder", help="folder of class folders of object folders of photos")
+    photos.add_argument("--views", default="1,6,12", help="view counts (default: 1,6,12)")
+    photos.add_argument("--seeds", type=int, default=3, help="random view subsets per count (default: 3)")
+    photos.add_argument("--out", default="eval", help="output folder (default: eval)")
+    add_model_args(photos)
+    photos.set_defaults(func=lambda a: cmd_eval_photos(a, load))

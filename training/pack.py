@@ -1,0 +1,103 @@
+"""Pack rendered objects into the published layout (mv_images.h5 + model_to_idx.json)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .layout import CAPTIONS, IMAGES, SPLITS, UID_MAP, DataError, ObjectInfo, write_objects
+
+log = logging.getLogger(__name__)
+
+
+def rendered_objects(renders: Path) -> list[Path]:
+    """Folders of finished renders (both views.png and meta.json), sorted by uid."""
+    if not renders.is_dir():
+        raise DataError(f"{renders}: no such folder of renders")
+    return sorted(p.parent for p in renders.glob("*/meta.json") if (p.parent / "views.png").is_file())
+
+
+def read_captions(path: Path) -> dict[str, list[str]]:
+    """Captions per uid from JSON ({uid: caption or [captions]}) or CSV (columns uid, caption)."""
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        return {uid: [c] if isinstance(c, str) else [str(x) for x in c] for uid, c in data.items()}
+    captions: dict[str, list[str]] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"uid", "caption"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: a captions CSV needs columns uid and caption, found {reader.fieldnames}")
+        for row in reader:
+            if row["caption"].strip():
+                captions.setdefault(row["uid"], []).append(row["caption"].strip())
+    return captions
+
+
+def assign_splits(uids: list[str], val_fraction: float, seed: int) -> dict[str, str]:
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(uids))
+    num_val = round(len(uids) * val_fraction)
+    return {uids[i]: ("val" if rank < num_val else "train") for rank, i in enumerate(order)}
+
+
+def pack(
+    renders: Path,
+    out: Path,
+    *,
+    splits: dict[str, str] | None = None,
+    captions: dict[str, list[str]] | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
+    """Write ``out/mv_images.h5``, ``model_to_idx.json``, ``objects.csv`` (+ ``captions.json``).
+
+    splits: uid -> train/val/test (default: a seeded random ``val_fraction`` of objects is val).
+    Returns the number of objects packed.
+    """
+    folders = rendered_objects(renders)
+    if not folders:
+        raise DataError(f"{renders}: no rendered objects (run `ddclip data render` first)")
+    metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
+    uids = [folder.name for folder in folders]
+    views = {meta["views"] for meta in metas}
+    if len(views) != 1:
+        raise DataError(f"{renders}: objects have different numbers of views {sorted(views)}; render them alike")
+    num_views = views.pop()
+    splits = splits or assign_splits(uids, val_fraction, seed)
+    bad = {s for s in splits.values() if s not in SPLITS}
+    if bad:
+        raise ValueError(f"unknown splits {sorted(bad)}; use {SPLITS}")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (IMAGES + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        imgs = f.create_dataset(
+            "imgs", shape=(len(folders), num_views, 3, 224, 224), dtype=np.uint8, chunks=(1, num_views, 3, 224, 224)
+        )
+        for row, folder in enumerate(tqdm(folders, desc="pack", unit="obj", disable=not progress)):
+            strip = np.asarray(Image.open(folder / "views.png").convert("RGB"))
+            if strip.shape != (224 * num_views, 224, 3):
+                raise DataError(f"{folder}/views.png: shape {strip.shape}, expected {(224 * num_views, 224, 3)}")
+            imgs[row] = strip.reshape(num_views, 224, 224, 3).transpose(0, 3, 1, 2)
+    tmp.replace(out / IMAGES)
+    (out / UID_MAP).write_text(json.dumps({uid: row for row, uid in enumerate(uids)}, indent=0))
+    objects = []
+    for uid, meta in zip(uids, metas, strict=True):
+        source = meta.get("object", {})
+        name = source.get("name", "")
+        objects.append(ObjectInfo(uid, name, source.get("category") or name, splits.get(uid, "train")))
+    write_objects(out, objects)
+    if captions:
+        missing = [uid for uid in uids if not captions.get(uid)]
+        if missing:
+            log.warning("%d objects have no caption (e.g. %s); targets use their category", len(missing), missing[0])
+        (out / CAPTIONS).write_text(json.dumps({uid: captions[uid] for uid in uids if captions.get(uid)}, indent=1))
+    return len(uids)
