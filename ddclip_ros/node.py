@@ -58,6 +58,7 @@ def seconds_stamp(seconds: float) -> Time:
 
 class DDClipNode(Node):
     def __init__(self) -> None:
+        """With ``main_thread_encoder`` set, the caller runs ``self.worker.run()`` on its main thread (main does)."""
         super().__init__("ddclip")
         self.p: NodeParameters = declare_parameters(self)
         p = self.p
@@ -122,7 +123,8 @@ class DDClipNode(Node):
         self.create_service(Enroll, "ddclip/enroll", self._on_enroll, callback_group=services)
         self.create_timer(0.05, self._schedule, callback_group=inputs)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=services)
-        self.worker.start()
+        if not p.main_thread_encoder:
+            self.worker.start()
         self.get_logger().info("ready: views on ddclip/views, query service ddclip/query")
 
     def _open_memory(self) -> ObjectMemory:
@@ -405,20 +407,43 @@ def _fill_pose(target: Any, values: list[float]) -> None:
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
-    node = None
+    node, executor, spinner, failure = None, None, None, []
     try:
         node = DDClipNode()
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        executor.spin()
+        if node.p.main_thread_encoder:
+            spinner = threading.Thread(target=_spin, args=(executor, node.worker, failure), daemon=True)
+            spinner.start()
+            node.worker.run()
+        else:
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
             node.close()
+        if spinner is not None:
+            executor.shutdown(timeout_sec=5.0)
+            spinner.join(timeout=5.0)
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if failure:
+        raise failure[0]
     return 0
+
+
+def _spin(executor: MultiThreadedExecutor, worker: EncodeWorker, failure: list[BaseException]) -> None:
+    """The ROS side on its own thread; when it ends (a signal shut the context down), the encoder stops."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except BaseException as exc:  # re-raised in main: the node must not exit 0 after a crash
+        failure.append(exc)
+    finally:
+        worker.stop()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ class NodeParameters:
     memory_path: str = ""  # folder to persist the object memory in; "" = not persisted
     reliable: bool = False  # input QoS: False = sensor data (best effort), True = reliable
     annotate: bool = False  # read-only: publish frames with boxes, track ids and best matches on ddclip/annotated
+    main_thread_encoder: bool = False  # read-only: encode on the main thread, where OpenMP spin-waits
     max_pixels: int = 16_000_000  # larger images are refused unconverted (a 4K frame has 8.3 million)
     max_views: int = 12
     min_views: int = 3
@@ -43,6 +44,10 @@ DESCRIPTIONS = {
     "memory_path": "folder for the object memory (saved at shutdown) and enrolled names (saved at once)",
     "reliable": "input QoS: false = sensor data (best effort), true = reliable",
     "annotate": "publish full frames with their boxes, track ids and best matches on ddclip/annotated",
+    "main_thread_encoder": (
+        "run the encoder on the main thread: OpenMP then spin-waits, faster when the node has its cores to itself, "
+        "much slower when other processes compete for them (the default encoder thread does not spin)"
+    ),
     "max_pixels": "images with more pixels than this are dropped and counted, not converted",
     "max_views": "views kept per track (diverse ones)",
     "min_views": "views before a track's first encode",
@@ -66,6 +71,7 @@ READ_ONLY = {
     "memory_path",
     "reliable",
     "annotate",
+    "main_thread_encoder",
     "max_pixels",
     "max_views",
     "max_tracks",

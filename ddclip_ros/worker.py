@@ -61,9 +61,10 @@ class EncodeWorker:
         self._ready = threading.Condition()
         self._stop = False
         self.stats = WorkerStats()
-        self._thread = threading.Thread(target=self._run, name="ddclip-encoder", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="ddclip-encoder", daemon=True)
 
     def start(self) -> None:
+        """Run the jobs on a thread of the worker's own (``run`` runs them on the caller's)."""
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -74,7 +75,7 @@ class EncodeWorker:
             self.stats.dropped_jobs += len(self._jobs)
             self._jobs.clear()
             self._ready.notify_all()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     @property
@@ -106,7 +107,8 @@ class EncodeWorker:
                 batch.append(self._jobs.popitem(last=False)[1])
             return batch
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Encode and deliver jobs until ``stop``."""
         while True:
             batch = self._take_batch()
             if not batch:
