@@ -287,6 +287,24 @@ def test_resume_gives_the_same_next_step(data_root, tiny_weights, tmp_path):
     assert _train_losses(resumed) == pytest.approx(expected[2:], rel=1e-5)
 
 
+def test_cli_commands_run_end_to_end(data_root, tiny_weights, tmp_path):
+    from test_cli import ddclip
+
+    shown = ddclip("train", "training/configs/published.yaml", "data.batch_size=3", "--print-config")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["data"]["batch_size"] == 3
+    bad = ddclip("train", "data.batchsize=3", "--print-config")
+    assert bad.returncode == 2 and "unknown config key 'data.batchsize'" in bad.stderr
+    missing = ddclip("data", "pack", str(tmp_path / "nothing"), str(tmp_path / "out"))
+    assert missing.returncode == 2 and "no such folder of renders" in missing.stderr
+    evaluated = ddclip(
+        "eval", "lvis", str(data_root), "-w", str(tiny_weights), "--views", "1,12", "--seeds", "1",
+        "--templates", "simple", "--split", "val", "--out", str(tmp_path / "eval"),
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "| 12 |" in evaluated.stdout and (tmp_path / "eval" / "zero_shot_views.png").is_file()
+
+
 def test_cli_help_lists_the_pipeline():
     from ddclip_core.cli import build_parser
 

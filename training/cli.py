@@ -21,7 +21,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     objects = find_meshes(source, up=args.up)
     if not objects:
         raise ValueError(f"{source}: no meshes (.glb .gltf .obj .ply .stl .urdf) found")
-    report = render_all(objects, Path(args.out), RenderSettings(views=args.views, seed=args.seed), workers=args.workers)
+    settings = RenderSettings(views=args.views, seed=args.seed, depth=args.depth)
+    report = render_all(objects, Path(args.out), settings, workers=args.workers)
     print(report)
     return 0
 
@@ -49,7 +50,12 @@ def cmd_demo_set(args: argparse.Namespace, load: Callable) -> int:
     from .demo_set import make_demo_set
 
     report = make_demo_set(
-        Path(args.out), load(args), renders=args.renders, robosuite=args.robosuite, workers=args.workers
+        Path(args.out),
+        load(args),
+        renders=args.renders,
+        robosuite=args.robosuite,
+        workers=args.workers,
+        gaussians=args.gaussians,
     )
     print(
         f"{report.objects} objects x {args.renders} renders: {report.renders}; packed {report.packed} "
@@ -58,11 +64,24 @@ def cmd_demo_set(args: argparse.Namespace, load: Callable) -> int:
     return 0
 
 
+def cmd_gaussians(args: argparse.Namespace) -> int:
+    from .gaussian_data import FuseSettings, write_gaussians
+    from .layout import DataFolder
+
+    settings = FuseSettings(max_points=args.points, voxel_fraction=args.voxel, seed=args.seed)
+    path = write_gaussians(DataFolder(args.data), Path(args.renders), settings)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .train import train
 
-    config = TrainConfig.load(args.config, args.overrides)
+    config_file, overrides = args.config, list(args.overrides)
+    if config_file and "=" in config_file and not Path(config_file).exists():  # no file given, only overrides
+        config_file, overrides = None, [config_file, *overrides]
+    config = TrainConfig.load(config_file, overrides)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
@@ -87,6 +106,26 @@ def cmd_eval_lvis(args: argparse.Namespace, load: Callable) -> int:
         templates=args.templates,
     )
     files = write_report(result, Path(args.out))
+    print(result.markdown())
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_eval_gaussians(args: argparse.Namespace, load: Callable) -> int:
+    from ddclip_core.gaussians import load_gs_encoder
+
+    from .gaussian_eval import evaluate_gaussians, write_gaussian_report
+    from .layout import DataFolder
+
+    result = evaluate_gaussians(
+        load_gs_encoder(args.encoder),
+        DataFolder(args.data),
+        load(args),
+        split=None if args.split == "all" else args.split,
+        templates=args.templates,
+        multiview=not args.no_multiview,
+    )
+    files = write_gaussian_report(result, Path(args.out))
     print(result.markdown())
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
@@ -128,6 +167,7 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     render.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
     render.add_argument("--seed", type=int, default=0, help="camera seed (default: 0)")
     render.add_argument("--up", default="auto", choices=["auto", "y", "z"], help="up axis of the meshes")
+    render.add_argument("--depth", action="store_true", help="also write depth.npz (for `ddclip data gaussians`)")
     render.set_defaults(func=cmd_render)
 
     pack = actions.add_parser(
@@ -167,8 +207,22 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
         "--robosuite", metavar="WHEEL_OR_DIR", help="robosuite wheel (pip download --no-deps robosuite) or folder"
     )
     demo.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
+    demo.add_argument("--gaussians", action="store_true", help="also render depth and write gaussians.h5 (GS-CLIP)")
     add_model_args(demo)
     demo.set_defaults(func=lambda a: cmd_demo_set(a, load))
+
+    gaussians = actions.add_parser(
+        "gaussians",
+        help="lift rendered objects to Gaussians for GS-CLIP (gaussians.h5, aligned with the data folder)",
+        description="Back-project each object's depth renders (render with --depth) with their cameras, fuse "
+        "the views, average on a voxel grid, keep at most --points points and lift them to Gaussians.",
+    )
+    gaussians.add_argument("data", help="data folder (packed from RENDERS)")
+    gaussians.add_argument("--renders", required=True, help="folder of renders with depth.npz per object")
+    gaussians.add_argument("--points", type=int, default=4096, help="Gaussians per object at most (default: 4096)")
+    gaussians.add_argument("--voxel", type=float, default=1 / 128, help="voxel edge / bbox diagonal (default: 1/128)")
+    gaussians.add_argument("--seed", type=int, default=0, help="seed of the point subset (default: 0)")
+    gaussians.set_defaults(func=cmd_gaussians)
 
     train = commands.add_parser(
         "train",
@@ -198,6 +252,21 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     lvis.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(lvis)
     lvis.set_defaults(func=lambda a: cmd_eval_lvis(a, load))
+
+    gs = kinds.add_parser(
+        "gaussians",
+        help="GS-CLIP zero-shot top-1 per class and class mean, next to Duoduo CLIP (--weights) on the same objects",
+        description="Zero-shot classification of the objects' Gaussians (gaussians.h5) by a trained GS encoder, "
+        "with Duoduo CLIP on all views of the same objects and plain CLIP; writes gaussians_zero_shot.json/.md.",
+    )
+    gs.add_argument("data", help="data folder with gaussians.h5")
+    gs.add_argument("--encoder", required=True, help="GS encoder (.safetensors from save_gs_encoder / ddclip train)")
+    gs.add_argument("--split", default="val", help="train, val, test or all (default: val)")
+    gs.add_argument("--templates", default="openai", help="prompt templates (default: openai)")
+    gs.add_argument("--no-multiview", action="store_true", help="skip the Duoduo CLIP row (text tower only)")
+    gs.add_argument("--out", default="eval", help="output folder (default: eval)")
+    add_model_args(gs)
+    gs.set_defaults(func=lambda a: cmd_eval_gaussians(a, load))
 
     retrieval = kinds.add_parser("retrieval", help="text-to-shape recall@1/5/10 from per-object captions")
     retrieval.add_argument("data", help="data folder with captions.json")

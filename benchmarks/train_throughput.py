@@ -1,8 +1,8 @@
 """Training throughput: objects/s, peak memory and the time each step waits for data, per view count.
 
-    python benchmarks/training.py                       # CPU: ViT-B-32, batch 8, views 1..6
-    python benchmarks/training.py --device gpu --batch-size 400 --precision 16-mixed   # the published setting
-    python benchmarks/training.py --data OUT/data       # a real data folder (default: synthetic, same layout)
+    python benchmarks/train_throughput.py                       # CPU: ViT-B-32, batch 8, views 1..6
+    python benchmarks/train_throughput.py --device gpu --batch-size 400 --precision 16-mixed   # the published setting
+    python benchmarks/train_throughput.py --data OUT/data       # a real data folder (default: synthetic, same layout)
 
 Runs the real Lightning training loop (`training.train`) for a few steps per view count F
 (min_views = max_views = F) and times it with a callback: "wait" is the time from the end of one
