@@ -248,6 +248,28 @@ def test_train_learns_checkpoint_loads_and_eval_reports(data_root, tiny_weights,
     assert retrieval["queries"] == 18 * 4 and 0 <= retrieval["recall@1"] <= retrieval["recall@10"] <= 100
 
 
+def test_photo_folder_protocol(data_root, tiny_weights, tmp_path):
+    """MVPNet-style folders: class/object/photos, fewer photos than asked means all of them."""
+    from PIL import Image
+
+    from training.evaluate import evaluate_photo_folders
+
+    renders = data_root.parent / "renders"
+    for uid, category in (("duck-r2", "rubber_duck"), ("mug-r2", "mug"), ("table-r2", "table")):
+        strip = np.asarray(Image.open(renders / uid / "views.png"))
+        folder = tmp_path / "photos" / category / uid
+        folder.mkdir(parents=True)
+        for i in range(8):  # 8 photos: asking for 12 takes all 8
+            Image.fromarray(strip[i * 224 : (i + 1) * 224]).save(folder / f"{i:03d}.jpg")
+    result = evaluate_photo_folders(load_model(tiny_weights, device="cpu"), tmp_path / "photos", seeds=2)
+    assert result.classes == ["mug", "rubber duck", "table"] and result.objects == 3
+    assert list(result.by_views) == [1, 6, 12]
+    assert result.by_views[12]["top1_std"] == 0  # all 8 photos each time: no randomness left
+    assert all(0 <= m["top1"] <= m["top3"] == 100 for m in result.by_views.values())
+    with pytest.raises(DataError, match="no <class>/<object>/ folders"):
+        evaluate_photo_folders(load_model(tiny_weights, device="cpu"), tmp_path / "photos" / "mug" / "mug-r2")
+
+
 def test_gradient_reaches_only_the_attention_above_threshold(data_root, tiny_weights, tmp_path):
     from training.data import Item, MultiViewDataset, collate
     from training.module import DuoduoTraining
