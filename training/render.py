@@ -4,8 +4,11 @@ Cameras follow the published renders (Zero123 style): directions random on the s
 varying with the object's size, looking at the centre of the object's bounds. Each object is
 written to ``<out>/<uid>/views.png`` (a vertical strip of the views) and ``<out>/<uid>/meta.json``
 (source, name, cameras as 4x4 world-to-camera matrices and the vertical field of view) so later
-steps (packing, Gaussian lifting) have the poses. Finished objects are skipped, so an interrupted run
-resumes; a failure is logged to ``failures.jsonl`` and counted, never fatal.
+steps (packing, Gaussian lifting) have the poses. With ``RenderSettings(depth=True)`` each object also
+gets ``depth.npz``: ``depth`` (views, size, size) float16 metric z-depth along the camera axis, 0 on
+the background, for back-projecting the views to a point cloud (``training/gaussian_data.py``).
+Finished objects are skipped, so an interrupted run resumes; a failure is logged to
+``failures.jsonl`` and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".urdf")
 FOV_DEGREES = 49.1  # Zero123's renders: a 35 mm lens on a 32 mm sensor
 DISTANCE_RANGE = (0.8, 1.15)  # camera distance, in multiples of the distance where the bounding sphere fits
 MAX_ELEVATION = math.radians(80)  # keep the up vector well defined
+DEPTH_FILE = "depth.npz"
 
 
 @dataclass
@@ -65,6 +69,7 @@ class RenderSettings:
     seed: int = 0
     fov: float = FOV_DEGREES
     distance: tuple[float, float] = DISTANCE_RANGE
+    depth: bool = False  # also write depth.npz (metric z-depth per view) for Gaussian lifting
     extra: dict = field(default_factory=dict)
 
 
@@ -99,8 +104,9 @@ def find_meshes(folder: Path, up: str = "auto") -> list[MeshObject]:
     return objects
 
 
-def is_done(out: Path, uid: str) -> bool:
-    return (out / uid / "meta.json").is_file() and (out / uid / "views.png").is_file()
+def is_done(out: Path, uid: str, depth: bool = False) -> bool:
+    done = (out / uid / "meta.json").is_file() and (out / uid / "views.png").is_file()
+    return done and (not depth or (out / uid / DEPTH_FILE).is_file())
 
 
 def render_all(
@@ -116,7 +122,7 @@ def render_all(
     report = RenderReport()
     todo = []
     for obj in objects:
-        if is_done(out, obj.uid):
+        if is_done(out, obj.uid, settings.depth):
             report.skipped += 1
         else:
             todo.append(obj)
@@ -158,16 +164,23 @@ def _connect() -> None:
 def _render_job(job: tuple[MeshObject, Path, RenderSettings]) -> tuple[str, str | None]:
     obj, out, settings = job
     try:
-        views, cameras = render_object(obj, settings)
-        _write(out, obj, views, cameras, settings)
+        views, cameras, depths = render_object(obj, settings)
+        _write(out, obj, views, cameras, settings, depths)
         return obj.uid, None
     except Exception:  # one bad mesh must not stop a data set of thousands
         return obj.uid, traceback.format_exc(limit=3)
 
 
-def _write(out: Path, obj: MeshObject, views: np.ndarray, cameras: list[dict], settings: RenderSettings) -> None:
+def _write(
+    out: Path, obj: MeshObject, views: np.ndarray, cameras: list[dict], settings: RenderSettings,
+    depths: np.ndarray | None = None,
+) -> None:  # fmt: skip
     folder = out / obj.uid
     folder.mkdir(parents=True, exist_ok=True)
+    if depths is not None:  # before meta.json: an object only counts as done once everything is there
+        with open(folder / "depth.npz.tmp", "wb") as f:
+            np.savez_compressed(f, depth=depths.astype(np.float16))
+        os.replace(folder / "depth.npz.tmp", folder / DEPTH_FILE)
     # Write to temporary names, then rename: an interrupted run never leaves a half object "done".
     tmp_png, tmp_meta = folder / "views.png.tmp", folder / "meta.json.tmp"
     Image.fromarray(np.concatenate(list(views), axis=0)).save(tmp_png, format="PNG", compress_level=1)
@@ -177,8 +190,9 @@ def _write(out: Path, obj: MeshObject, views: np.ndarray, cameras: list[dict], s
     os.replace(tmp_meta, folder / "meta.json")
 
 
-def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray, list[dict]]:
-    """(views, size, size, 3) uint8 renders of one object and their cameras."""
+def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
+    """(views, size, size, 3) uint8 renders of one object, their cameras, and with ``settings.depth``
+    (views, size, size) float32 metric z-depth (0: background), else None."""
     import pybullet as p
 
     _connect()
@@ -191,15 +205,16 @@ def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray
     # Same seed and uid give the same cameras: re-rendering an object reproduces it.
     rng = np.random.default_rng([settings.seed, *obj.uid.encode()])
     half_fov = math.radians(settings.fov) / 2
-    projection = p.computeProjectionMatrixFOV(fov=settings.fov, aspect=1.0, nearVal=radius * 0.05, farVal=radius * 50)
-    views, cameras = [], []
+    near, far = radius * 0.05, radius * 50
+    projection = p.computeProjectionMatrixFOV(fov=settings.fov, aspect=1.0, nearVal=near, farVal=far)
+    views, cameras, depths = [], [], []
     for _ in range(settings.views):
         direction = _random_direction(rng)
         # Relative to the distance where the bounding sphere just fits, so any size fills the frame alike.
         distance = radius / math.sin(half_fov) * rng.uniform(*settings.distance)
         eye = centre + distance * direction
         view = p.computeViewMatrix(eye.tolist(), centre.tolist(), [0, 0, 1])
-        _, _, rgba, _, seg = p.getCameraImage(
+        _, _, rgba, zbuffer, seg = p.getCameraImage(
             settings.size, settings.size, view, projection, renderer=p.ER_TINY_RENDERER
         )
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(settings.size, settings.size, 4)[:, :, :3].copy()
@@ -208,6 +223,10 @@ def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray
             raise RuntimeError("the object is not visible in a view (empty or degenerate mesh)")
         rgb[~mask] = 255  # white background, as the published renders
         views.append(rgb)
+        if settings.depth:
+            # OpenGL depth buffer in [0, 1] -> eye-space z (the perspective projection inverted).
+            z = np.asarray(zbuffer, dtype=np.float64).reshape(settings.size, settings.size)
+            depths.append(np.where(mask, far * near / (far - (far - near) * z), 0.0).astype(np.float32))
         cameras.append(
             {
                 "world_to_camera": np.asarray(view, dtype=np.float64).reshape(4, 4).T.tolist(),  # column-major
@@ -216,7 +235,7 @@ def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray
                 "fov_y_degrees": settings.fov,
             }
         )
-    return np.stack(views), cameras
+    return np.stack(views), cameras, (np.stack(depths) if settings.depth else None)
 
 
 def _random_direction(rng: np.random.Generator) -> np.ndarray:
