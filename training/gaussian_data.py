@@ -1,0 +1,181 @@
+"""Renders -> Gaussians for GS-CLIP training: back-project every view's depth, fuse, sample, lift.
+
+The renders' depth (``RenderSettings(depth=True)``: ``depth.npz``) is what a robot's RGB-D camera
+gives, so the training clouds look like the clouds the robot lifts at run time. Per object: the 12
+views are back-projected with their cameras from ``meta.json`` into one world-frame coloured cloud,
+averaged on a voxel grid (the views overlap; this evens out the density), cut to ``max_points`` by
+a seeded random draw, lifted (``lift_points``) and normalised (``Gaussians.to_features``).
+
+``gaussians.h5`` in the data folder, row i = row i of mv_images.h5 (same uid order):
+    features (N, P, 14) float16  encoder input, rows >= counts[i] are zero padding
+    counts   (N,) int32          valid Gaussians per object
+    centre (N, 3), radius (N,)   float32: world position = features[..., :3] * radius + centre
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from ddclip_core.gaussians import lift_points, points_from_depth
+from ddclip_core.gaussians.splats import NUM_FEATURES
+
+from .layout import DataError, DataFolder
+from .render import DEPTH_FILE
+
+log = logging.getLogger(__name__)
+
+GAUSSIANS = "gaussians.h5"
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # pybullet cameras look down -z with y up
+
+
+@dataclass
+class FuseSettings:
+    max_points: int = 4096  # Gaussians per object (fewer when the voxel grid leaves fewer)
+    voxel_fraction: float = 1 / 128  # voxel edge as a fraction of the cloud's bounding-box diagonal
+    seed: int = 0
+    opacity: float = 0.1  # lift_points' initial opacity (3DGS initialisation)
+
+
+def intrinsics(size: int, fov_y_degrees: float) -> np.ndarray:
+    """Pinhole K of a square render: pixel (u, v) indices, centres at integers, principal point mid-image."""
+    focal = size / 2 / math.tan(math.radians(fov_y_degrees) / 2)
+    centre = (size - 1) / 2
+    return np.array([[focal, 0.0, centre], [0.0, focal, centre], [0.0, 0.0, 1.0]])
+
+
+def camera_to_world(world_to_camera: object) -> np.ndarray:
+    """OpenCV-axes camera-to-world pose from a stored pybullet (OpenGL) world-to-camera matrix."""
+    view = np.asarray(world_to_camera, dtype=np.float64)
+    if view.shape != (4, 4):
+        raise DataError(f"world_to_camera must be 4x4, got {view.shape}")
+    return np.linalg.inv(view) @ OPENGL_TO_OPENCV
+
+
+def read_render(folder: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(views (V, S, S, 3) uint8, depth (V, S, S) float32, meta) of one rendered object."""
+    from PIL import Image
+
+    meta_path, depth_path = folder / "meta.json", folder / DEPTH_FILE
+    if not meta_path.is_file():
+        raise DataError(f"{folder}: no meta.json (not a rendered object)")
+    if not depth_path.is_file():
+        raise DataError(
+            f"{folder}: no {DEPTH_FILE}; render with depth (`ddclip data render --depth`, "
+            "`ddclip data demo-set --gaussians`) before lifting to Gaussians"
+        )
+    meta = json.loads(meta_path.read_text())
+    size, count = int(meta["size"]), int(meta["views"])
+    strip = np.asarray(Image.open(folder / "views.png").convert("RGB"))
+    with np.load(depth_path, allow_pickle=False) as f:
+        depth = f["depth"].astype(np.float32)
+    if strip.shape != (count * size, size, 3) or depth.shape != (count, size, size):
+        raise DataError(f"{folder}: views {strip.shape} and depth {depth.shape} do not match {count} x {size} px")
+    return strip.reshape(count, size, size, 3), depth, meta
+
+
+def fuse_views(views: np.ndarray, depth: np.ndarray, cameras: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Back-project every view (depth 0 = background) into one world-frame cloud: points, colours."""
+    points, colours = [], []
+    for rgb, z, camera in zip(views, depth, cameras, strict=True):
+        if not (z > 0).any():
+            continue  # a view that missed the object adds nothing; an all-empty object fails below
+        K = intrinsics(rgb.shape[0], camera["fov_y_degrees"])
+        p, c = points_from_depth(z, K, rgb, camera_to_world=camera_to_world(camera["world_to_camera"]))
+        points.append(p)
+        colours.append(c)
+    if not points:
+        raise DataError("empty point cloud: no view has a valid depth pixel")
+    return np.concatenate(points), np.concatenate(colours)
+
+
+def voxel_average(points: np.ndarray, colours: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """One point per occupied voxel: the mean position and colour of the points inside it."""
+    if voxel <= 0:
+        raise ValueError(f"voxel size must be > 0, got {voxel}")
+    cells = np.floor((points - points.min(0)) / voxel).astype(np.int64)
+    extent = cells.max(0) + 1
+    # One integer per voxel: a 1-D unique is several times faster than np.unique(axis=0).
+    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    values = np.concatenate([points, colours], axis=1).astype(np.float64)
+    sums = np.stack([np.bincount(inverse, weights=values[:, i], minlength=len(counts)) for i in range(6)], 1)
+    means = sums / counts[:, None]
+    return means[:, :3].astype(np.float32), np.clip(means[:, 3:], 0, 1).astype(np.float32)
+
+
+def object_features(folder: Path, settings: FuseSettings) -> tuple[np.ndarray, np.ndarray, float]:
+    """One rendered object -> (features (M, 14) float32 with M <= max_points, centre (3,), radius)."""
+    views, depth, meta = read_render(folder)
+    points, colours = fuse_views(views, depth, meta["cameras"])
+    diagonal = float(np.linalg.norm(points.max(0) - points.min(0)))
+    if diagonal > 0:
+        points, colours = voxel_average(points, colours, diagonal * settings.voxel_fraction)
+    if len(points) > settings.max_points:
+        # Seeded per object, so re-running the preparation gives the same file.
+        rng = np.random.default_rng([settings.seed, *folder.name.encode()])
+        keep = np.sort(rng.choice(len(points), settings.max_points, replace=False))
+        points, colours = points[keep], colours[keep]
+    if len(points) < 4:
+        raise DataError(f"{folder}: only {len(points)} distinct points after fusion; too few to lift")
+    gaussians = lift_points(points, colours, opacity=settings.opacity)
+    positions = gaussians.positions.astype(np.float64)
+    centre = (positions.min(0) + positions.max(0)) / 2  # the normalisation to_features applies
+    radius = float(np.sqrt(((positions - centre) ** 2).sum(1)).max()) or 1.0
+    return gaussians.to_features(), centre.astype(np.float32), radius
+
+
+def write_gaussians(
+    data: DataFolder, renders: Path, settings: FuseSettings | None = None, progress: bool = True
+) -> Path:
+    """Lift every object of ``data`` from its render in ``renders/<uid>``; write ``gaussians.h5``."""
+    settings = settings or FuseSettings()
+    if settings.max_points < 4:
+        raise ValueError(f"max_points must be >= 4, got {settings.max_points}")
+    missing = [uid for uid in data.uids if not (renders / uid / "meta.json").is_file()]
+    if missing:
+        raise DataError(f"{renders}: no render for {len(missing)} objects of {data.root} (e.g. {missing[0]!r})")
+    out = data.path(GAUSSIANS)
+    tmp = out.with_suffix(".h5.tmp")
+    n, p = data.num_objects, settings.max_points
+    with h5py.File(tmp, "w") as f:
+        feats = f.create_dataset("features", (n, p, NUM_FEATURES), np.float16, chunks=(1, p, NUM_FEATURES))
+        counts = f.create_dataset("counts", (n,), np.int32)
+        centres = f.create_dataset("centre", (n, 3), np.float32)
+        radii = f.create_dataset("radius", (n,), np.float32)
+        for row, uid in enumerate(tqdm(data.uids, desc="gaussians", unit="obj", disable=not progress)):
+            try:
+                features, centre, radius = object_features(renders / uid, settings)
+            except DataError as exc:
+                raise DataError(f"object {uid!r} (row {row}): {exc}") from exc
+            padded = np.zeros((p, NUM_FEATURES), np.float16)
+            padded[: len(features)] = features
+            feats[row], counts[row], centres[row], radii[row] = padded, len(features), centre, radius
+        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed, source="rgbd")
+    tmp.replace(out)
+    log.info("wrote %s: %d objects x up to %d Gaussians", out, n, p)
+    return out
+
+
+def read_gaussians_h5(data: DataFolder) -> tuple[int, int]:
+    """Check ``gaussians.h5`` against the data folder; returns (max points P, feature count 14)."""
+    path = data.path(GAUSSIANS)
+    if not path.is_file():
+        raise DataError(f"{data.root}: no {GAUSSIANS} (run `ddclip data gaussians` first)")
+    with h5py.File(path, "r") as f:
+        for key in ("features", "counts"):
+            if key not in f:
+                raise DataError(f"{path}: no dataset {key!r}")
+        shape, counts = f["features"].shape, f["counts"][:]
+    if len(shape) != 3 or shape[0] != data.num_objects or shape[2] != NUM_FEATURES:
+        raise DataError(f"{path}: features {shape} do not match {data.num_objects} objects x P x {NUM_FEATURES}")
+    if counts.shape != (data.num_objects,) or (counts < 1).any() or (counts > shape[1]).any():
+        raise DataError(f"{path}: counts must be in 1..{shape[1]} for each of {data.num_objects} objects")
+    return int(shape[1]), int(shape[2])
