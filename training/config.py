@@ -26,9 +26,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    kind: str = "duoduo"  # duoduo: fine-tune the multi-view encoder | gaussian: train GS-CLIP (section gaussian)
     arch: str = "ViT-B-32"  # open_clip architecture
-    init_weights: str = ""  # OpenCLIP .bin/.safetensors, ddclip export or published .ckpt; "": random
+    # OpenCLIP .bin/.safetensors, ddclip export or published .ckpt; "": random. For kind gaussian: the
+    # frozen CLIP that made the targets; its text tower embeds the class prompts of zero-shot validation.
+    init_weights: str = ""
     layers_threshold: int = 6  # first block with cross-view attention; only attention of blocks >= it trains
+
+
+@dataclass
+class GaussianConfig:
+    """GS-CLIP training (model.kind: gaussian); the Gaussians come from `ddclip data gaussians`."""
+
+    preset: str = "default"  # encoder size: default | small | tiny (training/gaussian_module.py)
+    encoder: dict = field(default_factory=dict)  # GSEncoderConfig fields overriding the preset
+    init_encoder: str = ""  # a save_gs_encoder .safetensors file to start from; "": random
+    points: int = 0  # Gaussians per object and step, a fresh random subset each time; 0: all stored
+    balanced: bool = True  # draw classes uniformly, then an object of the class (GS-CLIP's data balance)
 
 
 @dataclass
@@ -69,6 +83,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -116,6 +131,10 @@ class TrainConfig:
             raise ValueError("data.batch_size and data.val_views must be >= 1")
         if self.trainer.logger not in ("csv", "tensorboard", "wandb"):
             raise ValueError(f"trainer.logger must be csv, tensorboard or wandb, got {self.trainer.logger!r}")
+        if self.model.kind not in ("duoduo", "gaussian"):
+            raise ValueError(f"model.kind must be duoduo or gaussian, got {self.model.kind!r}")
+        if self.gaussian.points < 0:
+            raise ValueError(f"gaussian.points must be >= 0, got {self.gaussian.points}")
         if self.optim.lr <= 0 or self.optim.min_lr < 0:
             raise ValueError("optim.lr must be > 0 and optim.min_lr >= 0")
 

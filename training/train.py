@@ -109,30 +109,23 @@ def _logger(config: TrainConfig, out: Path):
     return pl.loggers.CSVLogger(out, name="logs")
 
 
-def train(config: TrainConfig, callbacks: list[pl.Callback] | tuple = ()) -> TrainResult:
-    """Fit, keep best (val top-1) and last checkpoints, export the best; ``callbacks`` are added to Lightning's."""
-    pl.seed_everything(config.trainer.seed, workers=True)
+def fit(
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    config: TrainConfig,
+    monitor: str | None,
+    has_val: bool,
+    callbacks: list[pl.Callback] | tuple = (),
+) -> tuple[pl.Trainer, Path | None, Path | None]:
+    """Fit with the trainer of ``config.trainer``; returns it and the best (``monitor``, max) and last checkpoints."""
     out = Path(config.trainer.out_dir)
-    data = DataFolder(config.data.root)
-    categories = data.categories(data.rows("val"))
-    model = load_model(
-        config.model.init_weights or None,
-        device="cpu",
-        arch=config.model.arch,
-        layers_threshold=config.model.layers_threshold,
-    )
-    module = DuoduoTraining(model, config, categories)
-    log.info("trainable parameters: %d (attention of blocks >= %d)", module.trainable, model.layers_threshold)
-    datamodule = MultiViewData(data, config, categories)
-    has_val = len(datamodule.val_rows) > 0
-    monitored = has_val and bool(categories)
     # Two callbacks: Lightning's save_last only refreshes last.ckpt when a monitored one is saved.
     best_checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
-        monitor="val/top1" if monitored else None,
+        monitor=monitor,
         mode="max",
-        save_top_k=1 if monitored else 0,
+        save_top_k=1 if monitor else 0,
         enable_version_counter=False,
     )
     last_checkpoint = pl.callbacks.ModelCheckpoint(
@@ -155,18 +148,46 @@ def train(config: TrainConfig, callbacks: list[pl.Callback] | tuple = ()) -> Tra
         limit_val_batches=t.limit_val_batches if has_val else 0,
         num_sanity_val_steps=0,
         enable_progress_bar=t.progress_bar,
-        use_distributed_sampler=False,  # ViewBatchSampler shards by rank itself
+        use_distributed_sampler=False,  # the batch samplers shard by rank themselves
         deterministic=False,
     )
     resume = t.resume
     if resume == "last":
         resume = str(out / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume or None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     best = Path(best_checkpoint.best_model_path) if best_checkpoint.best_model_path else None
     last = Path(last_checkpoint.best_model_path) if last_checkpoint.best_model_path else None
+    return trainer, best, last
+
+
+def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+def train(config: TrainConfig, callbacks: list[pl.Callback] | tuple = ()) -> TrainResult:
+    """Fit, keep best (val top-1) and last checkpoints, export the best; ``callbacks`` are added to Lightning's."""
+    if config.model.kind == "gaussian":  # GS-CLIP: its own data and module, the same trainer
+        from .gaussian_train import train_gaussian
+
+        return train_gaussian(config, callbacks)
+    pl.seed_everything(config.trainer.seed, workers=True)
+    out = Path(config.trainer.out_dir)
+    data = DataFolder(config.data.root)
+    categories = data.categories(data.rows("val"))
+    model = load_model(
+        config.model.init_weights or None,
+        device="cpu",
+        arch=config.model.arch,
+        layers_threshold=config.model.layers_threshold,
+    )
+    module = DuoduoTraining(model, config, categories)
+    log.info("trainable parameters: %d (attention of blocks >= %d)", module.trainable, model.layers_threshold)
+    datamodule = MultiViewData(data, config, categories)
+    has_val = len(datamodule.val_rows) > 0
+    monitor = "val/top1" if has_val and categories else None
+    trainer, best, last = fit(module, datamodule, config, monitor, has_val, callbacks)
     export = None
     if trainer.is_global_zero and (best or last):
         export = save_export(load_model(best or last, device="cpu"), out / "export")
         log.info("exported %s to %s", (best or last).name, export)
-    return TrainResult(best, last, export, metrics)
+    return TrainResult(best, last, export, scalar_metrics(trainer))
