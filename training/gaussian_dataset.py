@@ -1,0 +1,161 @@
+"""GS-CLIP training data: objects' Gaussians (gaussians.h5) with their frozen-CLIP targets.
+
+As with the multi-view data, the batch sampler decides everything random about a batch (which
+objects, which caption, which subset of Gaussians) from (seed, epoch, step) alone, so a resumed run
+draws the same next batch. ``balanced=True`` is GS-CLIP's data balance: a class is drawn uniformly,
+then an object of that class, so frequent classes do not dominate the contrastive batches.
+
+Image target: the mean of the frozen CLIP embeddings of ALL the object's views. The Gaussians are
+fused from all views, so the target describes the same whole object (the multi-view model instead
+averages the views it was given).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .gaussian_data import GAUSSIANS, read_gaussians_h5
+from .layout import IMAGE_TARGETS, TEXT_TARGETS, DataError, DataFolder, read_text_targets
+
+
+@dataclass(frozen=True)
+class GaussianItem:
+    row: int
+    caption: float  # in [0, 1): which of the object's captions, as a fraction of their count
+    seed: int  # the draw of the Gaussian subset (with ``points``)
+
+
+def class_ids(data: DataFolder, rows: np.ndarray) -> np.ndarray:
+    """A class index per row: its category, else its name, else its uid (a class of its own)."""
+    names = [data.objects[r].category or data.objects[r].name or data.objects[r].uid for r in rows]
+    index = {name: i for i, name in enumerate(sorted(set(names)))}
+    return np.array([index[name] for name in names], dtype=np.int64)
+
+
+class GaussianBatchSampler(Sampler[list[GaussianItem]]):
+    """Batches of objects, shuffled or class-balanced; a step's global batch is cut into one slice per rank.
+
+    classes: a class index per row of ``rows``; with it, every draw picks a class uniformly and then
+    the next of its objects in a shuffled cycle. An epoch has len(rows) // global batch steps.
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        *,
+        classes: np.ndarray | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1 or len(rows) == 0:
+            raise ValueError(f"need batch_size >= 1 and some objects, got {batch_size} and {len(rows)} objects")
+        if classes is not None and len(classes) != len(rows):
+            raise ValueError(f"{len(classes)} class indices for {len(rows)} rows")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.members = None if classes is None else [self.rows[classes == c] for c in np.unique(classes)]
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        steps = len(self.rows) / (self.batch_size * self.world_size)
+        return max(1, math.floor(steps)) if self.drop_last else math.ceil(steps)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        global_batch = self.batch_size * self.world_size
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.members is not None:
+            # Uniform classes; within a class, walk a shuffled cycle of its objects, so a class drawn
+            # twice gives two objects (fewer duplicate rows, which are false negatives for InfoNCE).
+            picked = rng.integers(len(self.members), size=len(self) * global_batch)
+            cycles = [rng.permutation(members) for members in self.members]
+            seen = np.zeros(len(self.members), dtype=np.int64)
+            order = np.empty(len(picked), dtype=np.int64)
+            for i, c in enumerate(picked):
+                order[i] = cycles[c][seen[c] % len(cycles[c])]
+                seen[c] += 1
+            return order
+        order = self.rows[rng.permutation(len(self.rows))] if self.shuffle else self.rows
+        return np.resize(order, global_batch) if len(order) < global_batch else order  # tiny sets: repeat
+
+    def __iter__(self) -> Iterator[list[GaussianItem]]:
+        epoch = self.epoch if self.shuffle else 0
+        order, global_batch = self._order(epoch), self.batch_size * self.world_size
+        for step in range(len(self)):
+            rng = np.random.default_rng([self.seed, epoch, step, 1])
+            chunk = order[step * global_batch : (step + 1) * global_batch]
+            captions, seeds = rng.random(len(chunk)), rng.integers(2**31, size=len(chunk))
+            mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            yield [
+                GaussianItem(int(row), float(caption), int(seed))
+                for row, caption, seed in zip(chunk[mine], captions[mine], seeds[mine], strict=True)
+            ]
+
+
+class GaussianDataset(Dataset):
+    """Reads an object's Gaussians (padded to ``points`` or the stored P) and its targets."""
+
+    def __init__(self, data: DataFolder, categories: list[str] | None = None, points: int = 0) -> None:
+        self.data = data
+        self.stored_points, _ = read_gaussians_h5(data)
+        self.points = points or self.stored_points
+        with h5py.File(data.path(GAUSSIANS), "r") as f:
+            self.counts = f["counts"][:].astype(np.int64)
+        index = {name: i for i, name in enumerate(categories or [])}
+        self.labels = np.array([index.get(obj.category, -1) for obj in data.objects], dtype=np.int64)
+        self.with_labels = categories is not None
+        for name in (IMAGE_TARGETS, TEXT_TARGETS):
+            if not data.path(name).is_file():
+                raise DataError(f"{data.root}: no {name} (run `ddclip data targets` first)")
+        with h5py.File(data.path(IMAGE_TARGETS), "r") as f:
+            shape = f["img_feat"].shape if "img_feat" in f else None
+        if shape is None or shape[0] != data.num_objects:
+            raise DataError(f"{data.path(IMAGE_TARGETS)}: img_feat {shape} does not have {data.num_objects} rows")
+        self.embed_dim = int(shape[2])
+        self.text_feat, self.text_offsets = read_text_targets(data.path(TEXT_TARGETS), data.num_objects)
+        self._files: tuple[h5py.File, h5py.File] | None = None
+
+    def __len__(self) -> int:
+        return self.data.num_objects
+
+    def _open(self) -> tuple[h5py.File, h5py.File]:
+        if self._files is None:  # here, not in __init__: h5py handles must not cross a fork
+            self._files = (h5py.File(self.data.path(GAUSSIANS), "r"), h5py.File(self.data.path(IMAGE_TARGETS), "r"))
+        return self._files
+
+    def __getitem__(self, item: GaussianItem) -> dict[str, torch.Tensor]:
+        gaussians, targets = self._open()
+        count = int(self.counts[item.row])
+        features = gaussians["features"][item.row, :count].astype(np.float32)
+        if count > self.points:
+            keep = np.random.default_rng(item.seed).choice(count, self.points, replace=False)
+            features, count = features[np.sort(keep)], self.points
+        padded = np.zeros((self.points, features.shape[1]), np.float32)
+        padded[:count] = features
+        start, end = self.text_offsets[item.row], self.text_offsets[item.row + 1]
+        text_target = self.text_feat[start + min(int(item.caption * (end - start)), end - start - 1)]
+        out = {
+            "features": torch.from_numpy(padded),
+            "mask": torch.arange(self.points) < count,
+            "image_target": torch.from_numpy(targets["img_feat"][item.row].astype(np.float32).mean(axis=0)),
+            "text_target": torch.from_numpy(text_target.astype(np.float32)),
+            "row": torch.tensor(item.row),
+        }
+        if self.with_labels:
+            out["label"] = torch.tensor(self.labels[item.row])
+        return out

@@ -1,0 +1,102 @@
+"""``ddclip train`` with ``model.kind: gaussian``: GS-CLIP from gaussians.h5 and the frozen CLIP targets.
+
+data folder (+ gaussians.h5) -> frozen CLIP's class embeddings -> encoder -> Lightning module ->
+the shared trainer (``train.fit``) -> export with ``save_gs_encoder`` (OUT/export/gs_encoder.safetensors).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ddclip_core import LabelSet, load_model
+from ddclip_core.gaussians import save_gs_encoder
+
+from .config import TrainConfig
+from .data import collate
+from .gaussian_dataset import GaussianBatchSampler, GaussianDataset, class_ids
+from .gaussian_module import GaussianTraining, build_encoder, encoder_from_checkpoint
+from .layout import TEXT_TARGETS, DataFolder
+from .train import TrainResult, fit, scalar_metrics
+
+log = logging.getLogger(__name__)
+
+EXPORT_NAME = "gs_encoder.safetensors"
+
+
+class GaussianData(pl.LightningDataModule):
+    """Train / val loaders of Gaussians; the samplers shard by rank themselves."""
+
+    def __init__(self, data: DataFolder, config: TrainConfig, categories: list[str]) -> None:
+        super().__init__()
+        self.data, self.config = data, config
+        self.train_rows = data.rows("train")
+        if len(self.train_rows) == 0:
+            raise ValueError(f"{data.root}: no objects in the train split")
+        known = set(categories)
+        self.val_rows = np.array([r for r in data.rows("val") if data.objects[r].category in known], dtype=np.int64)
+        self.dataset = GaussianDataset(data, categories, config.gaussian.points)
+
+    def _loader(self, sampler: GaussianBatchSampler) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)  # fmt: skip
+
+    def _rank(self) -> dict[str, int]:
+        trainer = self.trainer
+        return {"rank": trainer.global_rank if trainer else 0, "world_size": trainer.world_size if trainer else 1}
+
+    def train_dataloader(self) -> DataLoader:
+        balanced = self.config.gaussian.balanced
+        classes = class_ids(self.data, self.train_rows) if balanced else None
+        sampler = GaussianBatchSampler(self.train_rows, self.config.data.batch_size, classes=classes,
+                                       seed=self.config.trainer.seed, **self._rank())  # fmt: skip
+        return self._loader(sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self.val_rows) == 0:
+            return []
+        d, seed = self.config.data, self.config.trainer.seed + 1
+        sampler = GaussianBatchSampler(self.val_rows, d.val_batch_size or d.batch_size, seed=seed, shuffle=False,
+                                       drop_last=False, **self._rank())  # fmt: skip
+        return self._loader(sampler)
+
+
+def class_embeddings(config: TrainConfig, data: DataFolder, categories: list[str]) -> torch.Tensor | None:
+    """CLIP text embeddings of the validation classes, from the frozen CLIP named by model.init_weights."""
+    if not categories:
+        return None
+    clip = load_model(config.model.init_weights or None, device="cpu", arch=config.model.arch)
+    with h5py.File(data.path(TEXT_TARGETS), "r") as f:
+        made_by = f.attrs.get("weights_id", "")
+    if made_by and made_by != clip.weights_id:
+        # A fine-tuned Duoduo model keeps CLIP's text tower, so this can be right; say it, do not stop.
+        log.warning("targets were made by %s, class prompts use %s: the text towers must be the same CLIP",
+                    made_by, clip.weights_id)  # fmt: skip
+    return torch.from_numpy(LabelSet(categories, templates=config.data.templates).embeddings(clip, cache=False))
+
+
+def train_gaussian(config: TrainConfig, callbacks: list[pl.Callback] | tuple = ()) -> TrainResult:
+    """Fit GS-CLIP; keep best (val top-1 averaged over classes) and last checkpoints; export the best."""
+    pl.seed_everything(config.trainer.seed, workers=True)
+    out = Path(config.trainer.out_dir)
+    data = DataFolder(config.data.root)
+    categories = data.categories(data.rows("val"))
+    datamodule = GaussianData(data, config, categories)
+    encoder = build_encoder(config.gaussian, datamodule.dataset.embed_dim)
+    module = GaussianTraining(encoder, config, categories, class_embeddings(config, data, categories))
+    log.info("GS encoder: %d trainable parameters", module.trainable)
+    has_val = len(datamodule.val_rows) > 0
+    monitor = "val/top1_class_mean" if has_val and categories else None
+    trainer, best, last = fit(module, datamodule, config, monitor, has_val, callbacks)
+    export = None
+    if trainer.is_global_zero and (best or last):
+        export = save_gs_encoder(encoder_from_checkpoint(best or last), out / "export" / EXPORT_NAME)
+        log.info("exported %s to %s", (best or last).name, export)
+    return TrainResult(best, last, export, scalar_metrics(trainer))
