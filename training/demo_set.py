@@ -60,8 +60,12 @@ def make_demo_set(
     workers: int = 2,
     seed: int = 0,
     progress: bool = True,
+    gaussians: bool = False,
 ) -> DemoSetReport:
-    """Render (resumable), pack and compute targets into ``out/data``; renders live in ``out/renders``."""
+    """Render (resumable), pack and compute targets into ``out/data``; renders live in ``out/renders``.
+
+    gaussians: also render depth and lift every object to Gaussians (``out/data/gaussians.h5``).
+    """
     if renders < 2:
         raise ValueError("renders must be >= 2 (the last render of each object is held out)")
     objects = demo_objects(robosuite, out / "cache", only)
@@ -72,10 +76,15 @@ def make_demo_set(
             variants.append(variant)
             splits[variant.uid] = "val" if r == renders - 1 else "train"
             captions[variant.uid] = captions_for(obj)
-    report = render_all(variants, out / "renders", RenderSettings(seed=seed), workers=workers, progress=progress)
+    settings = RenderSettings(seed=seed, depth=gaussians)
+    report = render_all(variants, out / "renders", settings, workers=workers, progress=progress)
     if report.failed:
         log.warning("%d renders failed (see %s)", report.failed, out / "renders" / "failures.jsonl")
     packed = pack(out / "renders", out / "data", splits=splits, captions=captions, progress=progress)
     data = DataFolder(out / "data")
     compute_targets(data, model, progress=progress)
+    if gaussians:
+        from .gaussian_data import write_gaussians
+
+        write_gaussians(data, out / "renders", progress=progress)
     return DemoSetReport(len(objects), report, packed, len(data.categories()), out / "data")

@@ -1,0 +1,123 @@
+"""Zero-shot evaluation of GS-CLIP next to the multi-view encoder, on the same objects.
+
+GS-CLIP's table layout: top-1 per class, one column each, then the mean over classes (and, here,
+the overall top-1 over objects). Rows: the Gaussian encoder on gaussians.h5, Duoduo CLIP on all
+views of the same objects, and plain CLIP (the frozen per-view targets, averaged) when present.
+Every row ranks the same class prompts, embedded by the Duoduo model's text tower (frozen CLIP).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddclip_core import DuoduoCLIP, LabelSet
+from ddclip_core.gaussians import GSCLIPEncoder
+
+from .gaussian_data import GAUSSIANS, read_gaussians_h5
+from .layout import IMAGE_TARGETS, IMAGES, DataError, DataFolder
+
+
+@dataclass
+class GaussianZeroShot:
+    classes: list[str]
+    counts: dict[str, int]  # objects per class
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> class / mean / overall -> top-1
+    sources: dict[str, str] = field(default_factory=dict)  # model -> weights id
+
+    def to_json(self) -> dict:
+        return {"classes": self.classes, "objects_per_class": self.counts, "top1": self.rows, "sources": self.sources}
+
+    def markdown(self) -> str:
+        header = ["model", *self.classes, "mean (classes)", "overall"]
+        lines = [
+            f"Zero-shot top-1 (%) over {len(self.classes)} classes, {sum(self.counts.values())} objects "
+            f"(chance {100 / max(1, len(self.classes)):.1f}%).",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+            "| objects | "
+            + " | ".join(str(self.counts[c]) for c in self.classes)
+            + f" | | {sum(self.counts.values())} |",
+        ]
+        for name, top1 in self.rows.items():
+            cells = [f"{top1[c]:.1f}" for c in self.classes] + [f"{top1['mean']:.1f}", f"{top1['overall']:.1f}"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def per_class_top1(embeddings: torch.Tensor, text: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict:
+    hits = ((F.normalize(embeddings.float(), dim=-1) @ text.T).argmax(1) == target).float()
+    out = {name: float(hits[target == i].mean() * 100) for i, name in enumerate(classes)}
+    out["mean"] = float(np.mean([out[name] for name in classes]))
+    out["overall"] = float(hits.mean() * 100)
+    return out
+
+
+def _gaussian_embeddings(encoder: GSCLIPEncoder, data: DataFolder, rows: np.ndarray, batch: int) -> torch.Tensor:
+    read_gaussians_h5(data)
+    with h5py.File(data.path(GAUSSIANS), "r") as f:
+        counts = f["counts"][:]
+        objects = [f["features"][row, : counts[row]].astype(np.float32) for row in rows]
+    return encoder.eval().encode(objects, batch_size=batch).cpu()
+
+
+def _multiview_embeddings(model: DuoduoCLIP, data: DataFolder, rows: np.ndarray, batch: int) -> torch.Tensor:
+    out = []
+    with h5py.File(data.path(IMAGES), "r") as f:
+        for start in range(0, len(rows), batch):
+            views = [f["imgs"][row].transpose(0, 2, 3, 1) for row in rows[start : start + batch]]
+            out.append(model.encode_views(views).cpu())
+    return torch.cat(out)
+
+
+def evaluate_gaussians(
+    encoder: GSCLIPEncoder,
+    data: DataFolder,
+    model: DuoduoCLIP,
+    *,
+    split: str | None = "val",
+    templates: str = "openai",
+    multiview: bool = True,
+    batch_size: int = 16,
+) -> GaussianZeroShot:
+    """Zero-shot top-1 per class of the Gaussian encoder, Duoduo CLIP (all views) and plain CLIP."""
+    candidates = range(data.num_objects) if split is None else data.rows(split)
+    rows = np.array([r for r in candidates if data.objects[r].category], dtype=np.int64)
+    if len(rows) == 0:
+        raise DataError(f"{data.root}: no objects with a category to evaluate (split {split!r})")
+    names = [data.objects[r].category for r in rows]
+    classes = sorted(set(names))
+    target = torch.tensor([classes.index(n) for n in names])
+    text = torch.from_numpy(LabelSet(classes, templates=templates).embeddings(model, cache=False)).float()
+    if text.shape[1] != encoder.embed_dim:
+        raise ValueError(f"the GS encoder embeds into {encoder.embed_dim} dims, the text tower into {text.shape[1]}")
+    result = GaussianZeroShot(classes, {c: names.count(c) for c in classes})
+    gs = _gaussian_embeddings(encoder, data, rows, batch_size)
+    result.rows["GS-CLIP (Gaussians)"] = per_class_top1(gs, text, target, classes)
+    result.sources["GS-CLIP (Gaussians)"] = encoder.weights_id
+    if multiview:
+        name = f"Duoduo CLIP ({data.num_views} views)"
+        result.rows[name] = per_class_top1(_multiview_embeddings(model, data, rows, batch_size), text, target, classes)
+        result.sources[name] = model.weights_id
+    if data.path(IMAGE_TARGETS).is_file():
+        with h5py.File(data.path(IMAGE_TARGETS), "r") as f:
+            plain = torch.from_numpy(np.stack([f["img_feat"][r].astype(np.float32).mean(0) for r in rows]))
+            source = str(f.attrs.get("weights_id", "unknown weights"))
+        name = f"plain CLIP ({data.num_views}-view mean)"
+        result.rows[name] = per_class_top1(plain, text, target, classes)
+        result.sources[name] = source
+    return result
+
+
+def write_gaussian_report(result: GaussianZeroShot, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gaussians_zero_shot.json").write_text(json.dumps(result.to_json(), indent=1))
+    (out / "gaussians_zero_shot.md").write_text(result.markdown())
+    return [out / "gaussians_zero_shot.json", out / "gaussians_zero_shot.md"]
