@@ -260,3 +260,15 @@ def test_per_class_top1_by_hand():
     out = per_class_top1(shape, text, target, ["a", "b"])
     assert out["a"] == 100.0 and out["b"] == pytest.approx(100 / 3)
     assert out["mean"] == pytest.approx((100 + 100 / 3) / 2) and out["overall"] == 50.0
+
+
+def test_demo_set_with_gaussians(tmp_path, tiny_weights):
+    from training.demo_set import make_demo_set
+
+    model = load_model(tiny_weights, device="cpu")
+    report = make_demo_set(tmp_path, model, renders=2, only=["cube", "sphere_red"], workers=1, progress=False,
+                           gaussians=True)  # fmt: skip
+    data = DataFolder(report.data)
+    with h5py.File(report.data / "gaussians.h5") as f:
+        assert f["features"].shape == (data.num_objects, 4096, 14) and (f["counts"][:] > 1000).all()
+    assert all((tmp_path / "renders" / uid / "depth.npz").is_file() for uid in data.uids)
