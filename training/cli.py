@@ -21,7 +21,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     objects = find_meshes(source, up=args.up)
     if not objects:
         raise ValueError(f"{source}: no meshes (.glb .gltf .obj .ply .stl .urdf) found")
-    settings = RenderSettings(views=args.views, seed=args.seed, depth=args.depth)
+    settings = RenderSettings(views=args.views, seed=args.seed, depth=args.depth, renderer=args.renderer)
     report = render_all(objects, Path(args.out), settings, workers=args.workers)
     print(report)
     return 0
@@ -168,6 +168,12 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     render.add_argument("--seed", type=int, default=0, help="camera seed (default: 0)")
     render.add_argument("--up", default="auto", choices=["auto", "y", "z"], help="up axis of the meshes")
     render.add_argument("--depth", action="store_true", help="also write depth.npz (for `ddclip data gaussians`)")
+    render.add_argument(
+        "--renderer",
+        default="tiny",
+        choices=["tiny", "egl"],
+        help="tiny: TinyRenderer on CPU (default); egl: pybullet's OpenGL renderer over EGL, for GPU machines",
+    )
     render.set_defaults(func=cmd_render)
 
     pack = actions.add_parser(

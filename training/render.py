@@ -13,6 +13,7 @@ Finished objects are skipped, so an interrupted run resumes; a failure is logged
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
+RENDERERS = ("tiny", "egl")
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".urdf")
 FOV_DEGREES = 49.1  # Zero123's renders: a 35 mm lens on a 32 mm sensor
 DISTANCE_RANGE = (0.8, 1.15)  # camera distance, in multiples of the distance where the bounding sphere fits
@@ -70,7 +72,12 @@ class RenderSettings:
     fov: float = FOV_DEGREES
     distance: tuple[float, float] = DISTANCE_RANGE
     depth: bool = False  # also write depth.npz (metric z-depth per view) for Gaussian lifting
+    renderer: str = "tiny"  # "tiny": TinyRenderer (CPU); "egl": pybullet's OpenGL renderer over EGL (GPU)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"renderer must be one of {RENDERERS}, got {self.renderer!r}")
 
 
 @dataclass
@@ -144,21 +151,33 @@ def render_all(
 
 
 def _run(jobs: list, workers: int) -> Iterable[tuple[str, str | None]]:
+    renderer = jobs[0][2].renderer if jobs else "tiny"
     if workers <= 1 or len(jobs) <= 1:
-        _connect()
+        _connect(renderer)
         yield from map(_render_job, jobs)
         return
     # spawn: pybullet's client state must not be shared through fork, and torch may be loaded.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_connect) as pool:
+    with context.Pool(workers, initializer=_connect, initargs=(renderer,)) as pool:
         yield from pool.imap_unordered(_render_job, jobs)
 
 
-def _connect() -> None:
+_egl_plugin: list[int] = []  # loaded once per process
+
+
+def _connect(renderer: str = "tiny") -> None:
     import pybullet as p
 
     if not p.isConnected():
         p.connect(p.DIRECT)
+    if renderer == "egl" and not _egl_plugin:
+        spec = importlib.util.find_spec("eglRenderer")
+        plugin = p.loadPlugin(spec.origin, "_eglRendererPlugin") if spec and spec.origin else -1
+        if plugin < 0:
+            raise RuntimeError(
+                "pybullet's EGL renderer plugin could not be loaded (no EGL driver); use renderer 'tiny'"
+            )
+        _egl_plugin.append(plugin)
 
 
 def _render_job(job: tuple[MeshObject, Path, RenderSettings]) -> tuple[str, str | None]:
@@ -195,7 +214,7 @@ def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray
     (views, size, size) float32 metric z-depth (0: background), else None."""
     import pybullet as p
 
-    _connect()
+    _connect(settings.renderer)
     p.resetSimulation()
     with tempfile.TemporaryDirectory(prefix="ddclip-render-") as tmp:
         body = _load(obj, Path(tmp))
@@ -215,7 +234,11 @@ def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray
         eye = centre + distance * direction
         view = p.computeViewMatrix(eye.tolist(), centre.tolist(), [0, 0, 1])
         _, _, rgba, zbuffer, seg = p.getCameraImage(
-            settings.size, settings.size, view, projection, renderer=p.ER_TINY_RENDERER
+            settings.size,
+            settings.size,
+            view,
+            projection,
+            renderer=p.ER_BULLET_HARDWARE_OPENGL if settings.renderer == "egl" else p.ER_TINY_RENDERER,
         )
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(settings.size, settings.size, 4)[:, :, :3].copy()
         mask = np.asarray(seg).reshape(settings.size, settings.size) >= 0
