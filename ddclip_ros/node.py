@@ -121,7 +121,9 @@ class DDClipNode(Node):
         self.create_service(Query, "ddclip/query", self._on_query, callback_group=services)
         self.create_service(Forget, "ddclip/forget", self._on_forget, callback_group=services)
         self.create_service(Enroll, "ddclip/enroll", self._on_enroll, callback_group=services)
-        self.create_timer(0.05, self._schedule, callback_group=inputs)
+        # Views schedule their track at once; this tick only finds tracks gone quiet for timeout_s (encoded at
+        # most a tenth of timeout_s late) and old ones to expire, so it need not wake the process 20 times a second.
+        self.create_timer(min(0.5, max(0.05, p.timeout_s / 10)), self._schedule, callback_group=inputs)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=services)
         if not p.main_thread_encoder:
             self.worker.start()
@@ -319,9 +321,9 @@ class DDClipNode(Node):
             self.buffer.forget(ids)
         if request.enrolled_ids:
             with self.bank_lock:
-                count += self.enrolled.remove(self.bank, list(request.enrolled_ids))
+                count += self.enrolled.remove(self.bank, list(dict.fromkeys(request.enrolled_ids)))
                 if self.bank is not None:  # other bank rows may be hidden too, until a restart
-                    count += self.bank.remove([i for i in request.enrolled_ids if i in self.bank])
+                    count += self.bank.remove([i for i in dict.fromkeys(request.enrolled_ids) if i in self.bank])
         response.success, response.forgotten = True, count
         response.message = f"forgot {count}"
         return response
