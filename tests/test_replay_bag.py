@@ -15,7 +15,7 @@ from ddclip.msg import ObjectView, ShapeEmbedding  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 
-from ddclip_ros.bag import read_bag, typestore  # noqa: E402
+from ddclip_ros.bag import is_bag, read_bag, typestore  # noqa: E402
 from ddclip_ros.node_process import stop_node  # noqa: E402
 from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.conftest import random_views  # noqa: E402
@@ -46,11 +46,13 @@ def rosbags_view(store, track: str, pixels: np.ndarray, stamp_ns: int, ended: bo
     return view(header=header, track_id=track, image=image, mask=empty, pose=pose, track_ended=ended)
 
 
-def write_bag(path: Path, topic: str, tracks: dict[str, int], seed: int) -> Path:
-    """An MCAP rosbag2 folder: the views of ``tracks`` (name -> view count) interleaved 10 ms apart,
+def write_bag(
+    path: Path, topic: str, tracks: dict[str, int], seed: int, storage: StoragePlugin = StoragePlugin.MCAP
+) -> Path:
+    """A rosbag2 folder: the views of ``tracks`` (name -> view count) interleaved 10 ms apart,
     plus a std_msgs/String topic that replay must skip."""
     store = typestore()
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+    with Writer(path, version=9, storage_plugin=storage) as writer:
         views = writer.add_connection(topic, "ddclip/msg/ObjectView", typestore=store)
         chatter = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
         stamp = 1_700_000_000 * 10**9
@@ -66,10 +68,11 @@ def write_bag(path: Path, topic: str, tracks: dict[str, int], seed: int) -> Path
     return path
 
 
-def test_bag_folder_and_bare_mcap_read_back_in_order(tmp_path):
+def test_bag_folders_and_bare_mcap_read_back_in_order(tmp_path):
     bag = write_bag(tmp_path / "bag", "/tracker/views", {"a": 2, "b": 3}, seed=1)
-    mcap = next(bag.glob("*.mcap"))
-    for source in (bag, mcap):
+    sqlite = write_bag(tmp_path / "sqlite", "/tracker/views", {"a": 2, "b": 3}, seed=1, storage=StoragePlugin.SQLITE3)
+    for source in (bag, next(bag.glob("*.mcap")), sqlite):
+        assert is_bag(source)
         topics, messages = read_bag(source)
         assert ("/tracker/views", "ddclip/msg/ObjectView") in topics and ("/chatter", "std_msgs/msg/String") in topics
         records = list(messages)
@@ -81,6 +84,7 @@ def test_bag_folder_and_bare_mcap_read_back_in_order(tmp_path):
         assert [v.track_id for v in views] == ["a", "b", "a", "b", "b"]
         assert [v.track_ended for v in views] == [False, False, True, False, True]
         assert (views[0].image.width, views[0].image.encoding, len(views[0].image.data)) == (96, "rgb8", 96 * 96 * 3)
+    assert not is_bag(tmp_path)  # a folder of object views is not a bag
 
 
 def test_replay_of_a_bag_into_the_node_gives_embeddings_per_track(tmp_path):
