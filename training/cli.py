@@ -111,6 +111,11 @@ def cmd_eval_lvis(args: argparse.Namespace, load: Callable) -> int:
     return 0
 
 
+def _weights(text: str) -> list[float]:
+    """'0.25,0.5' -> [0.25, 0.5] (named so that argparse says 'invalid _weights value' on a typo)."""
+    return [float(w) for w in text.split(",") if w.strip()]
+
+
 def cmd_eval_gaussians(args: argparse.Namespace, load: Callable) -> int:
     from ddclip_core.gaussians import load_gs_encoder
 
@@ -124,6 +129,7 @@ def cmd_eval_gaussians(args: argparse.Namespace, load: Callable) -> int:
         split=None if args.split == "all" else args.split,
         templates=args.templates,
         multiview=not args.no_multiview,
+        fusion_weights=args.fusion_weights,
     )
     files = write_gaussian_report(result, Path(args.out))
     print(result.markdown())
@@ -270,6 +276,12 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     gs.add_argument("--split", default="val", help="train, val, test or all (default: val)")
     gs.add_argument("--templates", default="openai", help="prompt templates (default: openai)")
     gs.add_argument("--no-multiview", action="store_true", help="skip the Duoduo CLIP row (text tower only)")
+    gs.add_argument(
+        "--fusion-weights",
+        type=_weights,
+        default=[],
+        help="also rows of Duoduo + GS fused embeddings at these Gaussian weights in [0, 1], e.g. 0.25,0.5,0.75",
+    )
     gs.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(gs)
     gs.set_defaults(func=lambda a: cmd_eval_gaussians(a, load))

@@ -2,13 +2,16 @@
 
 GS-CLIP's table layout: top-1 per class, one column each, then the mean over classes (and, here,
 the overall top-1 over objects). Rows: the Gaussian encoder on gaussians.h5, Duoduo CLIP on all
-views of the same objects, and plain CLIP (the frozen per-view targets, averaged) when present.
+views of the same objects, optionally the two fused (ddclip_core.fusion, one row per Gaussian weight:
+does adding the Gaussian embedding help the multi-view one?), and plain CLIP (the frozen per-view
+targets, averaged) when present.
 Every row ranks the same class prompts, embedded by the Duoduo model's text tower (frozen CLIP).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ddclip_core import DuoduoCLIP, LabelSet
+from ddclip_core.fusion import fuse_embeddings
 from ddclip_core.gaussians import GSCLIPEncoder
 
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
@@ -85,9 +89,18 @@ def evaluate_gaussians(
     split: str | None = "val",
     templates: str = "openai",
     multiview: bool = True,
+    fusion_weights: Sequence[float] = (),
     batch_size: int = 16,
 ) -> GaussianZeroShot:
-    """Zero-shot top-1 per class of the Gaussian encoder, Duoduo CLIP (all views) and plain CLIP."""
+    """Zero-shot top-1 per class of the Gaussian encoder, Duoduo CLIP (all views) and plain CLIP.
+
+    fusion_weights: Gaussian weights in [0, 1] for rows of fused embeddings (needs ``multiview``).
+    """
+    if fusion_weights and not multiview:
+        raise ValueError("fusion rows need the multi-view embeddings: drop --no-multiview or --fusion-weights")
+    for weight in fusion_weights:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"fusion weight {weight} is outside [0, 1] (the Gaussian embedding's share)")
     candidates = range(data.num_objects) if split is None else data.rows(split)
     rows = np.array([r for r in candidates if data.objects[r].category], dtype=np.int64)
     if len(rows) == 0:
@@ -104,8 +117,13 @@ def evaluate_gaussians(
     result.sources["GS-CLIP (Gaussians)"] = encoder.weights_id
     if multiview:
         name = f"Duoduo CLIP ({data.num_views} views)"
-        result.rows[name] = per_class_top1(_multiview_embeddings(model, data, rows, batch_size), text, target, classes)
+        mv = _multiview_embeddings(model, data, rows, batch_size)
+        result.rows[name] = per_class_top1(mv, text, target, classes)
         result.sources[name] = model.weights_id
+        for weight in fusion_weights:
+            fused_name = f"fused, Gaussian weight {weight:g}"
+            result.rows[fused_name] = per_class_top1(fuse_embeddings(mv, gs, weight), text, target, classes)
+            result.sources[fused_name] = f"{model.weights_id} + {encoder.weights_id}"
     if data.path(IMAGE_TARGETS).is_file():
         with h5py.File(data.path(IMAGE_TARGETS), "r") as f:
             plain = torch.from_numpy(np.stack([f["img_feat"][r].astype(np.float32).mean(0) for r in rows]))
