@@ -10,6 +10,7 @@ near-identical frames of the last second. Memory is bounded: views are downsized
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,12 +149,20 @@ class TrackBuffer:
         if track_id in self._tracks:
             self._tracks[track_id].ended = True
 
-    def due(self, now: float) -> list[Track]:
-        """Tracks to encode now, oldest first; marks them encoded (call ``views`` on each)."""
-        self.expire(now)
+    def due(self, now: float, track_ids: Iterable[str] | None = None) -> list[Track]:
+        """Tracks to encode now, oldest first; marks them encoded (call ``views`` on each).
+
+        ``track_ids``: look at these tracks only, e.g. those a view just updated, so a view costs the same
+        with 10 or 1000 tracks; the others can only have become due by time, which a call without it finds.
+        """
+        if track_ids is None:
+            self.expire(now)
+            candidates: Iterable[Track] = self._tracks.values()
+        else:
+            candidates = [self._tracks[t] for t in dict.fromkeys(track_ids) if t in self._tracks]
         ready = []
         p = self.policy
-        for track in self._tracks.values():
+        for track in candidates:
             if not track.views or track.changes == 0:
                 continue
             first = track.encoded_views == 0 and len(track.views) >= p.min_views

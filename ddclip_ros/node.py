@@ -153,7 +153,7 @@ class DDClipNode(Node):
             self.buffer.add(msg.track_id, rgb, time.monotonic(), stamp=msg.header, pose=pose)
             if msg.track_ended:
                 self.buffer.end(msg.track_id)
-        self._schedule()  # a track that just became due goes to the encoder now, not at the next tick
+        self._schedule([msg.track_id])  # a track that just became due goes to the encoder now, not at the next tick
 
     def _on_frame(self, msg: Image) -> None:
         self._frame(msg.header, lambda: image_to_rgb(msg, self.p.max_pixels))
@@ -203,7 +203,7 @@ class DDClipNode(Node):
         with self.lock:
             for track_id in ended:
                 self.buffer.end(track_id)
-        self._schedule()
+        self._schedule([box.track_id for box in boxes] + ended)
 
     def _count_bad(self, exc: ValueError) -> None:
         self.bad_inputs += 1
@@ -216,9 +216,10 @@ class DDClipNode(Node):
             self._last_warning[key] = now
             self.get_logger().warning(message)
 
-    def _schedule(self) -> None:
+    def _schedule(self, track_ids: list[str] | None = None) -> None:
+        """Hand due tracks to the encoder: ``track_ids`` only (those a message just updated), else all."""
         with self.lock:
-            due = self.buffer.due(time.monotonic())
+            due = self.buffer.due(time.monotonic(), track_ids)
             jobs = [
                 EncodeJob(t.track_id, list(t.views), stamp=t.last_stamp, pose=t.pose, arrived=t.last_seen) for t in due
             ]

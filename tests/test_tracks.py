@@ -66,6 +66,17 @@ def test_encode_triggers():
     assert [t.track_id for t in buffer.due(3.3)] == ["t"]  # track end
 
 
+def test_due_for_given_tracks_looks_at_those_only():
+    buffer = TrackBuffer(TrackPolicy(min_views=1, timeout_s=1.0, max_age_s=5.0))
+    buffer.add("old", pattern(0), 0.0)
+    buffer.add("quiet", pattern(1), 2.0)
+    buffer.add("new", pattern(2), 6.0)
+    assert [t.track_id for t in buffer.due(6.0, ["new", "new", "unknown"])] == ["new"]
+    assert "old" in buffer  # not expired by a call for other tracks
+    assert [t.track_id for t in buffer.due(6.0)] == ["quiet"]  # "old" expired, "quiet" due
+    assert "old" not in buffer
+
+
 def test_memory_is_bounded():
     buffer = TrackBuffer(TrackPolicy(max_tracks=3, max_age_s=10.0, max_side=64))
     big = np.zeros((1000, 500, 3), np.uint8)
