@@ -148,8 +148,14 @@ def latency(args: argparse.Namespace, model: object) -> None:
     print(f"latency last view -> matches: p50 {e2e[0]:.1f} ms, p99 {e2e[1]:.1f} ms")
     print(f"encoder alone:                p50 {enc[0]:.1f} ms, p99 {enc[1]:.1f} ms")
     print(f"encoder alone, other thread:  p50 {on_thread[0]:.1f} ms, p99 {on_thread[1]:.1f} ms")
-    overhead = e2e[0] - enc[0]
-    print(f"overhead p50: {overhead:.1f} ms ({overhead / enc[0] * 100:.0f}% of the encoder; goal <= 10% + 5 ms)")
+    # Against the encoder run the way the node runs it: OpenMP on the main thread spin-waits, on another
+    # thread it does not, and which is faster depends on whether other processes want the cores.
+    same, where = (enc[0], "main thread") if args.main_thread_encoder else (on_thread[0], "other thread")
+    overhead = e2e[0] - same
+    print(
+        f"overhead p50 over the encoder on the {where}, as the node runs it: {overhead:.1f} ms "
+        f"({overhead / same * 100:.0f}%; goal <= 10% + 5 ms)"
+    )
     harness.close()
 
 
