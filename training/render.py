@@ -325,10 +325,12 @@ def body_bounds(body: int) -> tuple[np.ndarray, np.ndarray]:
         corners = _shape_corners(geom, dims, filename.decode() if isinstance(filename, bytes) else filename)
         if corners is None:
             continue
-        if link == -1:
-            link_pos, link_orn = p.getBasePositionAndOrientation(body)
+        if link == -1:  # the base pose is its inertial frame; visual frames hang off the URDF link frame
+            com_pos, com_orn = p.getBasePositionAndOrientation(body)
+            inertial_pos, inertial_orn = p.getDynamicsInfo(body, -1)[3:5]
+            link_pos, link_orn = p.multiplyTransforms(com_pos, com_orn, *p.invertTransform(inertial_pos, inertial_orn))
         else:
-            link_pos, link_orn = p.getLinkState(body, link)[:2]
+            link_pos, link_orn = p.getLinkState(body, link)[4:6]
         pos, orn = p.multiplyTransforms(link_pos, link_orn, local_pos, local_orn)
         rotation = np.asarray(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
         points += list(corners @ rotation.T + np.asarray(pos))
