@@ -209,6 +209,43 @@ def test_loss_matches_hand_computation():
     assert info_nce(shape, shape, torch.tensor(1.0)).item() < info_nce(shape, shape.flip(0), torch.tensor(1.0))
 
 
+def _gather_worker(rank: int, world: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    data = np.load(f"{folder}/inputs.npz")
+    mine = slice(rank * 3, (rank + 1) * 3)
+    shape = torch.from_numpy(data["shape"][mine]).requires_grad_()
+    out = ContrastiveLoss()(shape, torch.from_numpy(data["image"][mine]), torch.from_numpy(data["text"][mine]))
+    out["loss"].backward()
+    np.savez(f"{folder}/rank{rank}.npz", loss=out["loss"].item(), grad=shape.grad.numpy())
+    dist.destroy_process_group()
+
+
+def test_loss_gathers_across_processes_with_gradients(tmp_path):
+    """Two real processes (gloo on loopback) see the whole batch as negatives, as one process would."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.standard_normal((6, 8)).astype(np.float32) for name in ("shape", "image", "text")}
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_gather_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    shape = torch.from_numpy(inputs["shape"]).requires_grad_()
+    reference = ContrastiveLoss()(shape, torch.from_numpy(inputs["image"]), torch.from_numpy(inputs["text"]))
+    reference["loss"].backward()
+    for rank in range(2):
+        result = np.load(tmp_path / f"rank{rank}.npz")
+        assert float(result["loss"]) == pytest.approx(reference["loss"].item(), rel=1e-5)
+        # Every rank's loss is the global one; the gather's backward sums them, so each rank holds
+        # world x its rows' gradient, and DDP's averaging of parameter gradients gives back exactly 1x.
+        np.testing.assert_allclose(result["grad"], 2 * shape.grad[rank * 3 : (rank + 1) * 3].numpy(), rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
