@@ -347,6 +347,16 @@ def test_gradient_reaches_only_the_attention_above_threshold(data_root, tiny_wei
     assert all(".attn." in n and int(n.split(".")[5]) >= 2 for n in with_grad if n.startswith("model."))
 
 
+def test_two_process_ddp_training_on_cpu(data_root, tiny_weights, tmp_path):
+    """Lightning DDP (2 spawned CPU processes, gloo): sharded batches, gathered loss, loadable checkpoints."""
+    out = tmp_path / "ddp"
+    overrides = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn", "data.batch_size=3")
+    result = train(_config(data_root, tiny_weights, out, "trainer.max_epochs=1", *overrides))
+    assert len(_train_losses(out)) == 2  # 12 objects / (3 per rank x 2 ranks)
+    assert result.last is not None and result.export is not None
+    assert load_model(result.export, device="cpu").weights_id == load_model(result.last, device="cpu").weights_id
+
+
 class _Interrupt(pl.Callback):
     """Stops a run after its first epoch, as a crash or a cluster time limit would."""
 

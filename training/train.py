@@ -155,9 +155,9 @@ def fit(
     if resume == "last":
         resume = str(out / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume or None)
-    best = Path(best_checkpoint.best_model_path) if best_checkpoint.best_model_path else None
-    last = Path(last_checkpoint.best_model_path) if last_checkpoint.best_model_path else None
-    return trainer, best, last
+    # From the files, not the callbacks: with ddp_spawn the callbacks ran in the worker processes.
+    best, last = out / "checkpoints" / "best.ckpt", out / "checkpoints" / "last.ckpt"
+    return trainer, best if monitor and best.is_file() else None, last if last.is_file() else None
 
 
 def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
