@@ -43,6 +43,7 @@ from .image_conversion import (
     mask_to_bool,
     rgb_to_image,
 )
+from .node_process import exit_with_parent
 from .parameters import NodeParameters, declare_parameters
 from .worker import EncodeJob, EncodeWorker
 
@@ -410,6 +411,7 @@ def _fill_pose(target: Any, values: list[float]) -> None:
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
+    exit_with_parent()
     node, executor, spinner, failure = None, None, None, []
     try:
         node = DDClipNode()

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +133,38 @@ def test_a_flood_faster_than_the_model_is_dropped_counted_and_queries_still_answ
         output = stop_node(process)  # SIGINT
     assert process.returncode == 0 and "Traceback" not in output, output
     assert (tmp_path / "memory" / "memory.json").is_file()  # shutdown still saved the memory
+
+
+def test_a_node_whose_starter_is_killed_stops(tmp_path):
+    """A demo or test killed by a timeout must not leave its node running (start_node asks for SIGTERM)."""
+    env = ros_env(tmp_path)
+    weights = node_params(tmp_path)["weights"]
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from ddclip_ros.node_process import start_node\n"
+            f"node = start_node({{'weights': {weights!r}, 'device': 'cpu'}}, stdout=subprocess.DEVNULL)\n"
+            "print(node.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    node_pid = int(starter.stdout.readline())
+    starter.kill()  # SIGKILL: no chance to stop the node itself
+    starter.wait()
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{node_pid}/stat").read_text().split(")")[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state == "Z"
+
+    deadline = time.monotonic() + 120
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone(), "the node outlived the process that started it"
