@@ -15,38 +15,18 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 import torch
+from _timing import timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import load_model
 from ddclip_core._runtime import resolve_device
 from ddclip_core.gaussians import GSCLIPEncoder, GSEncoderConfig, lift_points
 from ddclip_core.gaussians.encoder import pad_objects
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def peak_memory_mb(device: torch.device) -> float:
