@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
-from ddclip.msg import Match, ObjectMatches, ObjectView, QueryResult, ShapeEmbedding, TrackedDetections
+from ddclip.msg import (
+    Match,
+    ObjectMatches,
+    ObjectPoints,
+    ObjectView,
+    QueryResult,
+    ShapeEmbedding,
+    TrackedDetections,
+)
 from ddclip.srv import Enroll, Forget, Query
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -29,11 +37,13 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from ddclip_core import EmbeddingBank, LabelSet, load_model
 from ddclip_core.enrolled import PREFIX, EnrolledObjects
+from ddclip_core.gaussians import CloudEmbedder, load_gs_encoder
 from ddclip_core.memory import ObjectMemory, SeenObject
 from ddclip_core.retrieval import check_compatible
 from ddclip_core.tracks import TrackBuffer, TrackPolicy
 
 from .annotate import best_match, draw_detections
+from .cloud_input import TrackClouds
 from .frames import FramePairer, boxes_from_tracked, boxes_from_vision_msgs, crop, stamp_key
 from .image_conversion import (
     ImageTooLarge,
@@ -75,6 +85,7 @@ class DDClipNode(Node):
         self.bank = self.enrolled.into(self.bank)
         if len(self.enrolled):
             self.get_logger().info(f"{len(self.enrolled)} enrolled object(s) from {p.memory_path}")
+        self.clouds = self._open_clouds()
         self.labels = LabelSet(p.labels, templates=p.templates) if p.labels else None
         self.label_embeddings = self.labels.embeddings(self.model) if self.labels else None
         self.buffer = TrackBuffer(
@@ -111,6 +122,8 @@ class DDClipNode(Node):
         self.create_subscription(
             TrackedDetections, "ddclip/detections", self._on_detections, qos, callback_group=inputs
         )
+        if self.clouds is not None:
+            self.create_subscription(ObjectPoints, "ddclip/points", self._on_points, qos, callback_group=inputs)
         try:  # what ROS detectors publish, where vision_msgs is installed
             from vision_msgs.msg import Detection2DArray
 
@@ -129,6 +142,18 @@ class DDClipNode(Node):
         if not p.main_thread_encoder:
             self.worker.start()
         self.get_logger().info("ready: views on ddclip/views, query service ddclip/query")
+
+    def _open_clouds(self) -> TrackClouds | None:
+        if not self.p.gs_encoder:
+            return None
+        encoder = load_gs_encoder(self.p.gs_encoder, device=self.model.device)
+        if encoder.embed_dim != self.model.embed_dim:
+            raise ValueError(
+                f"GS encoder {self.p.gs_encoder} embeds into {encoder.embed_dim} dimensions, the model into "
+                f"{self.model.embed_dim}: they must share one CLIP space"
+            )
+        self.get_logger().info(f"point clouds on ddclip/points, fused with weight {self.p.gaussian_weight}")
+        return TrackClouds(CloudEmbedder(encoder, self.p.max_points), self.p.gaussian_weight, self.p.max_tracks)
 
     def _open_memory(self) -> ObjectMemory:
         path = Path(self.p.memory_path) if self.p.memory_path else None
@@ -155,6 +180,19 @@ class DDClipNode(Node):
             if msg.track_ended:
                 self.buffer.end(msg.track_id)
         self._schedule([msg.track_id])  # a track that just became due goes to the encoder now, not at the next tick
+
+    def _on_points(self, msg: ObjectPoints) -> None:
+        """A track's cloud encodes the track at once, fused with whatever views it has buffered."""
+        try:
+            cloud = self.clouds.add(msg.track_id, msg.cloud)
+        except ValueError as exc:
+            self._count_bad(exc)
+            self._warn_once_a_second(f"dropped a point cloud of track {msg.track_id!r}: {exc}", "points")
+            return
+        with self.lock:
+            track = self.buffer.get(msg.track_id)
+            views, pose = (list(track.views), track.pose) if track is not None else ([], None)
+        self.worker.submit(EncodeJob(msg.track_id, views, stamp=msg.header, pose=pose, points=cloud))
 
     def _on_frame(self, msg: Image) -> None:
         self._frame(msg.header, lambda: image_to_rgb(msg, self.p.max_pixels))
@@ -222,13 +260,26 @@ class DDClipNode(Node):
         with self.lock:
             due = self.buffer.due(time.monotonic(), track_ids)
             jobs = [
-                EncodeJob(t.track_id, list(t.views), stamp=t.last_stamp, pose=t.pose, arrived=t.last_seen) for t in due
+                EncodeJob(
+                    t.track_id,
+                    list(t.views),
+                    stamp=t.last_stamp,
+                    pose=t.pose,
+                    arrived=t.last_seen,
+                    points=self.clouds.get(t.track_id) if self.clouds is not None else None,
+                )
+                for t in due
             ]
         for job in jobs:
             self.worker.submit(job)
 
     # ------------------------------------------------------------------ encoder thread
-    def _encode(self, objects: list[list[np.ndarray]]) -> np.ndarray:
+    def _encode(self, jobs: list[EncodeJob]) -> np.ndarray:
+        if self.clouds is not None:
+            return self.clouds.encode(jobs, self._encode_views)
+        return self._encode_views([job.views for job in jobs])
+
+    def _encode_views(self, objects: list[list[np.ndarray]]) -> np.ndarray:
         return self.model.encode_views(objects, batch_size=len(objects)).cpu().numpy()
 
     def _publish(self, publisher: Any, message: Any) -> None:
@@ -260,6 +311,7 @@ class DDClipNode(Node):
                 self.memory.update(seen, vector)
         for i, job in enumerate(jobs):
             embedding = ShapeEmbedding(header=job.stamp, track_id=job.track_id, num_views=len(job.views))
+            embedding.num_points = 0 if job.points is None else len(job.points[0])
             embedding.embedding = embeddings[i].astype(np.float32).tolist()
             embedding.weights_id = self.model.weights_id
             if job.pose is not None:
@@ -321,6 +373,8 @@ class DDClipNode(Node):
             ids = None if request.all else list(request.track_ids)
             count = self.memory.forget(ids)
             self.buffer.forget(ids)
+        if self.clouds is not None:
+            self.clouds.forget(ids)
         if request.enrolled_ids:
             with self.bank_lock:
                 count += self.enrolled.remove(self.bank, list(dict.fromkeys(request.enrolled_ids)))
@@ -383,6 +437,8 @@ class DDClipNode(Node):
                 "last_view_to_result_ms": round(stats.last_total_ms, 1),
                 "objects_in_memory": len(self.memory),
             }
+        if self.clouds is not None:
+            values["clouds_without_colour"] = self.clouds.colourless
         level = DiagnosticStatus.WARN if stats.dropped_jobs or stats.failed_batches else DiagnosticStatus.OK
         status = DiagnosticStatus(level=level, name="ddclip: encoder", hardware_id=str(self.model.device))
         status.message = "dropping or failing work" if level else "ok"

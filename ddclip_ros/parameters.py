@@ -21,6 +21,9 @@ class NodeParameters:
     annotate: bool = False  # read-only: publish frames with boxes, track ids and best matches on ddclip/annotated
     main_thread_encoder: bool = False  # read-only: encode on the main thread, where OpenMP spin-waits
     max_pixels: int = 16_000_000  # larger images are refused unconverted (a 4K frame has 8.3 million)
+    gs_encoder: str = ""  # read-only: a GS-CLIP encoder (gs_encoder.safetensors); "" = no point cloud input
+    gaussian_weight: float = 0.5  # fusion: 0 = views only, 1 = point cloud only
+    max_points: int = 8192  # read-only: points of a track's cloud lifted to Gaussians (random subset above it)
     max_views: int = 12
     min_views: int = 3
     reencode_after: int = 2
@@ -49,6 +52,9 @@ DESCRIPTIONS = {
         "much slower when other processes compete for them (the default encoder thread does not spin)"
     ),
     "max_pixels": "images with more pixels than this are dropped and counted, not converted",
+    "gs_encoder": "GS-CLIP encoder (gs_encoder.safetensors) for point clouds on ddclip/points; empty = none",
+    "gaussian_weight": "fusion with the views' embedding: 0 = views only, 1 = point cloud only",
+    "max_points": "points of a track's cloud lifted to Gaussians (a random subset of larger clouds)",
     "max_views": "views kept per track (diverse ones)",
     "min_views": "views before a track's first encode",
     "reencode_after": "new views that trigger a re-encode",
@@ -73,6 +79,8 @@ READ_ONLY = {
     "annotate",
     "main_thread_encoder",
     "max_pixels",
+    "gs_encoder",
+    "max_points",
     "max_views",
     "max_tracks",
     "queue_size",
@@ -81,6 +89,7 @@ READ_ONLY = {
 }
 INT_RANGES = {
     "max_pixels": (1, 1_000_000_000),
+    "max_points": (16, 1_000_000),
     "max_views": (1, 64),
     "min_views": (1, 64),
     "reencode_after": (1, 64),
@@ -90,7 +99,12 @@ INT_RANGES = {
     "max_batch": (1, 1024),
     "k_matches": (1, 1000),
 }
-FLOAT_RANGES = {"timeout_s": (0.0, 3600.0), "max_age_s": (1.0, 1e7), "confidence_threshold": (-1.0, 1.0)}
+FLOAT_RANGES = {
+    "gaussian_weight": (0.0, 1.0),
+    "timeout_s": (0.0, 3600.0),
+    "max_age_s": (1.0, 1e7),
+    "confidence_threshold": (-1.0, 1.0),
+}
 
 
 def declare_parameters(node: Any) -> NodeParameters:

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class EncodeJob:
     track_id: str
-    views: list[np.ndarray]
-    stamp: Any = None  # message stamp of the newest view
+    views: list[np.ndarray]  # may be empty when the job is a point cloud only
+    stamp: Any = None  # header of the newest view (or cloud)
     frame_id: str = ""
     pose: Any = None
     arrived: float = field(default_factory=time.monotonic)  # when the newest view arrived
+    points: tuple[np.ndarray, np.ndarray] | None = None  # the track's latest cloud (points, colours), if any
 
 
 @dataclass
@@ -43,11 +44,11 @@ class WorkerStats:
 
 
 class EncodeWorker:
-    """Runs ``encode(list of view lists) -> (B, D) array`` and ``deliver(jobs, embeddings)`` off-thread."""
+    """Runs ``encode(jobs) -> (B, D) array`` and ``deliver(jobs, embeddings)`` off-thread."""
 
     def __init__(
         self,
-        encode: Callable[[list[list[np.ndarray]]], np.ndarray],
+        encode: Callable[[list[EncodeJob]], np.ndarray],
         deliver: Callable[[list[EncodeJob], np.ndarray], None],
         *,
         queue_size: int = 32,
@@ -117,7 +118,7 @@ class EncodeWorker:
                 continue
             start = time.monotonic()
             try:
-                embeddings = self._encode([job.views for job in batch])
+                embeddings = self._encode(batch)
                 self.stats.last_encode_ms = (time.monotonic() - start) * 1e3
                 self._deliver(batch, embeddings)
             except Exception:  # one bad batch must not stop the node; it is logged and counted

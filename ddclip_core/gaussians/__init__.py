@@ -7,6 +7,7 @@ embedding = GSCLIPEncoder(GSEncoderConfig()).eval().encode(splats)   # (1, 512),
 """
 
 from .checkpoint import load_gs_encoder, save_gs_encoder
+from .cloud import CloudEmbedder
 from .config import GSEncoderConfig
 from .encoder import GSCLIPEncoder
 from .lift import LiftResult, lift, lift_points, points_from_depth
@@ -17,6 +18,7 @@ from .splats import FEATURE_NAMES, SH_C0, Gaussians
 __all__ = [
     "FEATURE_NAMES",
     "SH_C0",
+    "CloudEmbedder",
     "GSCLIPEncoder",
     "GSEncoderConfig",
     "Gaussians",

@@ -1,0 +1,68 @@
+"""Point clouds per track for the Gaussian-splat encoder, fused with the views' embedding.
+
+The node keeps the latest cloud of each track (bounded, least recently updated evicted); every
+encode job of the track carries it, and the encoder thread fuses the two embeddings with
+``ddclip_core.fusion.fuse_embeddings`` (weight ``gaussian_weight``; a track without views is its
+cloud alone, one without a cloud its views alone).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ddclip_core.fusion import fuse_embeddings
+from ddclip_core.gaussians import CloudEmbedder
+
+from .pointcloud import pointcloud_to_arrays
+from .worker import EncodeJob
+
+Cloud = tuple[np.ndarray, np.ndarray]  # points (N, 3) float32, colours (N, 3) in [0, 1]
+
+
+class TrackClouds:
+    def __init__(self, embedder: CloudEmbedder, gaussian_weight: float, max_tracks: int) -> None:
+        self.embedder, self.gaussian_weight, self.max_tracks = embedder, gaussian_weight, max_tracks
+        self._clouds: OrderedDict[str, Cloud] = OrderedDict()
+        self._lock = threading.Lock()  # callbacks add, services forget, the encoder thread reads jobs only
+        self.colourless = 0  # clouds that came without colour (embedded grey)
+
+    def add(self, track_id: str, message: Any) -> Cloud:
+        """Convert and keep a track's newest cloud; ValueError names what is wrong with a bad one."""
+        if not track_id:
+            raise ValueError("a point cloud without a track_id")
+        arrays = pointcloud_to_arrays(message)
+        cloud = self.embedder.subsample(arrays.points, arrays.colours)  # checks there are enough points
+        self.colourless += arrays.colour_missing
+        with self._lock:
+            self._clouds[track_id] = cloud
+            self._clouds.move_to_end(track_id)
+            while len(self._clouds) > self.max_tracks:
+                self._clouds.popitem(last=False)
+        return cloud
+
+    def get(self, track_id: str) -> Cloud | None:
+        with self._lock:
+            return self._clouds.get(track_id)
+
+    def forget(self, track_ids: list[str] | None = None) -> None:
+        with self._lock:
+            for track_id in list(self._clouds) if track_ids is None else track_ids:
+                self._clouds.pop(track_id, None)
+
+    def encode(self, jobs: list[EncodeJob], encode_views: Callable[[list[list[np.ndarray]]], np.ndarray]) -> np.ndarray:
+        """One embedding per job: views and cloud each through their encoder (batched), then fused."""
+        with_views = [i for i, job in enumerate(jobs) if job.views]
+        with_cloud = [i for i, job in enumerate(jobs) if job.points is not None]
+        views = encode_views([jobs[i].views for i in with_views]) if with_views else None
+        clouds = self.embedder.embed([jobs[i].points for i in with_cloud]) if with_cloud else None
+        out = np.empty((len(jobs), self.embedder.embed_dim), dtype=np.float32)
+        for i in range(len(jobs)):
+            mv = views[with_views.index(i)] if i in with_views else None
+            gs = clouds[with_cloud.index(i)] if i in with_cloud else None
+            out[i] = fuse_embeddings(mv, gs, self.gaussian_weight)
+        return out
