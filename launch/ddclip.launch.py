@@ -19,11 +19,18 @@ OVERRIDES = {
     "labels": "label set: lvis or a label file",
     "device": "auto, cpu, cuda, cuda:N",
     "memory_path": "folder to keep the object memory in",
+    "gs_encoder": "GS-CLIP encoder (gs_encoder.safetensors): enables point clouds on ddclip/points",
 }
-TOPICS = {
+TOPICS = {  # launch argument: (the node's topic, description); the default keeps the node's name
     "views_topic": ("ddclip/views", "ObjectView input topic"),
+    "image_topic": ("image", "full camera frames (sensor_msgs/Image)"),
+    "compressed_topic": ("image/compressed", "full camera frames (sensor_msgs/CompressedImage)"),
+    "detections_topic": ("ddclip/detections", "TrackedDetections input topic (boxes of the frames)"),
+    "vision_detections_topic": ("detections", "vision_msgs/Detection2DArray input topic"),
+    "points_topic": ("ddclip/points", "ObjectPoints input topic (with gs_encoder)"),
     "embeddings_topic": ("ddclip/embeddings", "ShapeEmbedding output topic"),
     "matches_topic": ("ddclip/matches", "ObjectMatches output topic"),
+    "annotated_topic": ("ddclip/annotated", "annotated frames output topic (with annotate)"),
 }
 
 
@@ -41,11 +48,7 @@ def _node(context, *_args, **_kwargs):
             output="screen",
             emulate_tty=True,
             parameters=[LaunchConfiguration("params_file"), overrides],
-            remappings=[
-                ("ddclip/views", LaunchConfiguration("views_topic")),
-                ("ddclip/embeddings", LaunchConfiguration("embeddings_topic")),
-                ("ddclip/matches", LaunchConfiguration("matches_topic")),
-            ],
+            remappings=[(topic, LaunchConfiguration(argument)) for argument, (topic, _) in TOPICS.items()],
         )
     ]
 
