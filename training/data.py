@@ -89,11 +89,14 @@ class ViewBatchSampler(Sampler[list[Item]]):
             ]
 
 
-class MultiViewDataset(Dataset):
-    """Reads views and targets of :class:`Item` s from a data folder (h5 opened per worker)."""
+class FrozenTargets:
+    """The frozen-CLIP targets of a data folder (checked once) and the zero-shot label of each object.
+
+    Shared by the multi-view and the Gaussian datasets; the h5 file of image targets is opened by
+    the dataset in each worker (h5py handles must not cross a fork).
+    """
 
     def __init__(self, data: DataFolder, categories: list[str] | None = None) -> None:
-        self.data = data
         # Zero-shot validation: the index of each object's category in ``categories`` (-1: none).
         index = {name: i for i, name in enumerate(categories or [])}
         self.labels = np.array([index.get(obj.category, -1) for obj in data.objects], dtype=np.int64)
@@ -114,6 +117,26 @@ class MultiViewDataset(Dataset):
         self.text_feat, self.text_offsets = read_text_targets(data.path(TEXT_TARGETS), data.num_objects)
         if self.text_feat.shape[1] != self.embed_dim:
             raise DataError(f"text targets have dim {self.text_feat.shape[1]}, image targets {self.embed_dim}")
+
+    def text_target(self, row: int, caption: float) -> torch.Tensor:
+        """One of the object's caption embeddings: ``caption`` in [0, 1) picks which."""
+        start, end = self.text_offsets[row], self.text_offsets[row + 1]
+        return torch.from_numpy(
+            self.text_feat[start + min(int(caption * (end - start)), end - start - 1)].astype(np.float32)
+        )
+
+    def add_label(self, out: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+        if self.with_labels:
+            out["label"] = torch.tensor(self.labels[row])
+        return out
+
+
+class MultiViewDataset(Dataset):
+    """Reads views and targets of :class:`Item` s from a data folder (h5 opened per worker)."""
+
+    def __init__(self, data: DataFolder, categories: list[str] | None = None) -> None:
+        self.data = data
+        self.targets = FrozenTargets(data, categories)
         self._files: tuple[h5py.File, h5py.File] | None = None
 
     def __len__(self) -> int:
@@ -129,17 +152,13 @@ class MultiViewDataset(Dataset):
         views = list(item.views)
         pixels = images["imgs"][item.row, views]  # h5py reads sorted indices in one go
         image_target = targets["img_feat"][item.row, views].astype(np.float32).mean(axis=0)
-        start, end = self.text_offsets[item.row], self.text_offsets[item.row + 1]
-        text_target = self.text_feat[start + min(int(item.caption * (end - start)), end - start - 1)]
         out = {
             "pixels": torch.from_numpy(pixels),
             "image_target": torch.from_numpy(image_target),
-            "text_target": torch.from_numpy(text_target.astype(np.float32)),
+            "text_target": self.targets.text_target(item.row, item.caption),
             "row": torch.tensor(item.row),
         }
-        if self.with_labels:
-            out["label"] = torch.tensor(self.labels[item.row])
-        return out
+        return self.targets.add_label(out, item.row)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .data import FrozenTargets
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
-from .layout import IMAGE_TARGETS, TEXT_TARGETS, DataError, DataFolder, read_text_targets
+from .layout import IMAGE_TARGETS, DataFolder
 
 
 @dataclass(frozen=True)
@@ -116,18 +117,7 @@ class GaussianDataset(Dataset):
         self.points = points or self.stored_points
         with h5py.File(data.path(GAUSSIANS), "r") as f:
             self.counts = f["counts"][:].astype(np.int64)
-        index = {name: i for i, name in enumerate(categories or [])}
-        self.labels = np.array([index.get(obj.category, -1) for obj in data.objects], dtype=np.int64)
-        self.with_labels = categories is not None
-        for name in (IMAGE_TARGETS, TEXT_TARGETS):
-            if not data.path(name).is_file():
-                raise DataError(f"{data.root}: no {name} (run `ddclip data targets` first)")
-        with h5py.File(data.path(IMAGE_TARGETS), "r") as f:
-            shape = f["img_feat"].shape if "img_feat" in f else None
-        if shape is None or shape[0] != data.num_objects:
-            raise DataError(f"{data.path(IMAGE_TARGETS)}: img_feat {shape} does not have {data.num_objects} rows")
-        self.embed_dim = int(shape[2])
-        self.text_feat, self.text_offsets = read_text_targets(data.path(TEXT_TARGETS), data.num_objects)
+        self.targets = FrozenTargets(data, categories)
         self._files: tuple[h5py.File, h5py.File] | None = None
 
     def __len__(self) -> int:
@@ -147,15 +137,11 @@ class GaussianDataset(Dataset):
             features, count = features[np.sort(keep)], self.points
         padded = np.zeros((self.points, features.shape[1]), np.float32)
         padded[:count] = features
-        start, end = self.text_offsets[item.row], self.text_offsets[item.row + 1]
-        text_target = self.text_feat[start + min(int(item.caption * (end - start)), end - start - 1)]
         out = {
             "features": torch.from_numpy(padded),
             "mask": torch.arange(self.points) < count,
             "image_target": torch.from_numpy(targets["img_feat"][item.row].astype(np.float32).mean(axis=0)),
-            "text_target": torch.from_numpy(text_target.astype(np.float32)),
+            "text_target": self.targets.text_target(item.row, item.caption),
             "row": torch.tensor(item.row),
         }
-        if self.with_labels:
-            out["label"] = torch.tensor(self.labels[item.row])
-        return out
+        return self.targets.add_label(out, item.row)

@@ -89,7 +89,7 @@ def train_gaussian(config: TrainConfig, callbacks: list[pl.Callback] | tuple = (
     data = DataFolder(config.data.root)
     categories = data.categories(data.rows("val"))
     datamodule = GaussianData(data, config, categories)
-    encoder = build_encoder(config.gaussian, datamodule.dataset.embed_dim)
+    encoder = build_encoder(config.gaussian, datamodule.dataset.targets.embed_dim)
     module = GaussianTraining(encoder, config, categories, class_embeddings(config, data, categories))
     log.info("GS encoder: %d trainable parameters", module.trainable)
     has_val = len(datamodule.val_rows) > 0
