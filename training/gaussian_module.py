@@ -22,6 +22,7 @@ from ddclip_core.gaussians import GSCLIPEncoder, GSEncoderConfig, load_gs_encode
 
 from .config import GaussianConfig, TrainConfig
 from .loss import ContrastiveLoss
+from .module import with_logit_scale_and_cosine
 
 PRESETS = ("default", "small", "tiny")
 
@@ -120,17 +121,8 @@ class GaussianTraining(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.config.optim
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": list(self.encoder.parameters()), "weight_decay": optim.weight_decay},
-                # A temperature is not a weight: no decay on it.
-                {"params": [self.contrastive_loss.logit_scale], "weight_decay": 0.0},
-            ],
-            lr=optim.lr,
-        )
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=optim.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        return with_logit_scale_and_cosine(optimizer, self.contrastive_loss, self.trainer, optim.min_lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # JSON strings: loadable with weights_only=True, readable without this code.

@@ -22,6 +22,18 @@ MODEL_PREFIX, PUBLISHED_PREFIX = "model.clip.", "duoduoclip."
 TOP_K = (1, 3, 5)
 
 
+def with_logit_scale_and_cosine(
+    optimizer: torch.optim.Optimizer, loss: ContrastiveLoss, trainer: pl.Trainer, min_lr: float
+) -> dict[str, Any]:
+    """The recipe's optimisation around a model's optimizer: the loss's logit scale joins it without
+    weight decay (a temperature is not a weight), and the lr anneals by cosine to ``min_lr`` over all
+    steps, stepped every step."""
+    optimizer.add_param_group({"params": [loss.logit_scale], "weight_decay": 0.0})
+    steps = max(1, int(trainer.estimated_stepping_batches))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=min_lr)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class DuoduoTraining(pl.LightningModule):
     def __init__(self, model: DuoduoCLIP, config: TrainConfig, val_categories: list[str] | None = None) -> None:
         super().__init__()
@@ -86,11 +98,7 @@ class DuoduoTraining(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.config.optim
         optimizer = self.model.configure_optimizer(lr=optim.lr, weight_decay=optim.weight_decay)
-        # A temperature is not a weight: no decay on it.
-        optimizer.add_param_group({"params": [self.contrastive_loss.logit_scale], "weight_decay": 0.0})
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=optim.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_logit_scale_and_cosine(optimizer, self.contrastive_loss, self.trainer, optim.min_lr)
 
     # ------------------------------------------------------------------ checkpoint layout
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
