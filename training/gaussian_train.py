@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -19,38 +18,20 @@ from ddclip_core import LabelSet, load_model
 from ddclip_core.gaussians import save_gs_encoder
 
 from .config import TrainConfig
-from .data import collate
 from .gaussian_dataset import GaussianBatchSampler, GaussianDataset, class_ids
 from .gaussian_module import GaussianTraining, build_encoder, encoder_from_checkpoint
 from .layout import TEXT_TARGETS, DataFolder
-from .train import TrainResult, fit, scalar_metrics
+from .train import SplitDataModule, TrainResult, fit, scalar_metrics
 
 log = logging.getLogger(__name__)
 
 EXPORT_NAME = "gs_encoder.safetensors"
 
 
-class GaussianData(pl.LightningDataModule):
-    """Train / val loaders of Gaussians; the samplers shard by rank themselves."""
-
+class GaussianData(SplitDataModule):
     def __init__(self, data: DataFolder, config: TrainConfig, categories: list[str]) -> None:
-        super().__init__()
-        self.data, self.config = data, config
-        self.train_rows = data.rows("train")
-        if len(self.train_rows) == 0:
-            raise ValueError(f"{data.root}: no objects in the train split")
-        known = set(categories)
-        self.val_rows = np.array([r for r in data.rows("val") if data.objects[r].category in known], dtype=np.int64)
+        super().__init__(data, config, categories)
         self.dataset = GaussianDataset(data, categories, config.gaussian.points)
-
-    def _loader(self, sampler: GaussianBatchSampler) -> DataLoader:
-        workers = self.config.data.num_workers
-        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)  # fmt: skip
-
-    def _rank(self) -> dict[str, int]:
-        trainer = self.trainer
-        return {"rank": trainer.global_rank if trainer else 0, "world_size": trainer.world_size if trainer else 1}
 
     def train_dataloader(self) -> DataLoader:
         balanced = self.config.gaussian.balanced

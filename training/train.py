@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from ddclip_core import load_model, save_export
 
@@ -26,20 +26,20 @@ from .module import DuoduoTraining
 log = logging.getLogger(__name__)
 
 
-class MultiViewData(pl.LightningDataModule):
-    """Train / val loaders over one data folder; samplers shard by rank themselves."""
+class SplitDataModule(pl.LightningDataModule):
+    """The train rows and the val rows of known categories of a data folder, and loaders over
+    ``self.dataset`` (set by subclasses) whose batch samplers shard by rank themselves."""
 
     def __init__(self, data: DataFolder, config: TrainConfig, categories: list[str]) -> None:
         super().__init__()
-        self.data, self.config, self.categories = data, config, categories
-        self.train_rows, self.val_rows = data.rows("train"), data.rows("val")
+        self.data, self.config = data, config
+        self.train_rows = data.rows("train")
         if len(self.train_rows) == 0:
             raise ValueError(f"{data.root}: no objects in the train split")
         known = set(categories)
-        self.val_rows = np.array([r for r in self.val_rows if data.objects[r].category in known], dtype=np.int64)
-        self.dataset = MultiViewDataset(data, categories)
+        self.val_rows = np.array([r for r in data.rows("val") if data.objects[r].category in known], dtype=np.int64)
 
-    def _loader(self, sampler: ViewBatchSampler) -> DataLoader:
+    def _loader(self, sampler: Sampler) -> DataLoader:
         workers = self.config.data.num_workers
         return DataLoader(
             self.dataset,
@@ -50,8 +50,18 @@ class MultiViewData(pl.LightningDataModule):
             persistent_workers=workers > 0,
         )
 
+    def _rank(self) -> dict[str, int]:
+        trainer = self.trainer
+        return {"rank": trainer.global_rank if trainer else 0, "world_size": trainer.world_size if trainer else 1}
+
+
+class MultiViewData(SplitDataModule):
+    def __init__(self, data: DataFolder, config: TrainConfig, categories: list[str]) -> None:
+        super().__init__(data, config, categories)
+        self.dataset = MultiViewDataset(data, categories)
+
     def train_dataloader(self) -> DataLoader:
-        d, trainer = self.config.data, self.trainer
+        d = self.config.data
         sampler = ViewBatchSampler(
             self.train_rows,
             d.batch_size,
@@ -59,15 +69,14 @@ class MultiViewData(pl.LightningDataModule):
             max_views=d.max_views,
             total_views=self.data.num_views,
             seed=self.config.trainer.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
+            **self._rank(),
         )
         return self._loader(sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_rows) == 0:
             return []
-        d, trainer = self.config.data, self.trainer
+        d = self.config.data
         views = min(d.val_views, self.data.num_views)
         sampler = ViewBatchSampler(
             self.val_rows,
@@ -78,8 +87,7 @@ class MultiViewData(pl.LightningDataModule):
             seed=self.config.trainer.seed + 1,
             shuffle=False,
             drop_last=False,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
+            **self._rank(),
         )
         return self._loader(sampler)
 
