@@ -56,13 +56,13 @@ class TrackClouds:
 
     def encode(self, jobs: list[EncodeJob], encode_views: Callable[[list[list[np.ndarray]]], np.ndarray]) -> np.ndarray:
         """One embedding per job: views and cloud each through their encoder (batched), then fused."""
-        with_views = [i for i, job in enumerate(jobs) if job.views]
-        with_cloud = [i for i, job in enumerate(jobs) if job.points is not None]
-        views = encode_views([jobs[i].views for i in with_views]) if with_views else None
-        clouds = self.embedder.embed([jobs[i].points for i in with_cloud]) if with_cloud else None
+        view_lists = [job.views for job in jobs if job.views]
+        clouds = [job.points for job in jobs if job.points is not None]
+        views = iter(encode_views(view_lists) if view_lists else [])
+        gaussians = iter(self.embedder.embed(clouds) if clouds else [])
         out = np.empty((len(jobs), self.embedder.embed_dim), dtype=np.float32)
-        for i in range(len(jobs)):
-            mv = views[with_views.index(i)] if i in with_views else None
-            gs = clouds[with_cloud.index(i)] if i in with_cloud else None
+        for i, job in enumerate(jobs):  # the results come in job order within each kind
+            mv = next(views) if job.views else None
+            gs = next(gaussians) if job.points is not None else None
             out[i] = fuse_embeddings(mv, gs, self.gaussian_weight)
         return out
