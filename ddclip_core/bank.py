@@ -1,10 +1,11 @@
 """EmbeddingBank: L2-normalised shape embeddings with metadata, searched with FAISS, kept on disk.
 
-On disk a bank is a folder:
-    bank.json         manifest: format version, dim, rows, the weights that made the embeddings, index spec
-    vectors.npy       (N, dim) float32, memory-mapped on load (an 800 k Objaverse bank is 1.6 GB)
-    metadata.parquet  one row per vector: id, name, category, source and any extra fields
-    index.faiss       the approximate index, when one was built
+On disk a bank is a folder (see ``_bank_files`` for how it is written safely):
+    bank.json                manifest: format version, dim, rows, the weights that made the embeddings,
+                             index spec, and the data files of the current generation with their sizes
+    vectors-<g>.npy          (N, dim) float32, memory-mapped on load (an 800 k Objaverse bank is 1.6 GB)
+    metadata-<g>.parquet     one row per vector: id, name, category, source and any extra fields
+    index-<g>.faiss          the approximate index, when one was built
 
 Rows added after loading live in memory beside the mapped file; removed rows are hidden at once
 and dropped when the bank is saved. A bank refuses embeddings and queries from other weights.
@@ -12,7 +13,6 @@ and dropped when the bank is saved. A bank refuses embeddings and queries from o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,21 +24,16 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import _bank_files as files
 from . import _faiss_search as fs
+from ._bank_files import BankError
+from .identity import WeightsMismatchError, compatible, identity_of
 
-FORMAT = "ddclip-bank"
-FORMAT_VERSION = 1
-MANIFEST, VECTORS, METADATA, INDEX = "bank.json", "vectors.npy", "metadata.parquet", "index.faiss"
 BASE_FIELDS = ("id", "name", "category", "source")
 
 
-class BankError(ValueError):
-    """A bank that cannot be used as asked: corrupt files, wrong dimension, unknown ids."""
-
-
-class BankMismatchError(BankError):
+class BankMismatchError(BankError, WeightsMismatchError):
     """Embeddings or queries from other weights than the bank was built with."""
 
 
@@ -110,12 +105,19 @@ class EmbeddingBank:
     def __repr__(self) -> str:
         return f"EmbeddingBank({len(self)} x {self.dim}, index={self.index_spec['kind']}, weights={self.weights_id})"
 
-    def check_weights(self, weights_id: str | None, what: str = "embeddings") -> None:
-        """Refuse ``what`` made by other weights than this bank's (either side unknown: allowed)."""
-        if weights_id and self.weights_id and weights_id != self.weights_id:
+    def check_weights(self, weights: Any, what: str = "embeddings") -> None:
+        """Refuse ``what`` made by other weights than this bank's (either side unknown: allowed).
+
+        weights: a weights id, a ``WeightsIdentity`` or a model; its aliases count (a published
+        checkpoint matches a bank imported from the released embeddings).
+        """
+        if not compatible(self.weights_id, weights):
+            identity = identity_of(weights)
+            source = getattr(weights, "weights_source", None)
             raise BankMismatchError(
-                f"{what} come from weights {weights_id!r} but this bank was built with {self.weights_id!r}: "
-                "embeddings of different models are not comparable. Rebuild the bank with the same weights."
+                f"{what} come from weights {identity.id!r}{f' ({source})' if source else ''} but this bank was "
+                f"built with {self.weights_id!r}: embeddings of different models are not comparable. Load the "
+                "weights the bank was built with, or rebuild the bank with these."
             )
 
     def _rows(self) -> dict[str, int]:
@@ -125,9 +127,11 @@ class EmbeddingBank:
 
     # ------------------------------------------------------------------ editing
     def add(
-        self, embeddings: Any, metadata: Sequence[dict[str, Any]] | None = None, *, weights_id: str | None = None
+        self, embeddings: Any, metadata: Sequence[dict[str, Any]] | None = None, *, weights_id: Any = None
     ) -> list[str]:
         """Add rows; each metadata dict may carry id, name, category, source and any extra fields.
+
+        weights_id: what made the embeddings (an id, a ``WeightsIdentity`` or a model), checked against the bank's.
 
         Ids default to "row-<n>"; an id already in the bank is refused (remove it first).
         Embeddings are L2-normalised here. Returns the ids added.
@@ -347,22 +351,10 @@ class EmbeddingBank:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the bank to a folder: new data files, then the manifest, atomically (see ``_bank_files``)."""
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        mapped = self.path is not None and folder.resolve() == self.path.resolve()
         self.compact()
-        vectors = np.ascontiguousarray(self.vectors(), dtype=np.float32)
-        if mapped:  # never overwrite the file we are mapping while reading it
-            vectors = np.array(vectors)
-        np.save(folder / VECTORS, vectors)
-        pq.write_table(self._metadata.combine_chunks(), folder / METADATA)
-        if self._index is not None:
-            faiss.write_index(self._index, str(folder / INDEX))
-        elif (folder / INDEX).exists():
-            (folder / INDEX).unlink()
         manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "dim": self.dim,
             "rows": len(self),
             "weights_id": self.weights_id,
@@ -370,50 +362,30 @@ class EmbeddingBank:
             "fields": self._metadata.column_names,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        files.write_bank_files(folder, self.vectors(), self._metadata.combine_chunks(), self._index, manifest)
         return folder
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, weights_id: str | None = None) -> EmbeddingBank:
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True, weights_id: Any = None) -> EmbeddingBank:
         """Open a saved bank (vectors memory-mapped by default). weights_id: refuse other weights."""
         folder = Path(path)
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"not a ddclip bank (no {MANIFEST}): {folder}")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BankError(f"{manifest_path}: corrupt manifest: {exc}") from exc
-        if manifest.get("format") != FORMAT:
-            raise BankError(f"{folder}: not a ddclip bank (format {manifest.get('format')!r})")
-        if manifest.get("version") != FORMAT_VERSION:
-            version = manifest.get("version")
-            raise BankError(f"{folder}: bank format version {version}, this ddclip reads {FORMAT_VERSION}")
+        manifest = files.read_manifest(folder)
         bank = cls(int(manifest["dim"]), weights_id=manifest.get("weights_id"))
         bank.check_weights(weights_id, what="queries")
-        try:
-            vectors = np.load(folder / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
-            table = pq.read_table(folder / METADATA, memory_map=mmap)
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise BankError(f"{folder}: cannot read bank files: {exc}") from exc
-        if vectors.ndim != 2 or vectors.shape[1] != bank.dim or vectors.dtype != np.float32:
-            raise BankError(f"{folder}: {VECTORS} is {vectors.dtype} {vectors.shape}, expected float32 (N, {bank.dim})")
-        if table.num_rows != len(vectors) or manifest.get("rows") != len(vectors):
-            raise BankError(
-                f"{folder}: corrupt bank: {len(vectors)} vectors, {table.num_rows} metadata rows, "
-                f"manifest says {manifest.get('rows')}"
-            )
+        vectors, table = files.read_vectors_and_metadata(folder, manifest, bank.dim, mmap)
         bank._segments = [vectors]
         bank._metadata = table.combine_chunks()
         bank._ids = table.column("id").to_pylist()
+        if len(set(bank._ids)) != len(bank._ids):
+            raise BankError(f"{folder}: corrupt bank: duplicate ids in the metadata")
         bank._removed = np.zeros(len(vectors), dtype=bool)
         bank.index_spec = manifest.get("index") or {"kind": "flat"}
         if bank.index_spec.get("kind") != "flat":
-            if not (folder / INDEX).is_file():
-                raise BankError(
-                    f"{folder}: manifest names a {bank.index_spec.get('kind')} index but {INDEX} is missing"
-                )
-            bank._index = fs.read_index(folder / INDEX, bank.index_spec, len(vectors))
+            index_path = files.data_file(folder, manifest, "index")
+            if index_path is None:
+                kind = bank.index_spec.get("kind")
+                raise BankError(f"{folder}: the manifest names a {kind} index but its file is missing")
+            bank._index = fs.read_index(index_path, bank.index_spec, len(vectors))
         bank.path = folder
         return bank
 

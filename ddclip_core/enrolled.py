@@ -11,20 +11,34 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomically
 from .bank import EmbeddingBank, as_queries
+from .identity import WeightsIdentity, identity_of
 
 PREFIX = "enrolled:"
 FILE = "enrolled.npz"
 
 
 class EnrolledObjects:
-    def __init__(self, dim: int, weights_id: str | None = None, folder: str | os.PathLike | None = None) -> None:
-        self.dim, self.weights_id = dim, weights_id
+    """identity: the embedding space of the enrolled embeddings (the model's, with any fusion); a file made
+    in another is refused. Bank rows are added as made by ``bank_weights`` (the model, whose aliases count)."""
+
+    def __init__(
+        self,
+        dim: int,
+        identity: WeightsIdentity | str | None = None,
+        folder: str | os.PathLike | None = None,
+        *,
+        bank_weights: Any = None,
+    ) -> None:
+        self.dim, self.identity = dim, identity_of(identity)
+        self.bank_weights = bank_weights if bank_weights is not None else self.identity
         self.folder = Path(folder) if folder else None
         self._records: dict[str, dict[str, Any]] = {}  # id -> record (id, name, category, source)
         self._vectors: dict[str, np.ndarray] = {}
@@ -42,7 +56,7 @@ class EnrolledObjects:
         if not self._records:
             return bank
         if bank is None:
-            bank = EmbeddingBank(self.dim, weights_id=self.weights_id)
+            bank = EmbeddingBank(self.dim, weights_id=self._bank_weights_id())
         for item_id in self._records:
             self._replace_in(bank, item_id)
         return bank
@@ -53,7 +67,7 @@ class EnrolledObjects:
         self._records[item_id] = {"id": item_id, "name": name, "category": category, "source": "enrolled"}
         self._vectors[item_id] = as_queries(embedding, self.dim)[0]
         if bank is None:
-            bank = EmbeddingBank(self.dim, weights_id=self.weights_id)
+            bank = EmbeddingBank(self.dim, weights_id=self._bank_weights_id())
         self._replace_in(bank, item_id)
         self.save()
         return bank
@@ -72,33 +86,47 @@ class EnrolledObjects:
     def _replace_in(self, bank: EmbeddingBank, item_id: str) -> None:
         if item_id in bank:
             bank.remove([item_id])
-        bank.add(self._vectors[item_id][None], [self._records[item_id]], weights_id=self.weights_id)
+        bank.add(self._vectors[item_id][None], [self._records[item_id]], weights_id=self.bank_weights)
+
+    def _bank_weights_id(self) -> str | None:
+        identity = identity_of(self.bank_weights)
+        return None if identity is None else identity.id
 
     def save(self) -> None:
         """Written at every change, not only at shutdown: a name someone gave must survive a crash."""
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         ids = list(self._records)
         matrix = np.stack([self._vectors[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
-        meta = {"dim": self.dim, "weights_id": self.weights_id, "objects": [self._records[i] for i in ids]}
-        tmp = self.folder / (FILE + ".tmp")
-        with open(tmp, "wb") as file:
-            np.savez(file, embeddings=matrix.astype(np.float32), meta=np.array(json.dumps(meta)))
-        tmp.replace(self.folder / FILE)
+        meta = {
+            "dim": self.dim,
+            "weights_id": None if self.identity is None else self.identity.id,
+            "objects": [self._records[i] for i in ids],
+        }
+        write_atomically(
+            self.folder / FILE,
+            lambda f: np.savez(f, embeddings=matrix.astype(np.float32), meta=np.array(json.dumps(meta))),
+        )
 
     def _load(self) -> None:
         assert self.folder is not None
-        with np.load(self.folder / FILE, allow_pickle=False) as data:
-            matrix, meta = data["embeddings"], json.loads(str(data["meta"]))
-        if self.weights_id and meta.get("weights_id") and meta["weights_id"] != self.weights_id:
-            raise ValueError(
-                f"{self.folder}: enrolled objects were made with weights {meta['weights_id']!r}, "
-                f"not {self.weights_id!r}: enroll them again with these weights, or use another memory_path"
+        path = self.folder / FILE
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                matrix, meta = np.asarray(data["embeddings"], np.float32), json.loads(str(data["meta"]))
+            records = meta["objects"]
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable enrolled-names file ({type(exc).__name__}: {exc})") from exc
+        if self.identity is not None:
+            self.identity.check(
+                meta.get("weights_id"),
+                f"{path}: the enrolled objects were",
+                "Enroll them again with these weights, or use another memory_path.",
             )
-        if matrix.shape != (len(meta["objects"]), self.dim):
-            expected = (len(meta["objects"]), self.dim)
-            raise ValueError(f"{self.folder / FILE}: embeddings are {matrix.shape}, expected {expected}")
-        for record, vector in zip(meta["objects"], matrix, strict=True):
+        if matrix.shape != (len(records), self.dim):
+            raise ValueError(f"{path}: embeddings are {matrix.shape}, expected {(len(records), self.dim)}")
+        for record, vector in zip(records, matrix, strict=True):
+            if not isinstance(record, dict) or not str(record.get("id", "")).startswith(PREFIX):
+                raise ValueError(f"{path}: corrupt record {record!r}")
             self._records[record["id"]] = record
             self._vectors[record["id"]] = vector

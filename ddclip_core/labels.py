@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from .atomic import write_atomically
 from .hub import cache_dir
 
 TEMPLATE_SETS: dict[str, list[str]] = {
@@ -99,11 +100,13 @@ def prompt_name(label: str) -> str:
 
 
 class LabelSet:
-    """Label names plus prompt templates; its text embeddings are cached on disk per weights."""
+    """Label names plus prompt templates; their text embeddings are computed once per weights and kept
+    in memory, and cached on disk (written atomically, checked when read back)."""
 
     def __init__(self, labels: str | os.PathLike | Sequence[str], templates: str | Sequence[str] = "openai") -> None:
         self.labels = load_labels(labels)
         self.templates = load_templates(templates)
+        self._in_memory: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,21 +117,21 @@ class LabelSet:
 
     def embeddings(self, model: Any, *, cache: bool = True) -> np.ndarray:
         """(labels, dim) unit vectors: per label, the mean of its normalised template embeddings."""
-        path = cache_dir() / "labels" / f"{self.cache_key(model.weights_id)}.npy"
-        if cache and path.is_file():
-            cached = np.load(path, allow_pickle=False)
-            if cached.shape == (len(self.labels), model.embed_dim):
-                return cached
-        out = np.empty((len(self.labels), model.embed_dim), dtype=np.float32)
-        for i, label in enumerate(self.labels):
-            prompts = [template.format(prompt_name(label)) for template in self.templates]
-            mean = model.encode_text(prompts).mean(dim=0)
-            out[i] = (mean / mean.norm()).cpu().numpy()
-        if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, out)
-            tmp.replace(path)
+        key = self.cache_key(model.weights_id)
+        if key in self._in_memory:
+            return self._in_memory[key]
+        path = cache_dir() / "labels" / f"{key}.npy"
+        out = _read_cache(path, (len(self.labels), model.embed_dim)) if cache else None
+        if out is None:
+            out = np.empty((len(self.labels), model.embed_dim), dtype=np.float32)
+            for i, label in enumerate(self.labels):
+                prompts = [template.format(prompt_name(label)) for template in self.templates]
+                mean = model.encode_text(prompts).mean(dim=0)
+                out[i] = (mean / mean.norm()).cpu().numpy()
+            if cache:
+                write_atomically(path, lambda handle: np.save(handle, out))
+        out.setflags(write=False)  # shared by every caller
+        self._in_memory[key] = out
         return out
 
     def classify(self, model: Any, shape_embeddings: Any, k: int = 5) -> list[list[tuple[str, float]]]:
@@ -142,3 +145,18 @@ class LabelSet:
         scores = shapes @ self.embeddings(model).T
         top = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(self.labels))]
         return [[(self.labels[j], float(row[j])) for j in ranks] for row, ranks in zip(scores, top, strict=True)]
+
+
+def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A cached label matrix, or None when absent or unusable (truncated, wrong shape, not unit rows)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if cached.shape != shape or cached.dtype != np.float32 or not np.isfinite(cached).all():
+        return None
+    if not np.allclose(np.linalg.norm(cached, axis=1), 1.0, atol=1e-3):
+        return None
+    return cached

@@ -21,6 +21,7 @@ from torch import nn
 from ._multiview import encode_packed_views
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
+from .identity import WeightsIdentity
 from .images import as_objects
 from .preprocess import CropMode, Preprocessor, ResizeMode
 
@@ -76,6 +77,11 @@ class DuoduoCLIP(nn.Module):
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             self._weights_id = f"{self.config.arch}-lt{self.layers_threshold}-{digest.hexdigest()[:16]}"
         return self._weights_id
+
+    @property
+    def identity(self) -> WeightsIdentity:
+        """The weights id with its aliases: what banks, memories and enrolled names are checked against."""
+        return WeightsIdentity(self.weights_id, tuple(self.weights_aliases))
 
     def set_precision(self, precision: str) -> DuoduoCLIP:
         self.precision = check_precision(precision)

@@ -9,20 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .bank import BankError, BankMismatchError, EmbeddingBank, Match
+from .bank import BankError, EmbeddingBank, Match
 
 
 def check_compatible(bank: EmbeddingBank, model: Any) -> None:
-    """Refuse a bank whose embeddings come from other weights than ``model``."""
-    if bank.weights_id is None:
-        return
-    known = {model.weights_id, *getattr(model, "weights_aliases", ())}
-    if bank.weights_id not in known:
-        raise BankMismatchError(
-            f"the bank was built with weights {bank.weights_id!r} but the model has {model.weights_id!r} "
-            f"({model.weights_source or 'random weights'}): its embeddings are not comparable. Load the weights the "
-            "bank was built with, or rebuild the bank with this model."
-        )
+    """Refuse a bank whose embeddings come from other weights than ``model`` (its aliases count)."""
+    bank.check_weights(model, what="queries")
 
 
 def search_text(bank: EmbeddingBank, model: Any, texts: str | list[str], k: int = 10) -> list[list[Match]]:

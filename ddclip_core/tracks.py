@@ -26,7 +26,8 @@ def _descriptor(view: np.ndarray) -> np.ndarray:
     return small / norm if norm > 0 else small
 
 
-def _downsize(view: np.ndarray, max_side: int) -> np.ndarray:
+def downsize(view: np.ndarray, max_side: int) -> np.ndarray:
+    """The view shrunk (bilinear) so that its longer side is at most ``max_side``; smaller ones as they are."""
     height, width = view.shape[:2]
     if max(height, width) <= max_side:
         return view
@@ -42,7 +43,7 @@ class Track:
     descriptors: list[np.ndarray] = field(default_factory=list)
     first_seen: float = 0.0
     last_seen: float = 0.0
-    last_stamp: Any = None  # the newest view's message stamp, for the published header
+    last_stamp: Any = None  # the newest view's header (camera frame and stamp), for the result
     pose: Any = None
     ended: bool = False
     changes: int = 0  # views accepted since the last encode
@@ -113,7 +114,7 @@ class TrackBuffer:
         track.ended = False
         if pose is not None:
             track.pose = pose
-        view = _downsize(view, self.policy.max_side)
+        view = downsize(view, self.policy.max_side)
         descriptor = _descriptor(view)
         kept = self._keep(track, view, descriptor)
         if kept:

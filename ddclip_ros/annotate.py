@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .frames import Box
+from ddclip_core.perception.frames import Box
 
 # Distinct, saturated colours; a track keeps its colour across frames and processes (crc32, not hash()).
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]

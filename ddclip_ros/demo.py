@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels": str(labels),
         "reliable": "true",
         "bank": args.bank or "",
+        "allow_random_weights": "true" if weights is None else "false",  # said plainly above
         "min_views": "12",
         "timeout_s": "5.0",
     }

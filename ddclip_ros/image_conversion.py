@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from ddclip_core.images import pil_to_view
+
 # encoding -> (dtype, channels, channel order)
 ENCODINGS: dict[str, tuple[type, int, str]] = {
     "rgb8": (np.uint8, 3, "rgb"),
@@ -30,6 +32,8 @@ ENCODINGS: dict[str, tuple[type, int, str]] = {
     "32FC1": (np.float32, 1, "mono"),
 }
 MAX_PIXELS = 64_000_000
+# Single-channel 16-bit and float images are what depth cameras publish: not colour views of an object.
+DEPTH_ENCODINGS = frozenset({"32FC1", "16UC1", "mono16"})
 
 
 class ImageTooLarge(ValueError):
@@ -64,24 +68,33 @@ def image_to_array(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def image_to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A sensor_msgs/Image as an (H, W, 3) uint8 RGB view for the encoder."""
+    """A sensor_msgs/Image as an (H, W, 3) uint8 RGB view for the encoder.
+
+    Depth images (32FC1, 16UC1, mono16) are refused: the model sees colour. Alpha (rgba8, bgra8, ...)
+    is composited on white, the background of the renders the model was trained on.
+    """
+    if msg.encoding in DEPTH_ENCODINGS:
+        raise ValueError(
+            f"a {msg.encoding} image is depth, not a colour view: send rgb8, bgr8, rgba8, bgra8 or mono8 views "
+            "(depth belongs in a point cloud on ddclip/points)"
+        )
     return to_rgb8(image_to_array(msg, max_pixels), ENCODINGS[msg.encoding][2])
 
 
 def to_rgb8(pixels: np.ndarray, order: str) -> np.ndarray:
-    if pixels.dtype == np.float32:  # depth-like: spread the finite range over 0..255
-        finite = np.isfinite(pixels)
-        if not finite.any():
-            raise ValueError("32FC1 image has no finite pixels")
-        low, high = float(pixels[finite].min()), float(pixels[finite].max())
-        scaled = np.where(finite, (pixels - low) / max(high - low, 1e-12), 0.0)
-        pixels = np.round(scaled * 255).astype(np.uint8)
-    elif pixels.dtype == np.uint16:
+    """(H, W, C) pixels of ``order`` (rgb, bgr, rgba, bgra, mono) as uint8 RGB; alpha over white."""
+    if pixels.dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise ValueError(f"cannot make a colour view of {pixels.dtype} pixels")
     if order == "mono":
         return np.repeat(pixels, 3, axis=2)
     if order.startswith("bgr"):
-        pixels = pixels[:, :, [2, 1, 0]]
+        pixels = pixels[:, :, [2, 1, 0, *range(3, pixels.shape[2])]]
+    if pixels.shape[2] == 4:
+        alpha = pixels[:, :, 3:].astype(np.uint16)
+        blended = (pixels[:, :, :3].astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
+        return np.ascontiguousarray(blended.astype(np.uint8))
     return np.ascontiguousarray(pixels[:, :, :3])
 
 
@@ -93,7 +106,8 @@ def compressed_to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         with PILImage.open(io.BytesIO(data)) as image:  # reads the header only: the size is known before decoding
             _check_size(image.width, image.height, max_pixels)
-            return np.asarray(image.convert("RGB"))
+            image.load()
+            return pil_to_view(image, source="compressed image")  # alpha composited on white
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot decode compressed image (format {msg.format!r}): {exc}") from exc
 

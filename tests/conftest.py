@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,25 @@ def vit_b32() -> DuoduoCLIP:
     model = DuoduoCLIP(DuoduoConfig.from_arch("ViT-B-32", 6)).eval()
     _spread_weights(model)
     return model
+
+
+def write_objaverse_release(folder: Path, vectors: np.ndarray, uids: list[str]) -> tuple[Path, Path]:
+    """The released Objaverse embeddings' layout: ``shape_emb_objaverse.h5`` (dataset ``shape_feat``, float16
+    as released, not normalised) and ``shape_emb_objaverse_model_to_idx.json`` (uid -> row, rows shuffled)."""
+    import h5py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    h5, uid_map = folder / "shape_emb_objaverse.h5", folder / "shape_emb_objaverse_model_to_idx.json"
+    order = np.random.default_rng(7).permutation(len(uids))  # row i holds uids[order[i]]
+    with h5py.File(h5, "w") as handle:
+        handle.create_dataset("shape_feat", data=(np.asarray(vectors)[order] * 2.5).astype(np.float16))
+    uid_map.write_text(json.dumps({uids[j]: int(i) for i, j in enumerate(order)}))
+    return h5, uid_map
+
+
+def published_tiny(folder: Path, seed: int = 3) -> Path:
+    """A tiny model written as the published Lightning checkpoint, under the published file name."""
+    model = make_tiny(seed=seed)
+    path = folder / "Four_1to6F_bs1600_LT6.ckpt"
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_published_checkpoint(model, path, {"ddclip_config": model.config.to_dict()})

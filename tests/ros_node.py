@@ -44,6 +44,8 @@ def node_params(tmp_path: Path) -> dict[str, str]:
         "labels": str(tmp_path / "labels.txt"),
         "templates": "none",
         "reliable": "true",
+        # Views here are small: with a smaller largest image, the reliable queues may hold more of them.
+        "max_pixels": "250000",
         "min_views": "2",
         "timeout_s": "1.0",
         "memory_path": str(tmp_path / "memory"),

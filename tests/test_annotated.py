@@ -10,8 +10,8 @@ from ddclip.msg import ObjectMatches, TrackedBox, TrackedDetections  # noqa: E40
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+from ddclip_core.perception.frames import Box  # noqa: E402
 from ddclip_ros.annotate import best_match, draw_detections, track_colour  # noqa: E402
-from ddclip_ros.frames import Box  # noqa: E402
 from ddclip_ros.image_conversion import image_to_rgb, rgb_to_image  # noqa: E402
 from ddclip_ros.node_process import stop_node  # noqa: E402
 from ddclip_ros.spin import spin_until  # noqa: E402

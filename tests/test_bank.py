@@ -46,7 +46,7 @@ def test_search_returns_ranked_matches_with_metadata(small_bank):
 def test_save_load_round_trip_memory_mapped(small_bank, tmp_path):
     small_bank.save(tmp_path / "bank")
     manifest = json.loads((tmp_path / "bank" / "bank.json").read_text())
-    assert manifest["format"] == "ddclip-bank" and manifest["version"] == 1 and manifest["weights_id"] == "w-A"
+    assert manifest["format"] == "ddclip-bank" and manifest["version"] == 2 and manifest["weights_id"] == "w-A"
     loaded = EmbeddingBank.load(tmp_path / "bank")
     assert isinstance(loaded._segments[0], np.memmap)
     assert len(loaded) == 8 and loaded.weights_id == "w-A"
@@ -183,10 +183,19 @@ def test_bad_banks_and_arguments(small_bank, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a ddclip bank"):
         EmbeddingBank.load(tmp_path)
     small_bank.save(tmp_path / "bank")
-    np.save(tmp_path / "bank" / "vectors.npy", np.ones((3, 8), np.float32))
+    manifest_path = tmp_path / "bank" / "bank.json"
+    manifest = json.loads(manifest_path.read_text())
+    vectors = tmp_path / "bank" / manifest["files"]["vectors"]["path"]
+
+    def replace_vectors(array: np.ndarray) -> None:  # and record the new size, so only the contents are wrong
+        np.save(vectors, array)
+        manifest["files"]["vectors"]["bytes"] = vectors.stat().st_size
+        manifest_path.write_text(json.dumps(manifest))
+
+    replace_vectors(np.ones((3, 8), np.float32))
     with pytest.raises(BankError, match="corrupt bank: 3 vectors, 8 metadata rows"):
         EmbeddingBank.load(tmp_path / "bank")
-    np.save(tmp_path / "bank" / "vectors.npy", np.ones((8, 4), np.float32))
+    replace_vectors(np.ones((8, 4), np.float32))
     with pytest.raises(BankError, match=r"expected float32 \(N, 8\)"):
         EmbeddingBank.load(tmp_path / "bank")
     with pytest.raises(ValueError, match="unknown index kind"):

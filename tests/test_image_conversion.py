@@ -36,18 +36,39 @@ def test_colour_encodings_with_row_padding():
     rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     np.testing.assert_array_equal(image_to_rgb(make_image(rgb, "rgb8", pad=3)), rgb)
     np.testing.assert_array_equal(image_to_rgb(make_image(rgb[:, :, ::-1], "bgr8", pad=1)), rgb)
-    rgba = np.concatenate([rgb, np.full((5, 7, 1), 9, np.uint8)], axis=2)
-    np.testing.assert_array_equal(image_to_rgb(make_image(rgba, "rgba8")), rgb)
-    bgra = np.concatenate([rgb[:, :, ::-1], np.full((5, 7, 1), 9, np.uint8)], axis=2)
+    opaque = np.concatenate([rgb, np.full((5, 7, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(image_to_rgb(make_image(opaque, "rgba8")), rgb)
+    bgra = np.concatenate([rgb[:, :, ::-1], np.full((5, 7, 1), 255, np.uint8)], axis=2)
     np.testing.assert_array_equal(image_to_rgb(make_image(bgra, "bgra8", pad=4)), rgb)
+
+
+@pytest.mark.parametrize("encoding", ["rgba8", "bgra8", "rgba16"])
+def test_alpha_is_composited_on_white_like_the_renders(encoding):
+    rgb = RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    alpha = np.array([0, 64, 128, 255, 255], np.uint8)[None, :, None].repeat(4, axis=0)
+    colour = rgb[:, :, ::-1] if encoding.startswith("bgr") else rgb
+    pixels = np.concatenate([colour, alpha], axis=2)
+    if encoding.endswith("16"):
+        pixels = pixels.astype(np.uint16) * 257  # the same values in 16 bits
+    out = image_to_rgb(make_image(pixels, encoding))
+    expected = (rgb.astype(float) * alpha / 255 + 255 * (1 - alpha / 255)).round()
+    np.testing.assert_allclose(out, expected, atol=1)
+    assert (out[:, 0] == 255).all()  # fully transparent: white, not black
+    np.testing.assert_array_equal(out[:, 3:], rgb[:, 3:])  # opaque: unchanged
+
+
+@pytest.mark.parametrize("encoding", ["32FC1", "16UC1", "mono16"])
+def test_depth_images_are_not_colour_views(encoding):
+    depth = np.ones((4, 6, 1), np.float32 if encoding == "32FC1" else np.uint16)
+    with pytest.raises(ValueError, match=f"a {encoding} image is depth, not a colour view"):
+        image_to_rgb(make_image(depth, encoding))
+    assert image_to_array(make_image(depth, encoding)).shape == (4, 6, 1)  # still readable as depth
 
 
 @pytest.mark.parametrize("bigendian", [False, True])
 def test_sixteen_bit_and_float_encodings_honour_endianness(bigendian):
     deep = RNG.integers(0, 65536, (4, 6, 1), dtype=np.uint16)
     np.testing.assert_array_equal(image_to_array(make_image(deep, "16UC1", pad=2, bigendian=bigendian)), deep)
-    grey = image_to_rgb(make_image(deep, "mono16", bigendian=bigendian))
-    np.testing.assert_array_equal(grey, np.repeat((deep >> 8).astype(np.uint8), 3, axis=2))
     colour = RNG.integers(0, 65536, (4, 6, 3), dtype=np.uint16)
     np.testing.assert_array_equal(
         image_to_rgb(make_image(colour, "rgb16", bigendian=bigendian)), (colour >> 8).astype(np.uint8)
@@ -55,8 +76,6 @@ def test_sixteen_bit_and_float_encodings_honour_endianness(bigendian):
     depth = RNG.uniform(0.5, 3.0, (4, 6, 1)).astype(np.float32)
     depth[0, 0] = np.nan
     np.testing.assert_array_equal(image_to_array(make_image(depth, "32FC1", bigendian=bigendian))[1:], depth[1:])
-    as_rgb = image_to_rgb(make_image(depth, "32FC1", bigendian=bigendian))
-    assert as_rgb.shape == (4, 6, 3) and as_rgb.max() == 255 and as_rgb[0, 0, 0] == 0
 
 
 def test_mono8_becomes_grey_rgb():
@@ -87,6 +106,10 @@ def test_compressed_images():
     buffer = io.BytesIO()
     PILImage.fromarray(rgb).save(buffer, format="PNG")
     np.testing.assert_array_equal(compressed_to_rgb(CompressedImage(format="png", data=buffer.getvalue())), rgb)
+    transparent = np.zeros((8, 9, 4), np.uint8)  # a PNG with alpha 0 everywhere: white, as the renders
+    buffer = io.BytesIO()
+    PILImage.fromarray(transparent).save(buffer, format="PNG")
+    assert (compressed_to_rgb(CompressedImage(format="png", data=buffer.getvalue())) == 255).all()
     with pytest.raises(ValueError, match="cannot decode compressed image"):
         compressed_to_rgb(CompressedImage(format="jpeg", data=b"not a jpeg"))
     with pytest.raises(ValueError, match="no data"):

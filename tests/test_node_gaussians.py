@@ -70,6 +70,8 @@ def test_clouds_are_embedded_fused_with_views_and_bad_ones_counted(tmp_path):
         assert spin_until(node, lambda: embeddings[-1].num_views == 2, 60)
         fused = embeddings[-1]
         assert fused.num_points == 500
+        # Fused embeddings name their fusion: the GS encoder and the weight, after the model's weights.
+        assert fused.weights_id == f"{first.weights_id}" and fused.weights_id.endswith(f"+gs:{encoder.weights_id}@w0.3")
         mv = load_model(params["weights"], device="cpu").encode_views(list(views)).numpy()[0]
         expected = fuse_embeddings(mv, gs, WEIGHT)
         # The node encodes in its own batch and process (float noise ~1e-4); the fusion moves far more.
@@ -87,9 +89,9 @@ def test_clouds_are_embedded_fused_with_views_and_bad_ones_counted(tmp_path):
         assert [r.track_id for r in future.result().results] == ["ball"]
         diagnostics: list[DiagnosticArray] = []
         node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-        bad = lambda: diagnostics and _value(diagnostics[-1], "bad_inputs") == "3"  # noqa: E731
+        bad = lambda: diagnostics and _value(diagnostics[-1], "bad input messages dropped") == "3"  # noqa: E731
         assert spin_until(node, bad, 30), diagnostics[-1] if diagnostics else "no diagnostics"
-        assert _value(diagnostics[-1], "clouds_without_colour") == "0"
+        assert _value(diagnostics[-1], "clouds without colour") == "0"
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

@@ -85,8 +85,15 @@ def test_zero_shot_with_a_tiny_label_list(tmp_path):
     assert top[0][0][1] == pytest.approx(1.0, abs=1e-5) and len(top[0]) == 2
     cached = list((tmp_path / "cache" / "labels").glob("*.npy"))
     assert len(cached) == 1
-    np.save(cached[0], np.zeros_like(class_embeddings))  # proves the second call reads the cache
-    assert not labels.embeddings(model).any()
+    calls = []
+    model.encode_text = lambda *a, **k: calls.append(1) or pytest.fail("label embeddings computed again")
+    assert labels.embeddings(model) is class_embeddings and not calls  # kept in memory: computed once
+    flipped = -class_embeddings
+    np.save(cached[0], flipped)  # a fresh label set (another process) reads the disk cache
+    np.testing.assert_array_equal(LabelSet(labels.labels, templates=labels.templates).embeddings(model), flipped)
+    del model.encode_text
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # truncated: computed again, not trusted
+    np.testing.assert_allclose(LabelSet(labels.labels, templates=labels.templates).embeddings(model), class_embeddings)
     assert labels.cache_key(model.weights_id) != labels.cache_key(make_tiny(seed=5).weights_id)
     with pytest.raises(ValueError, match="k must be >= 1"):
         labels.classify(model, class_embeddings, k=0)

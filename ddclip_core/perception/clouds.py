@@ -1,9 +1,10 @@
 """Point clouds per track for the Gaussian-splat encoder, fused with the views' embedding.
 
-The node keeps the latest cloud of each track (bounded, least recently updated evicted); every
+The engine keeps the latest cloud of each track (bounded, least recently updated evicted); every
 encode job of the track carries it, and the encoder thread fuses the two embeddings with
 ``ddclip_core.fusion.fuse_embeddings`` (weight ``gaussian_weight``; a track without views is its
-cloud alone, one without a cloud its views alone).
+cloud alone, one without a cloud its views alone). The fused embeddings live in their own space,
+named by ``fusion_suffix``: the GS encoder's weights and the weight.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
-from ddclip_core.fusion import fuse_embeddings
-from ddclip_core.gaussians import CloudEmbedder
-
-from .pointcloud import pointcloud_to_arrays
+from ..fusion import fuse_embeddings
+from ..gaussians import CloudEmbedder
 from .worker import EncodeJob
 
 Cloud = tuple[np.ndarray, np.ndarray]  # points (N, 3) float32, colours (N, 3) in [0, 1]
@@ -26,18 +24,21 @@ Cloud = tuple[np.ndarray, np.ndarray]  # points (N, 3) float32, colours (N, 3) i
 
 class TrackClouds:
     def __init__(self, embedder: CloudEmbedder, gaussian_weight: float, max_tracks: int) -> None:
+        if not 0.0 <= gaussian_weight <= 1.0:
+            raise ValueError(f"gaussian_weight must be in [0, 1], got {gaussian_weight}")
         self.embedder, self.gaussian_weight, self.max_tracks = embedder, gaussian_weight, max_tracks
         self._clouds: OrderedDict[str, Cloud] = OrderedDict()
         self._lock = threading.Lock()  # callbacks add, services forget, the encoder thread reads jobs only
-        self.colourless = 0  # clouds that came without colour (embedded grey)
 
-    def add(self, track_id: str, message: Any) -> Cloud:
-        """Convert and keep a track's newest cloud; ValueError names what is wrong with a bad one."""
+    @property
+    def fusion_suffix(self) -> str:
+        return f"+gs:{self.embedder.encoder.weights_id}@w{self.gaussian_weight:g}"
+
+    def add(self, track_id: str, points: np.ndarray, colours: np.ndarray) -> Cloud:
+        """Keep a track's newest cloud (subsampled); ValueError names what is wrong with a bad one."""
         if not track_id:
             raise ValueError("a point cloud without a track_id")
-        arrays = pointcloud_to_arrays(message)
-        cloud = self.embedder.subsample(arrays.points, arrays.colours)  # checks there are enough points
-        self.colourless += arrays.colour_missing
+        cloud = self.embedder.subsample(points, colours)  # checks there are enough points
         with self._lock:
             self._clouds[track_id] = cloud
             self._clouds.move_to_end(track_id)

@@ -1,34 +1,44 @@
-"""One inference thread fed by a bounded queue: ROS callbacks never wait for the model.
+"""One inference thread fed by a bounded queue: callbacks never wait for the model.
 
 Jobs of several tracks are batched into one forward pass (objects with different view counts go
 through the encoder together). A newer job for a track replaces its queued older one; when the
-queue is full the oldest job is dropped and counted. No ROS in here.
+queue is full the oldest job is dropped and counted. ``discard`` takes queued jobs back (a track was
+forgotten). Every job carries a sequence number, so whoever delivers results can tell whether a
+job was submitted before or after something happened to its track.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from ..stamped import Header, Pose
+
 log = logging.getLogger(__name__)
+_sequence = itertools.count(1)
 
 
 @dataclass
 class EncodeJob:
     track_id: str
     views: list[np.ndarray]  # may be empty when the job is a point cloud only
-    stamp: Any = None  # header of the newest view (or cloud)
-    frame_id: str = ""
-    pose: Any = None
+    header: Header = field(default_factory=Header)  # camera frame and stamp of the newest view (or cloud)
+    pose: Pose | None = None
     arrived: float = field(default_factory=time.monotonic)  # when the newest view arrived
     points: tuple[np.ndarray, np.ndarray] | None = None  # the track's latest cloud (points, colours), if any
+    seq: int = field(default_factory=lambda: next(_sequence))
+
+
+def next_sequence() -> int:
+    """A number larger than that of every job made so far."""
+    return next(_sequence)
 
 
 @dataclass
@@ -37,6 +47,7 @@ class WorkerStats:
     batches: int = 0
     dropped_jobs: int = 0
     replaced_jobs: int = 0
+    discarded_jobs: int = 0
     failed_batches: int = 0
     last_batch_size: int = 0
     last_encode_ms: float = 0.0
@@ -59,9 +70,11 @@ class EncodeWorker:
         self._encode, self._deliver = encode, deliver
         self.queue_size, self.max_batch = queue_size, max_batch
         self._jobs: OrderedDict[str, EncodeJob] = OrderedDict()
+        self._in_flight: list[EncodeJob] = []
         self._ready = threading.Condition()
         self._stop = False
         self.stats = WorkerStats()
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._thread = threading.Thread(target=self.run, name="ddclip-encoder", daemon=True)
 
     def start(self) -> None:
@@ -84,9 +97,18 @@ class EncodeWorker:
         with self._ready:
             return len(self._jobs)
 
+    def oldest_outstanding(self) -> int | None:
+        """The smallest sequence number of a queued or in-flight job (None: nothing outstanding)."""
+        with self._ready:
+            seqs = [job.seq for job in (*self._jobs.values(), *self._in_flight)]
+        return min(seqs) if seqs else None
+
     def submit(self, job: EncodeJob) -> bool:
         """Queue a job without blocking; returns False if an older job had to be dropped for it."""
         with self._ready:
+            if self._stop:
+                self.stats.dropped_jobs += 1
+                return False
             accepted = True
             if job.track_id in self._jobs:
                 del self._jobs[job.track_id]
@@ -99,6 +121,15 @@ class EncodeWorker:
             self._ready.notify()
             return accepted
 
+    def discard(self, track_ids: Iterable[str] | None = None) -> int:
+        """Take queued jobs of these tracks (all when None) back; returns how many."""
+        with self._ready:
+            ids = list(self._jobs) if track_ids is None else [t for t in track_ids if t in self._jobs]
+            for track_id in ids:
+                del self._jobs[track_id]
+            self.stats.discarded_jobs += len(ids)
+            return len(ids)
+
     def _take_batch(self) -> list[EncodeJob]:
         with self._ready:
             while not self._jobs and not self._stop:
@@ -106,6 +137,7 @@ class EncodeWorker:
             batch = []
             while self._jobs and len(batch) < self.max_batch:
                 batch.append(self._jobs.popitem(last=False)[1])
+            self._in_flight = batch
             return batch
 
     def run(self) -> None:
@@ -121,10 +153,15 @@ class EncodeWorker:
                 embeddings = self._encode(batch)
                 self.stats.last_encode_ms = (time.monotonic() - start) * 1e3
                 self._deliver(batch, embeddings)
-            except Exception:  # one bad batch must not stop the node; it is logged and counted
+            except Exception as exc:  # one bad batch must not stop the node; it is logged and counted
                 self.stats.failed_batches += 1
                 log.exception("encoding a batch of %d track(s) failed", len(batch))
+                if self.on_failure is not None:
+                    self.on_failure(exc)
                 continue
+            finally:
+                with self._ready:
+                    self._in_flight = []
             self.stats.batches += 1
             self.stats.encoded_tracks += len(batch)
             self.stats.last_batch_size = len(batch)

@@ -1,5 +1,5 @@
-"""Full camera frames + tracked boxes -> per-track crops. Frames and detections arrive on separate
-topics; they are paired by (stamp, frame_id) within small bounded caches. No ROS in here."""
+"""Full camera frames + tracked boxes -> per-track crops. Frames and detections arrive separately
+(two topics); they are paired by (stamp, frame_id) within small bounded caches. No ROS in here."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ Key = tuple[int, int, str]  # stamp sec, nanosec, frame_id
 
 
 def stamp_key(header: Any) -> Key:
+    """The pairing key of a header (a ``Header`` or anything with ``stamp.sec/nanosec`` and ``frame_id``)."""
     return (int(header.stamp.sec), int(header.stamp.nanosec), str(header.frame_id))
 
 
@@ -67,19 +68,3 @@ class FramePairer:
         while len(cache) > self.capacity:
             cache.popitem(last=False)
             self.unpaired_dropped += 1
-
-
-def boxes_from_tracked(msg: Any) -> list[Box]:
-    """ddclip/TrackedDetections -> boxes."""
-    return [Box(b.track_id, b.x_min, b.y_min, b.x_max, b.y_max) for b in msg.boxes]
-
-
-def boxes_from_vision_msgs(msg: Any) -> list[Box]:
-    """vision_msgs/Detection2DArray -> boxes; the detection's ``id`` is its track id."""
-    boxes = []
-    for detection in msg.detections:
-        if not detection.id:
-            continue  # untracked detections cannot be accumulated over views
-        centre, w, h = detection.bbox.center.position, detection.bbox.size_x, detection.bbox.size_y
-        boxes.append(Box(detection.id, centre.x - w / 2, centre.y - h / 2, centre.x + w / 2, centre.y + h / 2))
-    return boxes

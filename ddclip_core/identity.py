@@ -1,0 +1,69 @@
+"""Which embeddings may be compared: one notion of weight identity for banks, memories and enrolled names.
+
+A model answers to its fingerprint (``DuoduoCLIP.weights_id``) and to its aliases: a published
+checkpoint is also ``published:<file stem>``, the id a bank imported from the released Objaverse
+embeddings records, since those were made without the checkpoint at hand. Everything that stores
+embeddings records the id of what made them, and everything that reads them back asks
+``identity.accepts(recorded)``: never a string comparison of its own.
+
+Embeddings fused with a second encoder (GS-CLIP point clouds) live in a space named by the fusion as
+well: ``identity.fused("+gs:<id>@w0.5")`` accepts only what that same fusion made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class WeightsMismatchError(ValueError):
+    """Embeddings, queries or files made by other weights (or another fusion) than the reader's."""
+
+
+@dataclass(frozen=True)
+class WeightsIdentity:
+    """The id of the weights that make embeddings, and the other names the same weights go by."""
+
+    id: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+    def accepts(self, recorded: str | None) -> bool:
+        """Whether embeddings recorded as made by ``recorded`` compare with ours (unknown: yes)."""
+        return not recorded or recorded in self.ids
+
+    def check(self, recorded: str | None, what: str, advice: str = "") -> None:
+        """Raise WeightsMismatchError naming ``what`` unless ``accepts(recorded)``."""
+        if not self.accepts(recorded):
+            names = repr(self.id) + (f" (also known as {', '.join(map(repr, self.aliases))})" if self.aliases else "")
+            raise WeightsMismatchError(
+                f"{what} made with weights {recorded!r}, not {names}: embeddings of different weights are not "
+                f"comparable.{' ' + advice if advice else ''}"
+            )
+
+    def fused(self, suffix: str) -> WeightsIdentity:
+        """The identity of embeddings fused from ours and another encoder's, named by ``suffix``."""
+        return WeightsIdentity(self.id + suffix, tuple(alias + suffix for alias in self.aliases))
+
+
+def identity_of(source: Any) -> WeightsIdentity | None:
+    """A WeightsIdentity from an identity, a weights id string, a model (``weights_id`` and
+    ``weights_aliases``), or None (unknown)."""
+    if source is None or isinstance(source, WeightsIdentity):
+        return source
+    if isinstance(source, str):
+        return WeightsIdentity(source) if source else None
+    if hasattr(source, "identity") and isinstance(source.identity, WeightsIdentity):
+        return source.identity
+    if hasattr(source, "weights_id"):
+        return WeightsIdentity(source.weights_id, tuple(getattr(source, "weights_aliases", ())))
+    raise TypeError(f"cannot tell the weights of a {type(source).__name__}")
+
+
+def compatible(recorded: str | None, source: Any) -> bool:
+    """Whether ``recorded`` (a stored weights id) compares with ``source`` (see identity_of)."""
+    identity = identity_of(source)
+    return identity is None or identity.accepts(recorded)

@@ -1,0 +1,361 @@
+"""Perception: the whole object pipeline of the ddclip node, without ROS.
+
+Views (crops, or full frames + tracked boxes) and point clouds go in per track; tracks are buffered
+(TrackBuffer) and, when due, encoded on one worker thread fed by a bounded queue (EncodeWorker);
+each result is stored in the object memory, matched against the bank and the labels, and handed to
+``on_results``. Queries, enrolment and forgetting are plain method calls. The ROS node only
+converts messages to these calls and results back to messages, so everything here is testable
+without DDS.
+
+Threads: inputs and services may come from several threads; ``_lock`` guards the buffer, memory,
+captions and frame pairing, ``_bank_lock`` the bank (the worker searches it, enrol/forget edit it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from ..bank import EmbeddingBank
+from ..enrolled import EnrolledObjects
+from ..identity import WeightsIdentity
+from ..labels import LabelSet
+from ..memory import ObjectMemory, SeenObject
+from ..stamped import Header, Pose
+from ..tracks import TrackBuffer, TrackPolicy, downsize
+from . import requests
+from .clouds import TrackClouds
+from .frames import Box, FramePairer, crop, stamp_key
+from .health import Health
+from .settings import PerceptionConfig, PerceptionSettings
+from .types import EnrollAnswer, ObjectResult, QueryAnswer, QueryRequest, RequestError
+from .worker import EncodeJob, EncodeWorker, next_sequence
+
+log = logging.getLogger(__name__)
+
+
+class Perception:
+    """The engine. Build it with ``open_perception(config, settings)`` (loads the files) or directly
+    from a model and optional bank, labels and clouds (tests, scripts)."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: PerceptionConfig | None = None,
+        settings: PerceptionSettings | None = None,
+        *,
+        bank: EmbeddingBank | None = None,
+        labels: LabelSet | None = None,
+        clouds: TrackClouds | None = None,
+        on_results: Callable[[list[ObjectResult]], None] | None = None,
+    ) -> None:
+        self.config, self.model = config or PerceptionConfig(), model
+        self.settings = (settings or PerceptionSettings()).changed(self.config.max_views)
+        self.clouds, self.labels = clouds, labels
+        self.on_results = on_results
+        # Called with each paired frame and its boxes (the node's annotated output).
+        self.frame_listener: Callable[[Header, np.ndarray, list[Box]], None] | None = None
+        self.identity: WeightsIdentity = model.identity
+        # Fused embeddings live in a space of their own: a memory made with another fusion is refused.
+        self.embedding_identity = self.identity.fused(clouds.fusion_suffix) if clouds else self.identity
+        self.label_embeddings = labels.embeddings(model) if labels else None  # once, not per batch
+        memory_path = self.config.memory_path or None
+        self.enrolled = EnrolledObjects(model.embed_dim, self.embedding_identity, memory_path, bank_weights=model)
+        self.bank = self.enrolled.into(bank)
+        self.memory = self._open_memory()
+        self.buffer = TrackBuffer(self._policy(self.settings))
+        self.pairer = FramePairer()
+        self.health = Health()
+        self.captions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # track -> best (name, score)
+        self._forgotten: dict[str, int] = {}  # track -> job sequence number at which it was forgotten
+        self._reset_at = 0  # sequence number of the last forget-all
+        self._lock = threading.RLock()
+        self._bank_lock = threading.Lock()
+        self.worker = EncodeWorker(
+            self._encode, self._deliver, queue_size=self.config.queue_size, max_batch=self.config.max_batch
+        )
+        self.worker.on_failure = lambda exc: self.health.problem("failed encoder batches", str(exc))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Encode on the worker's own thread (``run_worker`` runs it on the caller's instead)."""
+        self.worker.start()
+
+    def run_worker(self) -> None:
+        self.worker.run()
+
+    def close(self) -> None:
+        """Finish the batch in progress, drop the queue, save the memory (when ``memory_path`` is set)."""
+        self.worker.stop()
+        if self.config.memory_path:
+            with self._lock:
+                self.memory.save(self.config.memory_path)
+
+    def _open_memory(self) -> ObjectMemory:
+        path = self.config.memory_path
+        if path and ObjectMemory.exists(path):
+            return ObjectMemory.load(path, self.config.max_objects, self.embedding_identity)
+        return ObjectMemory(self.model.embed_dim, self.config.max_objects, self.embedding_identity)
+
+    def _policy(self, settings: PerceptionSettings) -> TrackPolicy:
+        return TrackPolicy(
+            max_views=self.config.max_views,
+            min_views=settings.min_views,
+            reencode_after=settings.reencode_after,
+            timeout_s=settings.timeout_s,
+            max_tracks=self.config.max_tracks,
+            max_age_s=settings.max_age_s,
+        )
+
+    def update_settings(self, **changes: Any) -> PerceptionSettings:
+        """Apply changed settings at once, checked together (ValueError names the problem; nothing changes)."""
+        new = self.settings.changed(self.config.max_views, **changes)
+        with self._lock:
+            self.settings = new
+            self.buffer.policy = self._policy(new)
+        self.tick()  # a lower min_views or timeout may make tracks due now
+        return new
+
+    @property
+    def tick_period(self) -> float:
+        """How often ``tick`` should run: tracks gone quiet are encoded at most a tenth of timeout_s late."""
+        return min(0.5, max(0.05, self.settings.timeout_s / 10))
+
+    # ------------------------------------------------------------------ inputs
+    def add_view(
+        self,
+        track_id: str,
+        view: np.ndarray,
+        header: Header | None = None,
+        pose: Pose | None = None,
+        ended: bool = False,
+    ) -> bool:
+        """Offer one view (H, W, 3 uint8) of a track; returns whether it was kept. ValueError for bad input."""
+        if not track_id:
+            raise ValueError("empty track_id")
+        with self._lock:
+            kept = self.buffer.add(track_id, view, time.monotonic(), stamp=header or Header(), pose=pose)
+            if ended:
+                self.buffer.end(track_id)
+        self._schedule([track_id])  # a track that just became due goes to the encoder now, not at the next tick
+        return kept
+
+    def end_tracks(self, track_ids: Iterable[str]) -> None:
+        ids = list(track_ids)
+        with self._lock:
+            for track_id in ids:
+                self.buffer.end(track_id)
+        self._schedule(ids)
+
+    def add_frame(self, header: Header, rgb: np.ndarray) -> list[str]:
+        """A full camera frame; its tracked boxes may come before or after it. Returns problems with boxes."""
+        with self._lock:
+            waiting = self.pairer.add_frame(stamp_key(header), rgb)
+        return self._add_crops(header, rgb, *waiting) if waiting is not None else []
+
+    def add_detections(self, header: Header, boxes: list[Box], ended: list[str]) -> list[str]:
+        with self._lock:
+            frame = self.pairer.add_boxes(stamp_key(header), (boxes, ended))
+        return self._add_crops(header, frame, boxes, ended) if frame is not None else []
+
+    def _add_crops(self, header: Header, rgb: np.ndarray, boxes: list[Box], ended: list[str]) -> list[str]:
+        if self.frame_listener is not None:  # before buffering: captions are what was known when the frame came
+            self.frame_listener(header, rgb, boxes)
+        problems = []
+        now = time.monotonic()
+        for box in boxes:
+            try:
+                view = np.ascontiguousarray(crop(rgb, box))
+                with self._lock:
+                    self.buffer.add(box.track_id, view, now, stamp=header)
+            except ValueError as exc:
+                problems.append(str(exc))
+                self.health.bad_input(str(exc))
+        with self._lock:
+            for track_id in ended:
+                self.buffer.end(track_id)
+        self._schedule([box.track_id for box in boxes] + ended)
+        return problems
+
+    def add_cloud(self, track_id: str, points: np.ndarray, colours: np.ndarray, header: Header | None = None) -> None:
+        """A track's point cloud (needs a GS encoder): the track is encoded at once, fused with its views."""
+        if self.clouds is None:
+            raise ValueError("point clouds need a GS encoder (gs_encoder)")
+        cloud = self.clouds.add(track_id, points, colours)
+        with self._lock:
+            track = self.buffer.get(track_id)
+            views, pose = (list(track.views), track.pose) if track is not None else ([], None)
+            job = EncodeJob(track_id, views, header=header or Header(), pose=pose, points=cloud)
+        self._submit(job)
+
+    def tick(self) -> None:
+        """Encode tracks that went quiet for timeout_s, and let old ones go; call every ``tick_period``."""
+        self._schedule(None)
+
+    def _schedule(self, track_ids: list[str] | None) -> None:
+        with self._lock:
+            due = self.buffer.due(time.monotonic(), track_ids)
+            jobs = [
+                EncodeJob(
+                    t.track_id,
+                    list(t.views),
+                    header=t.last_stamp or Header(),
+                    pose=t.pose,
+                    arrived=t.last_seen,
+                    points=self.clouds.get(t.track_id) if self.clouds is not None else None,
+                )
+                for t in due
+            ]
+        for job in jobs:
+            self._submit(job)
+
+    def _submit(self, job: EncodeJob) -> None:
+        if not self.worker.submit(job):
+            self.health.problem("encode jobs dropped (queue full)", "the encoder is slower than the input")
+
+    # ------------------------------------------------------------------ encoder thread
+    def _encode(self, jobs: list[EncodeJob]) -> np.ndarray:
+        if self.clouds is not None:
+            return self.clouds.encode(jobs, self._encode_views)
+        return self._encode_views([job.views for job in jobs])
+
+    def _encode_views(self, objects: list[list[np.ndarray]]) -> np.ndarray:
+        return self.model.encode_views(objects, batch_size=len(objects)).cpu().numpy()
+
+    def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
+        settings = self.settings
+        with self._bank_lock:
+            has_bank = self.bank is not None and len(self.bank) > 0
+            bank_matches = self.bank.search(embeddings, settings.k_matches) if has_bank else None
+        labels = self.labels.classify(self.model, embeddings, settings.k_matches) if self.labels else None
+        results = []
+        with self._lock:  # memory first: whoever hears the results can query them at once
+            for i, (job, vector) in enumerate(zip(jobs, embeddings, strict=True)):
+                if job.seq <= max(self._reset_at, self._forgotten.get(job.track_id, 0)):
+                    self.health.count("results discarded (track forgotten meanwhile)")
+                    continue
+                seen = SeenObject(job.track_id, job.header.stamp, len(job.views), job.header.frame_id, job.pose)
+                self.memory.update(seen, vector)
+                result = ObjectResult(
+                    job.track_id,
+                    job.header,
+                    len(job.views),
+                    0 if job.points is None else len(job.points[0]),
+                    vector.astype(np.float32),
+                    self.embedding_identity.id if job.points is not None else self.identity.id,
+                    job.pose,
+                    bank_matches[i] if bank_matches is not None else [],
+                    labels[i] if labels is not None else [],
+                    settings.confidence_threshold,
+                )
+                best = result.best()
+                result.confident = best is not None and best[1] >= settings.confidence_threshold
+                if best is not None:
+                    self.captions[job.track_id] = best
+                    self.captions.move_to_end(job.track_id)
+                    while len(self.captions) > self.config.max_tracks:
+                        self.captions.popitem(last=False)
+                results.append(result)
+        if results and self.on_results is not None:
+            self.on_results(results)
+
+    # ------------------------------------------------------------------ services
+    def query(self, request: QueryRequest) -> QueryAnswer:
+        """Seen objects and/or bank objects ranked against a text (RequestError for a bad request)."""
+        return requests.query(self, request)
+
+    def enroll(
+        self, name: str, category: str = "", track_id: str = "", images: list[np.ndarray] | None = None
+    ) -> EnrollAnswer:
+        """Name an object (a tracked one's current views, or given images) so the bank recognises it."""
+        return requests.enroll(self, name, category, track_id, images or [])
+
+    def forget(self, track_ids: Iterable[str] = (), *, all: bool = False, enrolled_ids: Iterable[str] = ()) -> int:
+        """Forget seen objects (all of them with ``all``: a reset) and enrolled names; returns how many.
+
+        Work already queued or in flight for a forgotten track is dropped, so it cannot come back.
+        """
+        ids = None if all else list(dict.fromkeys(track_ids))
+        with self._lock:
+            marker = next_sequence()  # every job made before this has a smaller number
+            if ids is None:
+                self._reset_at, self._forgotten = marker, {}
+            else:
+                self._forgotten.update(dict.fromkeys(ids, marker))
+            oldest = self.worker.oldest_outstanding()
+            self._forgotten = {t: s for t, s in self._forgotten.items() if oldest is not None and s >= oldest}
+            count = self.memory.forget(ids)
+            self.buffer.forget(ids)
+            self.worker.discard(ids)
+            for track_id in list(self.captions) if ids is None else ids:
+                self.captions.pop(track_id, None)
+        if self.clouds is not None:
+            self.clouds.forget(ids)
+        enrolled = list(dict.fromkeys(enrolled_ids))
+        if enrolled:
+            with self._bank_lock:
+                count += self.enrolled.remove(self.bank, enrolled)
+                if self.bank is not None:  # other bank rows are hidden too, until a restart
+                    count += self.bank.remove([i for i in enrolled if i in self.bank])
+        return count
+
+    def views_of(self, track_id: str) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+        with self._lock:
+            track = self.buffer.get(track_id)
+            views = list(track.views) if track is not None else []
+        return views, self.clouds.get(track_id) if self.clouds is not None else None
+
+    def check_image_count(self, count: int) -> None:
+        limit = self.settings.max_enroll_images
+        if count > limit:
+            raise RequestError(f"{count} images, at most max_enroll_images = {limit} per request")
+
+    def prepare_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Images given to enrol, bounded in number and downsized as tracked views are (so enrolment and
+        recognition preprocess alike)."""
+        self.check_image_count(len(images))
+        for i, image in enumerate(images):
+            if not (
+                isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+            ):
+                raise RequestError(f"image {i} is not an (H, W, 3) uint8 image")
+            if 0 in image.shape:
+                raise RequestError(f"image {i} has no pixels")
+        return [downsize(image, self.buffer.policy.max_side) for image in images]
+
+    def captions_for(self, track_ids: Iterable[str]) -> dict[str, tuple[str, float]]:
+        """The best (name, score) known of each of these tracks, for drawing."""
+        with self._lock:
+            return {t: self.captions[t] for t in track_ids if t in self.captions}
+
+    # ------------------------------------------------------------------ diagnostics
+    def stats(self) -> list[tuple[str, Any]]:
+        """Counters with names a user understands, for /diagnostics."""
+        worker = self.worker.stats
+        with self._lock:
+            views = self.buffer.view_counts()
+            rows: list[tuple[str, Any]] = [
+                ("encode jobs queued", self.worker.depth),
+                ("encode jobs dropped (queue full)", worker.dropped_jobs),
+                ("encode jobs replaced by newer views", worker.replaced_jobs),
+                ("encode jobs discarded (track forgotten)", worker.discarded_jobs),
+                ("failed encoder batches", worker.failed_batches),
+                ("tracks encoded", worker.encoded_tracks),
+                ("last batch size", worker.last_batch_size),
+                ("last encode time (ms)", round(worker.last_encode_ms, 1)),
+                ("last view-to-result time (ms)", round(worker.last_total_ms, 1)),
+                ("tracks buffered", len(self.buffer)),
+                ("tracks evicted", self.buffer.evicted),
+                ("mean views per track", round(float(np.mean(views)), 2) if views else 0),
+                ("views not kept (near duplicates)", self.buffer.rejected_views),
+                ("frames without detections dropped", self.pairer.unpaired_dropped),
+                ("objects in memory", len(self.memory)),
+                ("enrolled objects", len(self.enrolled)),
+            ]
+        return rows + self.health.counters()

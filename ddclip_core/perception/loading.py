@@ -1,0 +1,65 @@
+"""Building a Perception engine from its configuration: weights, bank, labels and GS encoder from files.
+
+Every problem is a StartupError whose message names the setting and what to do, so the node can
+exit with one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..bank import EmbeddingBank
+from ..factory import load_model
+from ..gaussians import CloudEmbedder, load_gs_encoder
+from ..hub import default_weights
+from ..labels import LabelSet
+from .clouds import TrackClouds
+from .engine import Perception
+from .settings import PerceptionConfig, PerceptionSettings
+from .types import ObjectResult, StartupError
+
+log = logging.getLogger(__name__)
+
+NO_WEIGHTS = (
+    "no weights: set the 'weights' parameter (the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP ViT-B-32 file "
+    "or a ddclip export; `ddclip weights download` fetches the published one), or allow_random_weights:=true to run "
+    "with RANDOM weights, whose names and scores mean nothing (demos and tests only)"
+)
+
+
+def open_perception(
+    config: PerceptionConfig,
+    settings: PerceptionSettings | None = None,
+    on_results: Callable[[list[ObjectResult]], None] | None = None,
+) -> Perception:
+    weights = config.weights or default_weights()
+    if weights is None and not config.allow_random_weights:
+        raise StartupError(NO_WEIGHTS)
+    model = _step("weights", lambda: load_model(weights, device=config.device, precision=config.precision))
+    bank = _step("bank", lambda: EmbeddingBank.load(config.bank, weights_id=model)) if config.bank else None
+    labels = _step("labels", lambda: LabelSet(config.labels, templates=config.templates)) if config.labels else None
+    clouds = _step("gs_encoder", lambda: _clouds(config, model)) if config.gs_encoder else None
+    return _step(
+        "memory_path",
+        lambda: Perception(model, config, settings, bank=bank, labels=labels, clouds=clouds, on_results=on_results),
+    )
+
+
+def _clouds(config: PerceptionConfig, model) -> TrackClouds:
+    encoder = load_gs_encoder(config.gs_encoder, device=model.device)
+    if encoder.embed_dim != model.embed_dim:
+        raise ValueError(
+            f"{config.gs_encoder} embeds into {encoder.embed_dim} dimensions, the model into {model.embed_dim}: "
+            "they must share one CLIP space"
+        )
+    return TrackClouds(CloudEmbedder(encoder, config.max_points), config.gaussian_weight, config.max_tracks)
+
+
+def _step(setting: str, load):
+    try:
+        return load()
+    except StartupError:
+        raise
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        raise StartupError(f"{setting}: {exc}") from exc

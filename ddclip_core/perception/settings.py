@@ -1,0 +1,97 @@
+"""What the perception engine is configured with: fixed at start (files, sizes) and changeable while it
+runs (when to encode, how many matches). One table of ranges serves the engine's checks and the ROS
+node's parameter descriptors, so a value refused in one place is refused in the other."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+# name: (lowest, highest) allowed value, for every numeric setting of the engine
+RANGES: dict[str, tuple[float, float]] = {
+    "max_views": (1, 64),
+    "min_views": (1, 64),
+    "reencode_after": (1, 64),
+    "max_tracks": (1, 100_000),
+    "max_objects": (1, 10_000_000),
+    "queue_size": (1, 10_000),
+    "max_batch": (1, 1024),
+    "k_matches": (1, 1000),
+    "max_points": (16, 1_000_000),
+    "max_enroll_images": (1, 256),
+    "gaussian_weight": (0.0, 1.0),
+    "timeout_s": (0.0, 3600.0),
+    "max_age_s": (1.0, 1e7),
+    "confidence_threshold": (-1.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class PerceptionConfig:
+    """Fixed for the engine's life: what to load, and the sizes of what it keeps."""
+
+    weights: str = ""  # published .ckpt, OpenCLIP file or ddclip export; "" = $DDCLIP_WEIGHTS / the download
+    allow_random_weights: bool = False  # without weights, refuse to start unless this is set
+    device: str = "auto"
+    precision: str = "fp32"
+    bank: str = ""  # an EmbeddingBank folder to match against; "" = none
+    labels: str = ""  # label set ("lvis" or a file); "" = none
+    templates: str = "openai"
+    memory_path: str = ""  # folder for the object memory and enrolled names; "" = not persisted
+    gs_encoder: str = ""  # GS-CLIP encoder for point clouds; "" = none
+    gaussian_weight: float = 0.5  # fusion of cloud and views (part of the embedding space's identity)
+    max_points: int = 8192
+    max_views: int = 12
+    max_tracks: int = 200
+    max_objects: int = 1000
+    queue_size: int = 32
+    max_batch: int = 8
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass(frozen=True)
+class PerceptionSettings:
+    """Changeable while the engine runs; ``Perception.update_settings`` checks them together."""
+
+    min_views: int = 3  # views before a track's first encode
+    reencode_after: int = 2  # new views that trigger a re-encode
+    timeout_s: float = 2.0  # encode whatever a track has after this long without a view
+    max_age_s: float = 600.0  # tracks unseen for this long leave the buffer
+    k_matches: int = 5  # matches per object and default results per query
+    confidence_threshold: float = 0.25  # score a best match must reach to count as confident
+    max_enroll_images: int = 24  # images one enrol request may carry
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    def changed(self, fixed_max_views: int, /, **changes: Any) -> PerceptionSettings:
+        """A copy with ``changes``, checked together with the fixed ``max_views``."""
+        max_views = fixed_max_views
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown or read-only settings: {', '.join(unknown)}")
+        new = replace(self, **changes)
+        if new.min_views > max_views:
+            raise ValueError(f"min_views ({new.min_views}) must be <= max_views ({max_views})")
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_ranges(settings: Any) -> None:
+    """ValueError naming the first setting of ``settings`` that is outside RANGES or of the wrong type."""
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        expected = item.type if isinstance(item.type, type) else {"int": int, "float": float}.get(str(item.type))
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{item.name} must be an integer, got {value!r}")
+        if expected is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{item.name} must be a number, got {value!r}")
+        if item.name in RANGES:
+            low, high = RANGES[item.name]
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{item.name} must be in [{low:g}, {high:g}], got {value!r}")
