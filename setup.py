@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["ddclip_core*", "ddclip_ros*", "training*"]),
+    packages=find_packages(include=["ddclip_core*", "ddclip_ros*", "training*", "ddclip_cli*"]),
     package_data={"ddclip_core": ["assets/*"]},
     install_requires=[
         "numpy>=1.24",
@@ -43,7 +43,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ddclip = ddclip_core.cli:main",
+            "ddclip = ddclip_cli:main",
             "ddclip-node = ddclip_ros.node:main",
             "ddclip-demo = ddclip_ros.demo:main",
             "ddclip-query = ddclip_ros.query_client:main",

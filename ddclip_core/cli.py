@@ -1,88 +1,25 @@
-"""The ``ddclip`` command line: encode views and texts, manage weight files."""
+"""The library's half of the ``ddclip`` command line: encode views and texts, manage weight files.
+
+The command itself is composed in ``ddclip_cli`` (these commands and the training ones); this module
+never imports the training code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-import warnings
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import __version__
-from .factory import RandomWeightsWarning
-from .images import IMAGE_SUFFIXES
-
-
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--weights",
-        "-w",
-        metavar="PATH",
-        help="weights: the published .ckpt, an OpenCLIP ViT-B-32 .bin/.safetensors, or a ddclip export folder. "
-        "Default: $DDCLIP_WEIGHTS, else the downloaded published checkpoint, else random weights (with a warning)",
-    )
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
-    group.add_argument(
-        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute precision (default: fp32)"
-    )
-    group.add_argument(
-        "--layers-threshold",
-        type=int,
-        metavar="K",
-        help="first visual block with cross-view attention (default: from the checkpoint, else 6)",
-    )
-    group.add_argument("--arch", help="open_clip architecture when the file does not record one (default: ViT-B-32)")
-    group.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow arbitrary pickled objects in the checkpoint (trusted files only)",
-    )
-
-
-def _load(args: argparse.Namespace):
-    from .factory import load_model
-    from .hub import default_weights
-
-    weights = args.weights or default_weights()
-    return load_model(
-        weights,
-        device=args.device,
-        precision=args.precision,
-        layers_threshold=args.layers_threshold,
-        arch=args.arch,
-        trust_pickle=args.trust_pickle,
-    )
-
-
-def _image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
-    return files
-
-
-def _objects_from_args(inputs: list[str], per_image: bool) -> tuple[list[list[Path]], list[str]]:
-    folders = [Path(p) for p in inputs if Path(p).is_dir()]
-    files = [Path(p) for p in inputs if not Path(p).is_dir()]
-    objects = [_image_files(folder) for folder in folders]
-    names = [str(folder) for folder in folders]
-    if per_image:
-        objects += [[f] for f in files]
-        names += [str(f) for f in files]
-    elif files:
-        objects.append(files)
-        names.append(" + ".join(str(f) for f in files))
-    return objects, names
+from .cli_bank import register as register_bank
+from .cli_common import add_model_args, load_from_args, objects_from_args
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    objects, names = _objects_from_args(args.images, args.per_image)
-    model = _load(args).set_preprocessing(crop=args.crop, resize=args.resize)
+    objects, names = objects_from_args(args.images, args.per_image)
+    model = load_from_args(args).set_preprocessing(crop=args.crop, resize=args.resize)
     embeddings = model.encode_views(objects, num_views=args.views, batch_size=args.batch_size)
     array = embeddings.cpu().numpy().astype(np.float32)
     np.save(args.out, array)
@@ -96,7 +33,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_text(args: argparse.Namespace) -> int:
-    model = _load(args)
+    model = load_from_args(args)
     array = model.encode_text(args.texts).cpu().numpy().astype(np.float32)
     np.save(args.out, array)
     print(f"wrote {args.out}: {array.shape[0]} text(s) x {array.shape[1]}")
@@ -126,7 +63,7 @@ def cmd_weights_export(args: argparse.Namespace) -> int:
     from .weights import save_export
 
     args.weights = args.source
-    model = _load(args)
+    model = load_from_args(args)
     folder = save_export(model, args.out)
     print(f"exported {args.source} -> {folder} (weights id {model.weights_id})")
     return 0
@@ -141,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = [line.split("\t") for line in (assets / "examples.tsv").read_text().splitlines()[1:] if line.strip()]
     labels = [label for _, label in rows]
     objects = [split_strip(read_image(assets / name), args.views, name) for name, _ in rows]
-    model = _load(args)
+    model = load_from_args(args)
     if model.weights_source is None:
         print("NOTE: no real weights found, so the model is RANDOMLY INITIALISED and the ranking below is")
         print("      meaningless. Get the published weights with `ddclip weights download` (or --weights PATH).\n")
@@ -166,15 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ddclip",
-        description="Duoduo CLIP: multi-view shape embeddings in CLIP's text space.",
-        epilog="Run `ddclip COMMAND --help` for the options of a command.",
-    )
-    parser.add_argument("--version", action="version", version=f"ddclip {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def register(commands: Any) -> None:
+    """Add the library's commands (encode, text, demo, bank, search, classify, weights) to ``ddclip``."""
 
     encode = commands.add_parser(
         "encode",
@@ -210,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-square views: stretch to a square (published, default) or pad with white",
     )
     encode.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
-    _add_model_args(encode)
+    add_model_args(encode)
     encode.set_defaults(func=cmd_encode)
 
     text = commands.add_parser(
@@ -220,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     text.add_argument("texts", nargs="+", metavar="TEXT", help='one or more texts, e.g. "a white couch"')
     text.add_argument("--out", "-o", required=True, metavar="FILE.npy", help="output .npy file")
-    _add_model_args(text)
+    add_model_args(text)
     text.set_defaults(func=cmd_text)
 
     demo = commands.add_parser(
@@ -230,13 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         "each) with one view and with all views, and rank their labels by cosine similarity.",
     )
     demo.add_argument("--views", type=int, default=12, help="views in each example strip (default: 12)")
-    _add_model_args(demo)
+    add_model_args(demo)
     demo.set_defaults(func=cmd_demo)
 
-    from .cli_bank import register
-
-    register(commands, _add_model_args)
-    _register_training(commands)
+    register_bank(commands, add_model_args)
 
     weights = commands.add_parser("weights", help="download, inspect or export weight files")
     weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
@@ -264,34 +191,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("source", help="weight file to convert")
     export.add_argument("out", help="output folder")
-    _add_model_args(export)
+    add_model_args(export)
     export.set_defaults(func=cmd_weights_export)
-    return parser
-
-
-def _register_training(commands) -> None:
-    # training/ ships beside ddclip_core in the same distribution; ddclip_core itself never needs it.
-    try:
-        from training.cli import register
-    except ImportError:
-        return
-    register(commands, _add_model_args, _load)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    warnings.simplefilter("default")
-    warnings.simplefilter("ignore", RandomWeightsWarning)  # load_model also logs it; say it once
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, ConnectionError, RuntimeError) as exc:
-        print(f"ddclip {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .bank import EmbeddingBank, Match
+from .cli_common import load_from_args, objects_from_args
 
 
 def _index_args(parser: argparse.ArgumentParser) -> None:
@@ -55,9 +56,8 @@ def cmd_import_objaverse(args: argparse.Namespace) -> int:
 
 def cmd_bank_build(args: argparse.Namespace) -> int:
     from .bank_build import build_bank
-    from .cli import _load
 
-    model = _load(args)
+    model = load_from_args(args)
     bank = build_bank(model, args.folder, num_views=args.views, batch_size=args.batch_size, progress=not args.quiet)
     _build_index(bank, args)
     bank.save(args.out)
@@ -105,9 +105,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     bank = EmbeddingBank.load(args.bank)
     model = None
     if args.text or args.views or (args.mix and any(c not in bank for c in args.mix)):
-        from .cli import _load
-
-        model = _load(args)
+        model = load_from_args(args)
     if args.text:
         title, query = f"text: {args.text!r}", args.text
         matches = retrieval.search_text(bank, model, args.text, args.k)[0]
@@ -141,12 +139,11 @@ def _first_view(path: str, num_views: int | None) -> Any:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .cli import _load, _objects_from_args
     from .labels import LabelSet
 
-    objects, names = _objects_from_args(args.images, args.per_image)
+    objects, names = objects_from_args(args.images, args.per_image)
     labels = LabelSet(args.labels, templates=args.templates)
-    model = _load(args)
+    model = load_from_args(args)
     embeddings = model.encode_views(objects, num_views=args.views)
     results = labels.classify(model, embeddings, k=args.k)
     if args.json:

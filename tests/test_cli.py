@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from ddclip_cli import main
 from ddclip_core import load_model, save_export
-from ddclip_core.cli import main
 from tests.conftest import make_tiny, random_views
 
 
 def ddclip(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ddclip_core.cli", *args],
+        [sys.executable, "-m", "ddclip_cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -149,3 +149,17 @@ def test_offline_download_says_so(tmp_path):
     result = ddclip("weights", "download", "--dir", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert "cannot download 3dlg-hcvc/DuoduoCLIP/Four_1to6F_bs1600_LT6.ckpt" in result.stderr
+
+
+def test_a_missing_training_dependency_is_named_not_a_missing_command(tmp_path):
+    """`ddclip train` stays a command when Lightning cannot be imported, and says what is missing."""
+    (tmp_path / "pytorch_lightning.py").write_text("raise ImportError('No module named pytorch_lightning')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    listed = ddclip("--help", env=env)
+    assert listed.returncode == 0 and "train" in listed.stdout and "data" in listed.stdout
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  root: nowhere\n")
+    result = ddclip("train", str(config), env=env)
+    assert result.returncode == 2
+    assert "ddclip train: error: a dependency is missing (No module named pytorch_lightning)" in result.stderr
+    assert "Traceback" not in result.stderr

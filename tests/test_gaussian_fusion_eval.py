@@ -72,7 +72,7 @@ def test_fused_rows_sit_between_the_two_and_match_a_fusion_by_hand(setup, tmp_pa
 
 
 def test_cli_fusion_weights_and_bad_weights(setup, tmp_path):
-    from ddclip_core.cli import main
+    from ddclip_cli import main
 
     data_root, weights, encoder_path = setup
     code = main(["eval", "gaussians", str(data_root), "--encoder", str(encoder_path), "--weights", str(weights),

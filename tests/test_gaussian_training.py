@@ -231,7 +231,7 @@ def test_training_reduces_the_loss_and_exports(data_root, tiny_weights, tmp_path
 
 
 def test_evaluation_writes_the_per_class_table(data_root, tiny_weights, tmp_path):
-    from ddclip_core.cli import main
+    from ddclip_cli import main
     from ddclip_core.gaussians import GSCLIPEncoder, GSEncoderConfig, save_gs_encoder
 
     torch.manual_seed(0)

@@ -395,7 +395,7 @@ def test_cli_commands_run_end_to_end(data_root, tiny_weights, tmp_path):
 
 
 def test_cli_help_lists_the_pipeline():
-    from ddclip_core.cli import build_parser
+    from ddclip_cli import build_parser
 
     text = build_parser().format_help()
     for command in ("data", "train", "eval"):

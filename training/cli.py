@@ -1,15 +1,18 @@
 """``ddclip data|train|eval``: data preparation, training and evaluation commands.
 
-Registered into the ``ddclip`` command line; heavy imports (Lightning, pybullet) happen inside the
-commands so ``ddclip --help`` stays fast.
+Registered into the ``ddclip`` command line (``ddclip_cli``); heavy imports (Lightning, pybullet) happen
+inside the commands, so ``ddclip --help`` stays fast and a missing training dependency is an error of
+the command that needs it, named, not a missing command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from ddclip_core.cli_common import add_model_args, load_from_args
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -36,22 +39,22 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_targets(args: argparse.Namespace, load: Callable) -> int:
+def cmd_targets(args: argparse.Namespace) -> int:
     from .layout import DataFolder
     from .targets import compute_targets
 
     data = DataFolder(args.data)
-    views, captions = compute_targets(data, load(args), templates=args.templates, batch_size=args.batch_size)
+    views, captions = compute_targets(data, load_from_args(args), templates=args.templates, batch_size=args.batch_size)
     print(f"wrote targets for {data.num_objects} objects: {views} view and {captions} caption embeddings")
     return 0
 
 
-def cmd_demo_set(args: argparse.Namespace, load: Callable) -> int:
+def cmd_demo_set(args: argparse.Namespace) -> int:
     from .demo_set import make_demo_set
 
     report = make_demo_set(
         Path(args.out),
-        load(args),
+        load_from_args(args),
         renders=args.renders,
         robosuite=args.robosuite,
         workers=args.workers,
@@ -91,13 +94,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval_lvis(args: argparse.Namespace, load: Callable) -> int:
+def cmd_eval_lvis(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_zero_shot, write_report
     from .layout import DataFolder
 
     views = [int(v) for v in args.views.split(",")]
     result = evaluate_zero_shot(
-        load(args),
+        load_from_args(args),
         DataFolder(args.data),
         labels=args.labels,
         split=args.split,
@@ -116,7 +119,7 @@ def _weights(text: str) -> list[float]:
     return [float(w) for w in text.split(",") if w.strip()]
 
 
-def cmd_eval_gaussians(args: argparse.Namespace, load: Callable) -> int:
+def cmd_eval_gaussians(args: argparse.Namespace) -> int:
     from ddclip_core.gaussians import load_gs_encoder
 
     from .gaussian_eval import evaluate_gaussians, write_gaussian_report
@@ -125,7 +128,7 @@ def cmd_eval_gaussians(args: argparse.Namespace, load: Callable) -> int:
     result = evaluate_gaussians(
         load_gs_encoder(args.encoder),
         DataFolder(args.data),
-        load(args),
+        load_from_args(args),
         split=None if args.split == "all" else args.split,
         templates=args.templates,
         multiview=not args.no_multiview,
@@ -137,26 +140,26 @@ def cmd_eval_gaussians(args: argparse.Namespace, load: Callable) -> int:
     return 0
 
 
-def cmd_eval_retrieval(args: argparse.Namespace, load: Callable) -> int:
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_retrieval
     from .layout import DataFolder
 
-    print(json.dumps(evaluate_retrieval(load(args), DataFolder(args.data), split=args.split)))
+    print(json.dumps(evaluate_retrieval(load_from_args(args), DataFolder(args.data), split=args.split)))
     return 0
 
 
-def cmd_eval_photos(args: argparse.Namespace, load: Callable) -> int:
+def cmd_eval_photos(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_photo_folders, write_report
 
     views = [int(v) for v in args.views.split(",")]
-    result = evaluate_photo_folders(load(args), Path(args.folder), views=views, seeds=args.seeds)
+    result = evaluate_photo_folders(load_from_args(args), Path(args.folder), views=views, seeds=args.seeds)
     files = write_report(result, Path(args.out), title=f"{Path(args.folder).name}: real multi-view photos")
     print(result.markdown())
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 
-def register(commands, add_model_args: Callable, load: Callable) -> None:
+def register(commands: Any) -> None:
     """Add the data, train and eval commands to the ``ddclip`` parser."""
     data = commands.add_parser("data", help="prepare training data: render, pack, targets, demo-set")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -204,7 +207,7 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     targets.add_argument("--templates", default="simple", help="templates for category captions (default: simple)")
     targets.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
     add_model_args(targets)
-    targets.set_defaults(func=lambda a: cmd_targets(a, load))
+    targets.set_defaults(func=cmd_targets)
 
     demo = actions.add_parser(
         "demo-set",
@@ -221,7 +224,7 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     demo.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
     demo.add_argument("--gaussians", action="store_true", help="also render depth and write gaussians.h5 (GS-CLIP)")
     add_model_args(demo)
-    demo.set_defaults(func=lambda a: cmd_demo_set(a, load))
+    demo.set_defaults(func=cmd_demo_set)
 
     gaussians = actions.add_parser(
         "gaussians",
@@ -263,7 +266,7 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     lvis.add_argument("--templates", default="openai", help="prompt templates (default: openai, 80 prompts)")
     lvis.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(lvis)
-    lvis.set_defaults(func=lambda a: cmd_eval_lvis(a, load))
+    lvis.set_defaults(func=cmd_eval_lvis)
 
     gs = kinds.add_parser(
         "gaussians",
@@ -284,13 +287,13 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     )
     gs.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(gs)
-    gs.set_defaults(func=lambda a: cmd_eval_gaussians(a, load))
+    gs.set_defaults(func=cmd_eval_gaussians)
 
     retrieval = kinds.add_parser("retrieval", help="text-to-shape recall@1/5/10 from per-object captions")
     retrieval.add_argument("data", help="data folder with captions.json")
     retrieval.add_argument("--split", help="only objects of this split")
     add_model_args(retrieval)
-    retrieval.set_defaults(func=lambda a: cmd_eval_retrieval(a, load))
+    retrieval.set_defaults(func=cmd_eval_retrieval)
 
     photos = kinds.add_parser(
         "photos", help="MVPNet-style zero-shot on FOLDER/<class>/<object>/*.jpg real multi-view photos"
@@ -300,4 +303,4 @@ def register(commands, add_model_args: Callable, load: Callable) -> None:
     photos.add_argument("--seeds", type=int, default=3, help="random view subsets per count (default: 3)")
     photos.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(photos)
-    photos.set_defaults(func=lambda a: cmd_eval_photos(a, load))
+    photos.set_defaults(func=cmd_eval_photos)

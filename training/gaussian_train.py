@@ -18,10 +18,10 @@ from ddclip_core import LabelSet, load_model
 from ddclip_core.gaussians import save_gs_encoder
 
 from .config import TrainConfig
+from .fitting import SplitDataModule, TrainResult, fit, scalar_metrics
 from .gaussian_dataset import GaussianBatchSampler, GaussianDataset, class_ids
 from .gaussian_module import GaussianTraining, build_encoder, encoder_from_checkpoint
 from .layout import TEXT_TARGETS, DataFolder
-from .train import SplitDataModule, TrainResult, fit, scalar_metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,52 @@
+"""The ``ddclip`` command: the library's commands (ddclip_core) and the training pipeline's (training),
+composed here above both, so neither imports the other's command line and a broken training
+dependency cannot remove ``ddclip train``: that command then fails with an error naming what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from ddclip_core import __version__
+from ddclip_core import cli as core_cli
+from ddclip_core.factory import RandomWeightsWarning
+from training import cli as training_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddclip",
+        description="Duoduo CLIP: multi-view shape embeddings in CLIP's text space.",
+        epilog="Run `ddclip COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ddclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    core_cli.register(commands)
+    training_cli.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    warnings.simplefilter("default")
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # load_model also logs it; say it once
+    try:
+        return args.func(args)
+    except ImportError as exc:
+        print(
+            f"ddclip {args.command}: error: a dependency is missing ({exc}); "
+            "`pip install 'ddclip-py[train]'` installs the training pipeline's",
+            file=sys.stderr,
+        )
+        return 2
+    except (ValueError, FileNotFoundError, TypeError, ConnectionError, RuntimeError) as exc:
+        print(f"ddclip {args.command}: error: {exc}", file=sys.stderr)
+        return 2

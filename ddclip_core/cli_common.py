@@ -1,0 +1,72 @@
+"""What every ``ddclip`` command shares: the model options, loading a model from them, and the
+input folders/files of commands that encode views."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .images import IMAGE_SUFFIXES
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--weights",
+        "-w",
+        metavar="PATH",
+        help="weights: the published .ckpt, an OpenCLIP ViT-B-32 .bin/.safetensors, or a ddclip export folder. "
+        "Default: $DDCLIP_WEIGHTS, else the downloaded published checkpoint, else random weights (with a warning)",
+    )
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    group.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute precision (default: fp32)"
+    )
+    group.add_argument(
+        "--layers-threshold",
+        type=int,
+        metavar="K",
+        help="first visual block with cross-view attention (default: from the checkpoint, else 6)",
+    )
+    group.add_argument("--arch", help="open_clip architecture when the file does not record one (default: ViT-B-32)")
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in the checkpoint (trusted files only)",
+    )
+
+
+def load_from_args(args: argparse.Namespace):
+    from .factory import load_model
+    from .hub import default_weights
+
+    weights = args.weights or default_weights()
+    return load_model(
+        weights,
+        device=args.device,
+        precision=args.precision,
+        layers_threshold=args.layers_threshold,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+    )
+
+
+def image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+    return files
+
+
+def objects_from_args(inputs: list[str], per_image: bool) -> tuple[list[list[Path]], list[str]]:
+    folders = [Path(p) for p in inputs if Path(p).is_dir()]
+    files = [Path(p) for p in inputs if not Path(p).is_dir()]
+    objects = [image_files(folder) for folder in folders]
+    names = [str(folder) for folder in folders]
+    if per_image:
+        objects += [[f] for f in files]
+        names += [str(f) for f in files]
+    elif files:
+        objects.append(files)
+        names.append(" + ".join(str(f) for f in files))
+    return objects, names
