@@ -13,15 +13,17 @@ PARENT_ENV = "DDCLIP_PARENT_PID"
 PR_SET_PDEATHSIG = 1
 
 
-def start_node(params: dict[str, str], **popen: Any) -> subprocess.Popen:
-    """Start ``python -m ddclip_ros.node`` with ``params`` as parameter overrides.
+def start_node(params: dict[str, str], ros_args: list[str] | tuple = (), **popen: Any) -> subprocess.Popen:
+    """Start ``python -m ddclip_ros.node`` with ``ros_args`` (remappings ``-r a:=b``, ``--params-file F``,
+    ...) and ``params`` as parameter overrides, which win over a parameter file's values.
 
     Empty values are left out: rcl cannot parse ``-p name:=`` and the node's default is "" anyway.
     """
     overrides = [item for name, value in params.items() if value for item in ("-p", f"{name}:={value}")]
     # The node stops when this process dies without stopping it (killed by a timeout, say): see exit_with_parent.
     popen["env"] = {**(popen.get("env") or os.environ), PARENT_ENV: str(os.getpid())}
-    return subprocess.Popen([sys.executable, "-m", "ddclip_ros.node", "--ros-args", *overrides], **popen)
+    command = [sys.executable, "-m", "ddclip_ros.node", "--ros-args", *ros_args, *overrides]
+    return subprocess.Popen(command, **popen)
 
 
 def exit_with_parent() -> None:

@@ -52,5 +52,5 @@ def node_params(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def launch(params: dict[str, str], env: dict[str, str]) -> subprocess.Popen:
-    return start_node(params, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def launch(params: dict[str, str], env: dict[str, str], ros_args: list[str] | tuple = ()) -> subprocess.Popen:
+    return start_node(params, ros_args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
