@@ -334,19 +334,22 @@ class EmbeddingBank:
         uid_map_path: str | os.PathLike,
         names: str | os.PathLike | None = None,
         *,
+        captions: str | os.PathLike | None = None,
         weights_id: str | None = None,
     ) -> EmbeddingBank:
         """The published Objaverse embeddings (``shape_emb_objaverse.h5`` + its uid map), optionally
-        joined with a names table keyed by uid (csv/parquet, e.g. the LVIS csv class_idx,name,uid).
+        joined by uid with categories (``lvis-annotations.json.gz``, or a csv/parquet such as the LVIS csv
+        class_idx,name,uid) and captions (Cap3D's csv), so that matches show names, not just uids.
 
         weights_id: the weights that made the file; default: the published checkpoint.
         """
-        from .objaverse import PUBLISHED_WEIGHTS_ID, objaverse_metadata, read_names, read_shape_embeddings
+        from . import objaverse as ov
 
-        vectors, uids = read_shape_embeddings(h5_path, uid_map_path)
-        table = read_names(names) if names is not None else None
-        bank = cls(vectors.shape[1], weights_id=weights_id or PUBLISHED_WEIGHTS_ID)
-        bank.add(vectors, objaverse_metadata(uids, table))
+        vectors, uids = ov.read_shape_embeddings(h5_path, uid_map_path)
+        table = ov.read_lvis_categories(names) if names is not None else None
+        texts = ov.read_cap3d_captions(captions) if captions is not None else None
+        bank = cls(vectors.shape[1], weights_id=weights_id or ov.PUBLISHED_WEIGHTS_ID)
+        bank.add(vectors, ov.objaverse_metadata(uids, table, texts))
         return bank
 
     # ------------------------------------------------------------------ persistence

@@ -15,6 +15,7 @@ import torch
 
 from .cli_bank import register as register_bank
 from .cli_common import add_model_args, load_from_args, objects_from_args
+from .hub import PUBLISHED
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -41,9 +42,13 @@ def cmd_text(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_download(args: argparse.Namespace) -> int:
-    from .hub import download
+    from .hub import download, download_all
 
-    print(download(args.name, args.dir))
+    if args.name == "all":
+        for line in download_all(args.dir):
+            print(line)
+    else:
+        print(download(args.name, args.dir))
     return 0
 
 
@@ -168,14 +173,16 @@ def register(commands: Any) -> None:
     weights = commands.add_parser("weights", help="download, inspect or export weight files")
     weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     download = weight_commands.add_parser(
-        "download", help="download published weights from Hugging Face (needs internet)"
+        "download", help="download published weights (and with --name all the Objaverse bank) from Hugging Face"
     )
     download.add_argument(
         "--name",
         default="duoduoclip",
-        choices=["duoduoclip", "openclip-vit-b-32", "lvis"],
-        help="what to download: the published Duoduo CLIP checkpoint (default), the OpenCLIP ViT-B-32 weights "
-        "(training start), or the Objaverse-LVIS categories (label set 'lvis')",
+        choices=["all", *PUBLISHED],
+        help="what to download: all = the three published checkpoints, the released Objaverse embeddings, LVIS "
+        "categories and Cap3D captions, joined into the bank objaverse_bank (what the node's real path needs); "
+        "or one file: the published Duoduo CLIP checkpoint (default), its MVImgNet / MVPNet versions, the OpenCLIP "
+        "ViT-B-32 weights (training start), the LVIS categories (label set 'lvis'), ...",
     )
     download.add_argument("--dir", metavar="FOLDER", help="target folder (default: $DDCLIP_CACHE or ~/.cache/ddclip)")
     download.set_defaults(func=cmd_weights_download)

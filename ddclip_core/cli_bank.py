@@ -47,7 +47,9 @@ def _build_index(bank: EmbeddingBank, args: argparse.Namespace) -> None:
 
 def cmd_import_objaverse(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    bank = EmbeddingBank.from_objaverse(args.h5, args.uid_map, names=args.names, weights_id=args.weights_id)
+    bank = EmbeddingBank.from_objaverse(
+        args.h5, args.uid_map, names=args.names, captions=args.captions, weights_id=args.weights_id
+    )
     _build_index(bank, args)
     bank.save(args.out)
     print(f"wrote {args.out}: {len(bank)} objects x {bank.dim} ({time.perf_counter() - start:.1f} s)")
@@ -175,7 +177,12 @@ def register(commands: Any, add_model_args: Any) -> None:
     imp.add_argument("h5", help="shape_emb_objaverse.h5")
     imp.add_argument("uid_map", help="shape_emb_objaverse_model_to_idx.json (uid -> row)")
     imp.add_argument(
-        "--names", metavar="TABLE", help="csv/parquet with a uid column, e.g. lvis.csv (class_idx,name,uid)"
+        "--names",
+        metavar="TABLE",
+        help="categories by uid: lvis-annotations.json.gz, or a csv/parquet with a uid column (lvis.csv)",
+    )
+    imp.add_argument(
+        "--captions", metavar="CSV", help="captions by uid: Cap3D_automated_Objaverse_full.csv (uid,caption rows)"
     )
     imp.add_argument(
         "--weights-id", help="id of the weights that made the embeddings (default: the published checkpoint)"

@@ -1,14 +1,21 @@
-"""The published Objaverse embeddings as released, and name/category tables keyed by uid.
+"""The published Objaverse embeddings as released, and names for their uids.
 
 ``shape_emb_objaverse.h5`` holds dataset ``shape_feat`` (N, 512); ``shape_emb_objaverse_model_to_idx.json``
-maps Objaverse uid -> row. Names come from any csv/parquet with a ``uid`` column, e.g. the LVIS
-csv ``class_idx,name,uid``.
+maps Objaverse uid -> row; the release names no object. Names come from:
+- categories: the Objaverse-LVIS annotations (``lvis-annotations.json.gz``, category -> uids, ~46 k
+  objects in 1,156 categories), or any csv/parquet with a ``uid`` column (the LVIS csv ``class_idx,name,uid``);
+- captions: Cap3D's ``Cap3D_automated_Objaverse_full.csv`` (no header; uid, caption; ~785 k Objaverse 1.0
+  objects). It is the widest public per-uid text that is not a pickle (OpenShape's texts are pickled
+  numpy dicts, which this project never unpickles).
+A matched object is then named by its caption, else its category, else its uid.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +80,50 @@ def read_names(path: str | Path, key: str = "uid") -> dict[str, dict[str, Any]]:
     return {str(row[key]): {k: v for k, v in row.items() if k != key and v not in (None, "")} for row in rows}
 
 
-def objaverse_metadata(uids: list[str], names: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Metadata records for the bank: id, source and, where the table has the uid, its fields.
+OBJAVERSE_UID = re.compile(r"^[0-9a-f]{32}$")
+MAX_NAME = 120  # characters of a caption used as the name (the caption field keeps all of it)
 
-    A table with ``name`` but no ``category`` (the LVIS csv) names categories: both are set.
+
+def read_lvis_categories(path: str | Path) -> dict[str, dict[str, Any]]:
+    """uid -> {"category": ...} from ``lvis-annotations.json(.gz)`` (category -> uids) or a csv/parquet."""
+    path = Path(path)
+    if not path.name.lower().endswith((".json", ".json.gz")):
+        return read_names(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LVIS annotations not found: {path}")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not readable LVIS annotations ({exc})") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{path}: expected a JSON object category -> list of uids")
+    return {str(uid): {"category": category} for category, uids in data.items() for uid in uids}
+
+
+def read_cap3d_captions(path: str | Path) -> dict[str, str]:
+    """uid -> caption from Cap3D's csv (no header: uid, caption); Objaverse-XL hashes (64 chars) are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    captions: dict[str, str] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.reader(handle):
+            if len(row) >= 2 and OBJAVERSE_UID.match(row[0]) and row[1].strip():
+                captions[row[0]] = row[1].strip()
+    if not captions:
+        raise ValueError(f"{path}: no 'uid,caption' rows with Objaverse uids (32 hex characters)")
+    return captions
+
+
+def objaverse_metadata(
+    uids: list[str], names: dict[str, dict[str, Any]] | None, captions: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Metadata records for the bank: id, source and, where known, category, caption and a name.
+
+    A table with ``name`` but no ``category`` (the LVIS csv) names categories: both are set. The name
+    is the caption (shortened), else the table's name or category.
     """
     records = []
     for uid in uids:
@@ -86,5 +133,10 @@ def objaverse_metadata(uids: list[str], names: dict[str, dict[str, Any]] | None)
             record.update(extra)
             if "name" in extra and "category" not in extra:
                 record["category"] = extra["name"]
+            record.setdefault("name", record.get("category"))
+        caption = captions.get(uid) if captions else None
+        if caption:
+            record["caption"] = caption
+            record["name"] = caption if len(caption) <= MAX_NAME else caption[: MAX_NAME - 1].rstrip() + "…"
         records.append(record)
     return records

@@ -25,7 +25,7 @@ def _assets() -> tuple[Path, list[tuple[str, str]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddclip_core.hub import default_weights
+    from ddclip_core.hub import default_bank, default_weights
 
     from .node_process import start_node, stop_node
 
@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weights", help="model weights (default: $DDCLIP_WEIGHTS or the downloaded published checkpoint, else random)"
     )
-    parser.add_argument("--bank", help="an embedding bank folder to match against as well (e.g. Objaverse)")
+    parser.add_argument(
+        "--bank",
+        help="an embedding bank to match against as well (default: the Objaverse bank of "
+        "`ddclip weights download --name all`, if it was made)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("-k", type=int, default=4, help="answers to print (default: 4)")
     parser.add_argument(
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     weights = args.weights or default_weights()
+    bank = args.bank or (default_bank() if weights is not None else None)  # the bank needs its weights
     if weights is None:
         print("NOTE: no real weights found, so the node runs with RANDOMLY INITIALISED weights: everything below runs")
         print("      end to end, but names and scores are meaningless. `ddclip weights download` gets the real ones.\n")
@@ -62,20 +67,24 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "labels": str(labels),
         "reliable": "true",
-        "bank": args.bank or "",
+        "bank": str(bank or ""),
         "allow_random_weights": "true" if weights is None else "false",  # said plainly above
         "min_views": "12",
         "timeout_s": "5.0",
     }
     node_process = start_node(params, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        return _run(args, assets, examples, node_process)
+        return _run(args, assets, examples, node_process, bank is not None)
     finally:
         stop_node(node_process, timeout=30)
 
 
 def _run(
-    args: argparse.Namespace, assets: Path, examples: list[tuple[str, str]], node_process: subprocess.Popen
+    args: argparse.Namespace,
+    assets: Path,
+    examples: list[tuple[str, str]],
+    node_process: subprocess.Popen,
+    with_bank: bool,
 ) -> int:
     import rclpy
     from ddclip.msg import ObjectMatches
@@ -113,7 +122,9 @@ def _run(
         for name, views in tracks:
             best = latest[name].label_matches[0]
             print(f"  {name:<12} {best.name:<16} {best.score:6.3f}  {latest[name].num_views}/{len(views)} views")
-        response = ask(client, args.query, k=args.k, sources="seen")
+            for match in latest[name].bank_matches[:3] if with_bank else []:
+                print(f"      nearest in the bank: {match.score:6.3f}  {match.name[:70]}  ({match.id})")
+        response = ask(client, args.query, k=args.k, sources="both" if with_bank else "seen")
         print("\n" + format_answer(args.query, response))
         return 0 if response.success else 1
     finally:

@@ -51,7 +51,7 @@ class DDClipNode(Node):
         """With ``main_thread_encoder`` set, the caller runs ``self.engine.run_worker()`` on its main thread."""
         super().__init__("ddclip")
         self.p: NodeParameters = declare_parameters(self)
-        self.max_pixels = self.p.adapter.max_pixels
+        self.max_pixels, self.max_view_pixels = self.p.adapter.max_pixels, self.p.adapter.max_view_pixels
         self.engine = open_perception(self.p.config, self.p.settings, on_results=self._publish_results)
         model = self.engine.model
         self.get_logger().info(
@@ -64,13 +64,11 @@ class DDClipNode(Node):
         self._last_warning: dict[str, float] = {}
 
         adapter = self.p.adapter
-        depth = reliable_depth(adapter)
-        # Reliable input (replays) must not lose views in a burst; sensor data may. Bounded by bytes too.
-        qos = (
-            QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
-            if adapter.reliable
-            else qos_profile_sensor_data
-        )
+        # Reliable input (replays) must not lose views in a burst; sensor data may. Bounded by bytes too:
+        # views (crops) are small and come in bursts, full frames are large.
+        depths = {"views": reliable_depth(adapter, adapter.max_view_pixels)}
+        depths["frames"] = reliable_depth(adapter, adapter.max_pixels)
+        reliable = {k: QoSProfile(depth=d, reliability=ReliabilityPolicy.RELIABLE) for k, d in depths.items()}
         inputs, services = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
         self.embedding_pub = self.create_publisher(ShapeEmbedding, "ddclip/embeddings", 10)
         self.matches_pub = self.create_publisher(ObjectMatches, "ddclip/matches", 10)
@@ -78,14 +76,16 @@ class DDClipNode(Node):
         self.annotated_pub = self.create_publisher(Image, "ddclip/annotated", 10) if adapter.annotate else None
         if self.annotated_pub is not None:
             self.engine.frame_listener = self._annotate
-        subscribe = lambda kind, topic, callback: self.create_subscription(  # noqa: E731
-            kind, topic, self._guard(callback), qos, callback_group=inputs
-        )
+
+        def subscribe(kind: Any, topic: str, callback: Callable[[Any], None], images: str = "views") -> Any:
+            qos = reliable[images] if adapter.reliable else qos_profile_sensor_data
+            return self.create_subscription(kind, topic, self._guard(callback), qos, callback_group=inputs)
+
         listening = [subscribe(ObjectView, "ddclip/views", self._on_view)]
         if adapter.image_transport == "compressed":
-            listening.append(subscribe(CompressedImage, "image/compressed", self._on_compressed))
+            listening.append(subscribe(CompressedImage, "image/compressed", self._on_compressed, "frames"))
         else:
-            listening.append(subscribe(Image, "image", self._on_frame))
+            listening.append(subscribe(Image, "image", self._on_frame, "frames"))
         listening.append(subscribe(TrackedDetections, "ddclip/detections", self._on_detections))
         if self.engine.clouds is not None:
             listening.append(subscribe(ObjectPoints, "ddclip/points", self._on_points))
@@ -111,7 +111,9 @@ class DDClipNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
         if not adapter.main_thread_encoder:
             self.engine.start()
-        qos_text = f"reliable, depth {depth}" if adapter.reliable else "sensor data (best effort)"
+        qos_text = "sensor data (best effort)"
+        if adapter.reliable:
+            qos_text = f"reliable, depth {depths['views']} for views and {depths['frames']} for frames"
         self.get_logger().info(
             f"ready: input {', '.join(s.topic_name for s in listening)} ({qos_text}); "
             f"services {', '.join(s.service_name for s in served)}"
@@ -167,7 +169,7 @@ class DDClipNode(Node):
     # ------------------------------------------------------------------ input
     def _on_view(self, msg: ObjectView) -> None:
         try:
-            rgb = image_to_rgb(msg.image, self.max_pixels)
+            rgb = image_to_rgb(msg.image, self.max_view_pixels)
             rgb = apply_mask(rgb, mask_to_bool(msg.mask, rgb.shape[:2]))
             self.engine.add_view(msg.track_id, rgb, header_in(msg.header), pose_in(msg.pose), msg.track_ended)
         except ValueError as exc:
@@ -246,7 +248,7 @@ class DDClipNode(Node):
             self.engine.check_image_count(len(request.images))  # before converting any
             for i, image in enumerate(request.images):
                 try:
-                    images.append(image_to_rgb(image, self.max_pixels))
+                    images.append(image_to_rgb(image, self.max_view_pixels))
                 except ValueError as exc:
                     raise RequestError(f"image {i}: {exc}") from exc
         answer = self.engine.enroll(request.name, request.category, request.track_id, images)
@@ -266,8 +268,8 @@ class DDClipNode(Node):
     def _apply_parameters(self, parameters: list[Any]) -> None:
         changes = {p.name: p.value for p in parameters if p.name in SETTINGS}
         for parameter in parameters:
-            if parameter.name == "max_pixels":
-                self.max_pixels = int(parameter.value)
+            if parameter.name in ("max_pixels", "max_view_pixels"):
+                setattr(self, parameter.name, int(parameter.value))
         if changes:
             self.engine.update_settings(**changes)
             self.tick_timer.timer_period_ns = int(self.engine.tick_period * 1e9)

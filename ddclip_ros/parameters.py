@@ -20,7 +20,8 @@ class AdapterParameters:
     image_transport: str = "raw"  # full frames: "raw" (image) or "compressed" (image/compressed)
     annotate: bool = False  # publish frames with boxes, track ids and best matches on ddclip/annotated
     main_thread_encoder: bool = False  # encode on the main thread, where OpenMP spin-waits
-    max_pixels: int = 16_000_000  # larger images are refused unconverted (a 4K frame has 8.3 million)
+    max_pixels: int = 16_000_000  # larger frames are refused unconverted (a 4K frame has 8.3 million)
+    max_view_pixels: int = 1_000_000  # larger views (tracker crops, enrolment images) are refused unconverted
 
 
 DESCRIPTIONS = {
@@ -49,18 +50,20 @@ DESCRIPTIONS = {
     "confidence_threshold": "cosine score a best match must reach to count as confident",
     "max_enroll_images": "images one ddclip/enroll request may carry",
     "reliable": "input QoS: false = sensor data (best effort), true = reliable",
-    "reliable_queue_mb": "with reliable: each image input queue holds at most this many MiB of max_pixels images",
+    "reliable_queue_mb": "with reliable: each image input queue holds at most this many MiB of its largest images",
     "image_transport": "full frames from: raw (the image topic) or compressed (image/compressed)",
     "annotate": "publish full frames with their boxes, track ids and best matches on ddclip/annotated",
     "main_thread_encoder": (
         "run the encoder on the main thread: OpenMP then spin-waits, faster when the node has its cores to itself, "
         "much slower when other processes compete for them (the default encoder thread does not spin)"
     ),
-    "max_pixels": "images with more pixels than this are dropped and counted, not converted",
+    "max_pixels": "full frames with more pixels than this are dropped and counted, not converted",
+    "max_view_pixels": "views (crops, enrolment images) with more pixels than this are dropped and counted",
 }
 SETTINGS = {item.name for item in fields(PerceptionSettings)}
-WRITABLE = SETTINGS | {"max_pixels"}
-INT_RANGES = {**{k: v for k, v in RANGES.items() if isinstance(v[0], int)}, "max_pixels": (1, 1_000_000_000)}
+WRITABLE = SETTINGS | {"max_pixels", "max_view_pixels"}
+INT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], int)}
+INT_RANGES.update(max_pixels=(1, 1_000_000_000), max_view_pixels=(1, 1_000_000_000))
 INT_RANGES["reliable_queue_mb"] = (1, 1_000_000)
 FLOAT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], float)}
 CHOICES = {"image_transport": ("raw", "compressed"), "precision": ("fp32", "fp16", "bf16")}
@@ -111,8 +114,7 @@ def declare_parameters(node: Any) -> NodeParameters:
     return NodeParameters(config, settings, groups[AdapterParameters])
 
 
-def reliable_depth(adapter: AdapterParameters) -> int:
-    """Messages a reliable image input may queue: bounded by bytes (the largest image the node accepts,
-    4 bytes a pixel) as well as by count, so 1000 4K frames cannot pile up gigabytes."""
-    largest = adapter.max_pixels * 4
-    return max(1, min(1000, adapter.reliable_queue_mb * 2**20 // largest))
+def reliable_depth(adapter: AdapterParameters, max_pixels: int) -> int:
+    """Messages a reliable image input may queue: bounded by bytes (``reliable_queue_mb`` of the largest
+    images it accepts, 4 bytes a pixel) as well as by count, so 1000 4K frames cannot pile up gigabytes."""
+    return max(1, min(1000, adapter.reliable_queue_mb * 2**20 // (max_pixels * 4)))

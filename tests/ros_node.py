@@ -46,6 +46,7 @@ def node_params(tmp_path: Path) -> dict[str, str]:
         "reliable": "true",
         # Views here are small: with a smaller largest image, the reliable queues may hold more of them.
         "max_pixels": "250000",
+        "max_view_pixels": "250000",
         "min_views": "2",
         "timeout_s": "1.0",
         "memory_path": str(tmp_path / "memory"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import h5py
@@ -136,6 +137,36 @@ def test_objaverse_embeddings_as_released_with_names(tmp_path):
     assert best.metadata["name"] == "lamp" and best.metadata["category"] == "lamp" and best.metadata["class_idx"] == "3"
     assert best.metadata["source"] == "objaverse"
     assert "name" not in bank.metadata(uids[1])  # not in the names table: the uid is all we have
+
+
+def write_lvis_and_cap3d(folder, uids):
+    """``lvis-annotations.json.gz`` (category -> uids) and Cap3D's csv (no header: uid, caption), as released."""
+    with gzip.open(folder / "lvis-annotations.json.gz", "wt") as handle:
+        json.dump({"mug": [uids[0], uids[5]], "armchair": [uids[1]]}, handle)
+    long = "a very long caption " * 10
+    rows = [f"{uids[0]},a red ceramic mug with a handle", f'{uids[2]},"a wooden chair, painted blue"']
+    rows.append(f"{uids[3]},{long}")
+    rows.append(f"{'f' * 64},an Objaverse-XL object (not in the release)")
+    (folder / "Cap3D_automated_Objaverse_full.csv").write_text("\n".join(rows) + "\n")
+    return folder / "lvis-annotations.json.gz", folder / "Cap3D_automated_Objaverse_full.csv"
+
+
+def test_objaverse_names_from_lvis_annotations_and_cap3d_captions(tmp_path):
+    vectors, uids = _write_objaverse(tmp_path, n=20)
+    lvis, cap3d = write_lvis_and_cap3d(tmp_path, uids)
+    h5, uid_map = tmp_path / "shape_emb_objaverse.h5", tmp_path / "shape_emb_objaverse_model_to_idx.json"
+    bank = EmbeddingBank.from_objaverse(h5, uid_map, names=lvis, captions=cap3d)
+    mug = bank.metadata(uids[0])
+    assert mug["name"] == "a red ceramic mug with a handle" and mug["category"] == "mug"
+    assert bank.metadata(uids[1])["name"] == "armchair"  # a category and no caption
+    assert bank.metadata(uids[2])["name"] == "a wooden chair, painted blue" and "category" not in bank.metadata(uids[2])
+    long = bank.metadata(uids[3])
+    assert len(long["name"]) == 120 and long["name"].endswith("…") and len(long["caption"]) == 199  # stripped
+    assert bank.search(vectors[0], k=1)[0][0].name == "a red ceramic mug with a handle"
+    assert "name" not in bank.metadata(uids[4])  # neither: the uid is all we have
+    (tmp_path / "bad.csv").write_text("uid,caption\nnot-a-uid,x\n")
+    with pytest.raises(ValueError, match="no 'uid,caption' rows with Objaverse uids"):
+        EmbeddingBank.from_objaverse(h5, uid_map, captions=tmp_path / "bad.csv")
 
 
 def test_objaverse_bad_files(tmp_path):

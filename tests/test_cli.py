@@ -163,3 +163,45 @@ def test_a_missing_training_dependency_is_named_not_a_missing_command(tmp_path):
     assert result.returncode == 2
     assert "ddclip train: error: a dependency is missing (No module named pytorch_lightning)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_download_all_is_one_command_that_ends_in_a_named_objaverse_bank(tmp_path, monkeypatch):
+    """The real path's files, from a stand-in hub holding them in the published layout (tests never download)."""
+    from ddclip_core import EmbeddingBank, hub
+    from tests.conftest import published_tiny, write_objaverse_release
+    from tests.test_bank import write_lvis_and_cap3d
+
+    mirror = tmp_path / "hub"
+    published_tiny(mirror)
+    uids = [f"{i:032x}" for i in range(6)]
+    write_objaverse_release(mirror / hub.EMBEDDINGS, np.random.default_rng(0).normal(size=(6, 32)), uids)
+    write_lvis_and_cap3d(mirror, uids)
+
+    def from_mirror(name, folder):
+        source = mirror / hub.PUBLISHED[name][1]
+        if not source.is_file():
+            raise FileNotFoundError(f"{hub.PUBLISHED[name][0]} has no file {source.name} (not published there)")
+        target = Path(folder) / hub.PUBLISHED[name][1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        return target
+
+    monkeypatch.setattr(hub, "download", from_mirror)
+    monkeypatch.setenv("DDCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DDCLIP_WEIGHTS", raising=False)
+    assert main(["weights", "download", "--name", "all"]) == 0
+    assert hub.default_weights() == tmp_path / "cache" / "Four_1to6F_bs1600_LT6.ckpt"
+    bank = EmbeddingBank.load(hub.default_bank())
+    assert len(bank) == 6 and bank.weights_id == "published:Four_1to6F_bs1600_LT6"
+    assert bank.metadata(uids[0])["name"] == "a red ceramic mug with a handle"
+    check = load_model(hub.default_weights(), device="cpu")
+    bank.check_weights(check, "queries")  # the published checkpoint matches the released embeddings
+
+
+def test_offline_download_of_everything_fails_fast_and_says_so(tmp_path):
+    from ddclip_core import hub
+
+    if hub.reachable():
+        pytest.skip("Hugging Face is reachable here, and tests never download")
+    result = ddclip("weights", "download", "--name", "all", "--dir", str(tmp_path))
+    assert result.returncode == 2 and "Hugging Face is not reachable from this machine" in result.stderr

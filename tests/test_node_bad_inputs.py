@@ -70,7 +70,8 @@ class Client:
 
 
 def test_images_over_max_pixels_are_refused_counted_and_the_node_keeps_serving(tmp_path):
-    params = {**node_params(tmp_path), "max_pixels": "100000", "image_transport": "compressed"}
+    params = {**node_params(tmp_path), "max_pixels": "100000", "max_view_pixels": "100000"}
+    params["image_transport"] = "compressed"
     process = launch(params, ros_env(tmp_path))
     rclpy.init()
     try:

@@ -146,7 +146,7 @@ def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
     assert process.returncode == 0 and "Traceback" not in output, output
     ready = next(line for line in output.splitlines() if "ready: input" in line)
     assert f"{NS}/tracker/views" in ready and f"{NS}/image" in ready and f"{NS}/ddclip/query" in ready, ready
-    assert "reliable, depth 1000" in ready  # 1 GiB / 1 MB images (max_pixels 250000)
+    assert "reliable, depth 1000 for views and 1000 for frames" in ready  # 1 GiB / 1 MB images
     assert "settings changed: min_views=3" in output
 
 
