@@ -370,9 +370,22 @@ class EmbeddingBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, weights_id: Any = None) -> EmbeddingBank:
-        """Open a saved bank (vectors memory-mapped by default). weights_id: refuse other weights."""
+        """Open a saved bank (vectors memory-mapped by default). weights_id: refuse other weights.
+
+        A bank saved again while this reads it is read again (the old generation's files are deleted
+        once the new manifest is in place).
+        """
         folder = Path(path)
-        manifest = files.read_manifest(folder)
+        for attempt in range(3):
+            manifest = files.read_manifest(folder)
+            try:
+                return cls._load(folder, manifest, mmap, weights_id)
+            except BankError:
+                if attempt == 2 or files.read_manifest(folder) == manifest:
+                    raise
+
+    @classmethod
+    def _load(cls, folder: Path, manifest: dict[str, Any], mmap: bool, weights_id: Any) -> EmbeddingBank:
         bank = cls(int(manifest["dim"]), weights_id=manifest.get("weights_id"))
         bank.check_weights(weights_id, what="queries")
         vectors, table = files.read_vectors_and_metadata(folder, manifest, bank.dim, mmap)

@@ -1,0 +1,186 @@
+"""Persisted files are written atomically and checked on load: banks re-saved under a reader that maps
+them, saves killed half-way, and truncated or foreign memory and enrolled-name files (real files)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ddclip_core import EmbeddingBank
+from ddclip_core.enrolled import EnrolledObjects
+from ddclip_core.memory import ObjectMemory, SeenObject
+from ddclip_core.stamped import Pose, Stamp
+
+
+def bank_of(rows: int, value: float, dim: int = 64) -> EmbeddingBank:
+    bank = EmbeddingBank(dim, weights_id="w")
+    vectors = np.full((rows, dim), value, np.float32) + np.eye(rows, dim, dtype=np.float32)
+    bank.add(vectors, [{"id": f"{value:g}-{i}", "name": f"object {i}"} for i in range(rows)])
+    return bank
+
+
+def test_resaving_a_bank_never_pulls_the_mapped_file_from_under_a_reader(tmp_path):
+    """A node maps vectors; someone saves the bank again (smaller): the node reads on, no SIGBUS."""
+    bank_of(20_000, 0.5).save(tmp_path / "bank")
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, numpy as np\n"
+            "from ddclip_core import EmbeddingBank\n"
+            f"bank = EmbeddingBank.load({str(tmp_path / 'bank')!r})\n"
+            "print('mapped', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "vectors = np.asarray(bank._segments[0])\n"
+            "print(len(bank), float(vectors[-1].sum()), bank.metadata('0.5-19999')['name'].split()[-1], flush=True)\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline().strip() == "mapped"
+    bank_of(10, 2.0).save(tmp_path / "bank")  # a new generation, while the reader maps the old
+    output, _ = reader.communicate("go\n", timeout=120)
+    assert reader.returncode == 0, f"the reader died with {reader.returncode} (SIGBUS is {-signal.SIGBUS})"
+    count, total, best = output.split()
+    assert (int(count), best) == (20_000, "19999") and float(total) == pytest.approx(8.0)  # 64 x 0.125
+    assert len(EmbeddingBank.load(tmp_path / "bank")) == 10  # a new reader sees the new bank
+    data_files = sorted(p.name.split("-")[0] for p in (tmp_path / "bank").iterdir())
+    assert data_files == ["bank.json", "metadata", "vectors"]  # the old generation is gone from the folder
+
+
+def test_a_save_killed_half_way_leaves_a_bank_that_loads_whole(tmp_path):
+    """SIGKILL a process that saves the bank in a loop, alternating two contents: whatever generation
+    the folder holds afterwards loads, and its vectors and metadata belong together."""
+    bank_of(3, 2.0).save(tmp_path / "bank")
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from tests.test_persistence import bank_of\n"
+            "banks = [bank_of(5000, 1.0), bank_of(7000, 3.0)]\n"
+            "print('saving', flush=True)\n"
+            "i = 0\n"
+            "while True:\n"
+            f"    banks[i % 2].save({str(tmp_path / 'bank')!r}); i += 1\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout.readline().strip() == "saving"
+    for delay in (0.3, 0.45, 0.6):
+        time.sleep(delay)
+        bank = EmbeddingBank.load(tmp_path / "bank")  # also while the writer writes
+        _check_whole(bank)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    _check_whole(EmbeddingBank.load(tmp_path / "bank"))
+
+
+def _check_whole(bank: EmbeddingBank) -> None:
+    """The bank is one of the saved ones, its vectors and its metadata from the same save."""
+    value = {3: 2.0, 5000: 1.0, 7000: 3.0}[len(bank)]
+    last = len(bank) - 1
+    expected = np.full(64, value, np.float32) + np.eye(len(bank), 64, dtype=np.float32)[last]
+    np.testing.assert_allclose(bank.embedding(f"{value:g}-{last}"), expected / np.linalg.norm(expected), atol=1e-6)
+    assert bank.metadata(f"{value:g}-{last}")["name"] == f"object {last}"
+
+
+def test_a_bank_with_a_file_replaced_or_truncated_is_refused(tmp_path):
+    bank_of(10, 1.0).save(tmp_path / "bank")
+    manifest = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    vectors = tmp_path / "bank" / manifest["files"]["vectors"]["path"]
+    vectors.write_bytes(vectors.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="bytes, the manifest says .* truncated or replaced"):
+        EmbeddingBank.load(tmp_path / "bank")
+    vectors.unlink()
+    with pytest.raises(ValueError, match="the manifest names vectors-.*, which is missing"):
+        EmbeddingBank.load(tmp_path / "bank")
+    (tmp_path / "bank" / "bank.json").write_text('{"format": "ddclip-bank", ')
+    with pytest.raises(ValueError, match="corrupt manifest"):
+        EmbeddingBank.load(tmp_path / "bank")
+
+
+def test_a_format_1_bank_is_still_read_and_saving_upgrades_it(tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    vectors = np.eye(4, 8, dtype=np.float32)
+    np.save(folder / "vectors.npy", vectors)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"]}), folder / "metadata.parquet")
+    manifest = {
+        "format": "ddclip-bank",
+        "version": 1,
+        "dim": 8,
+        "rows": 4,
+        "weights_id": "w",
+        "index": {"kind": "flat"},
+    }
+    (folder / "bank.json").write_text(json.dumps(manifest))
+    bank = EmbeddingBank.load(folder)
+    assert bank.search(vectors[2], 1)[0][0].id == "c"
+    bank.save(folder)
+    assert json.loads((folder / "bank.json").read_text())["version"] == 2 and not (folder / "vectors.npy").exists()
+    assert EmbeddingBank.load(folder).metadata("d")["name"] == "D"
+
+
+def test_memory_round_trip_and_refusals(tmp_path):
+    memory = ObjectMemory(4, identity="w")
+    pose = Pose("map", Stamp(10, 5), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0, 1.0))
+    memory.update(SeenObject("mug", Stamp(11, 0), 3, "camera", pose, "Ana's mug"), np.eye(4)[0])
+    memory.save(tmp_path)
+    again = ObjectMemory.load(tmp_path, identity="w")
+    assert again.get("mug") == memory.get("mug") and again.search(np.eye(4)[0], 1)[0][1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="made with weights 'w', not 'other'"):
+        ObjectMemory.load(tmp_path, identity="other")
+    data = (tmp_path / "memory.npz").read_bytes()
+    (tmp_path / "memory.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="memory.npz: not a readable object memory"):
+        ObjectMemory.load(tmp_path)
+
+
+def test_memory_of_the_old_two_file_format_is_read_then_folded_into_one(tmp_path):
+    np.savez(tmp_path / "memory.npz", embeddings=np.eye(4, dtype=np.float32)[:2])
+    objects = [
+        {
+            "track_id": "a",
+            "last_seen": 5.25,
+            "num_views": 2,
+            "frame_id": "map",
+            "pose": [1, 2, 3, 0, 0, 0, 1],
+            "name": "",
+        },
+        {"track_id": "b", "last_seen": 6.0, "num_views": 4, "frame_id": "", "pose": [], "name": "B"},
+    ]
+    (tmp_path / "memory.json").write_text(json.dumps({"dim": 4, "weights_id": "w", "objects": objects}))
+    memory = ObjectMemory.load(tmp_path, identity="w")
+    a = memory.get("a")
+    assert a.last_seen == Stamp(5, 250_000_000) and a.pose.frame_id == "map" and a.pose.position == (1, 2, 3)
+    assert memory.get("b").pose is None and memory.get("b").name == "B"
+    memory.save(tmp_path)
+    assert not (tmp_path / "memory.json").exists() and len(ObjectMemory.load(tmp_path)) == 2
+    np.savez(tmp_path / "memory.npz", embeddings=np.eye(4, dtype=np.float32), meta=np.array(json.dumps({"dim": 4})))
+    with pytest.raises(ValueError, match="corrupt object memory"):
+        ObjectMemory.load(tmp_path)
+
+
+def test_enrolled_names_refuse_truncated_and_foreign_files(tmp_path):
+    enrolled = EnrolledObjects(4, "w", tmp_path)
+    enrolled.add(None, np.eye(4)[1], "mug")
+    data = (tmp_path / "enrolled.npz").read_bytes()
+    (tmp_path / "enrolled.npz").write_bytes(data[:-30])
+    with pytest.raises(ValueError, match="enrolled.npz: not a readable enrolled-names file"):
+        EnrolledObjects(4, "w", tmp_path)
+    np.savez(tmp_path / "enrolled.npz", embeddings=np.eye(4, dtype=np.float32)[:1], meta=np.array(json.dumps(
+        {"dim": 4, "weights_id": "w", "objects": [{"id": "not-enrolled", "name": "x"}]}
+    )))  # fmt: skip
+    with pytest.raises(ValueError, match="corrupt record"):
+        EnrolledObjects(4, "w", tmp_path)
