@@ -1,191 +1,346 @@
-"""ObjectMemory: the latest embedding of every object the robot encoded, queryable by language.
+"""ObjectMemory: every object the robot encoded, searchable by language, example, time and place.
 
-Bounded (least recently seen objects go first), optionally persisted to one file, ``memory.npz``:
-the embeddings and a JSON record of ids, names, times, poses and the embedding space, in one
-atomically replaced file (plain arrays and a string: read without pickle), so a crash can never pair
-embeddings with the wrong objects. The two-file format of earlier versions (``memory.npz`` with the
-embeddings + ``memory.json``) is still read.
+Each object keeps its latest embedding and state (first and last seen, views, the tracker's pose in its
+own frame with its own stamp, the best names) and a bounded history of sightings. Bounded overall
+(``max_objects``, least recently seen first) and per object (``max_sightings``). Written through to an
+SQLite database (``memory_store``) in one transaction per batch; searched from arrays in RAM, so a
+filtered query over 100 k objects scores only the objects that pass the filters.
+
+A memory folder of an earlier version (``memory.npz`` [+ ``memory.json``]) is migrated once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zipfile
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomically
+from . import _memory_legacy as legacy
 from .bank import as_queries
 from .identity import WeightsIdentity, identity_of
+from .memory_store import MemoryStore, database_path, embedding_blob, pose_of, pose_text
 from .stamped import Pose, Stamp
 
-FILE, OLD_META = "memory.npz", "memory.json"
-FORMAT = "ddclip-memory"
-FORMAT_VERSION = 2
+Names = list[tuple[str, float]]  # best names at a sighting, best first
 
 
 @dataclass
 class SeenObject:
     track_id: str
+    first_seen: Stamp
     last_seen: Stamp  # the stamp of the newest view (ROS time)
     num_views: int
     camera_frame: str = ""  # the frame of the newest view's camera
-    pose: Pose | None = None  # the tracker's pose, in its own frame and with its own stamp
+    pose: Pose | None = None  # the tracker's last pose, in its own frame and with its own stamp
     name: str = ""  # a name given by enrolment, if any
+    names: Names = field(default_factory=list)  # the best matches at the last sighting
+    sightings: int = 0
+    marker_id: int = 0  # a stable integer id (rviz markers)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "track_id": self.track_id,
-            "last_seen": self.last_seen.to_list(),
-            "num_views": self.num_views,
-            "camera_frame": self.camera_frame,
-            "pose": None if self.pose is None else self.pose.to_dict(),
-            "name": self.name,
-        }
+    @property
+    def label(self) -> str:
+        """What to call it: the enrolled name, else the best match, else the track id."""
+        return self.name or (self.names[0][0] if self.names else self.track_id)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SeenObject:
-        if "camera_frame" not in data:  # format 1: seconds, the camera frame and a bare pose list
-            pose = data.get("pose") or []
-            stamp = Stamp.from_seconds(float(data.get("last_seen", 0.0)))
-            frame = data.get("frame_id", "")
-            return cls(
-                data["track_id"],
-                stamp,
-                int(data["num_views"]),
-                frame,
-                Pose(frame, stamp, tuple(pose[:3]), tuple(pose[3:])) if len(pose) == 7 and frame else None,
-                data.get("name", ""),
-            )
-        pose = data.get("pose")
-        return cls(
-            data["track_id"],
-            Stamp.from_list(data["last_seen"]),
-            int(data["num_views"]),
-            data.get("camera_frame", ""),
-            None if pose is None else Pose.from_dict(pose),
-            data.get("name", ""),
-        )
+
+@dataclass(frozen=True)
+class Sighting:
+    """What one encode of a track tells the memory."""
+
+    track_id: str
+    stamp: Stamp
+    num_views: int
+    camera_frame: str = ""
+    pose: Pose | None = None
+    names: Names = field(default_factory=list)
+    first_stamp: Stamp | None = None  # the track's first view, when it is older than this sighting
+
+
+@dataclass(frozen=True)
+class MemoryFilter:
+    """Which remembered objects a search may return (every field: no filter when left as is)."""
+
+    seen_after: Stamp | None = None
+    seen_before: Stamp | None = None
+    frame: str = ""  # with centre and radius: objects posed within radius of centre, in this frame
+    centre: tuple[float, float, float] | None = None
+    radius: float = 0.0
+    min_views: int = 0
+    name_contains: str = ""  # in the enrolled name, a best name or the track id, any case
+    exclude: tuple[str, ...] = ()
 
 
 class ObjectMemory:
-    """identity: the embedding space the memory holds (weights, and fusion if any); files of others are refused."""
+    """identity: the embedding space the memory holds (weights, and fusion if any); files of others are refused.
+    path: the memory folder or database file; None keeps it in RAM only."""
 
-    def __init__(self, dim: int, max_objects: int = 1000, identity: WeightsIdentity | str | None = None) -> None:
-        if max_objects < 1:
-            raise ValueError(f"max_objects must be >= 1, got {max_objects}")
-        self.dim, self.max_objects, self.identity = dim, max_objects, identity_of(identity)
-        self._objects: OrderedDict[str, SeenObject] = OrderedDict()
-        self._embeddings: dict[str, np.ndarray] = {}
+    def __init__(
+        self,
+        dim: int,
+        max_objects: int = 1000,
+        identity: WeightsIdentity | str | None = None,
+        *,
+        path: str | os.PathLike | None = None,
+        max_sightings: int = 32,
+        sync: str = "normal",
+        read_only: bool = False,
+    ) -> None:
+        if max_objects < 1 or max_sightings < 1:
+            raise ValueError(f"max_objects and max_sightings must be >= 1, got {max_objects}, {max_sightings}")
+        self.dim, self.max_objects, self.max_sightings = dim, max_objects, max_sightings
+        self.identity = identity_of(identity)
+        self._objects: list[SeenObject] = []
+        self._row: dict[str, int] = {}
+        self._frames: dict[str, int] = {}
+        self._arrays = {
+            "emb": np.zeros((16, dim), np.float32),
+            "last": np.zeros(16),
+            "views": np.zeros(16, np.int32),
+            "frame": np.zeros(16, np.int32),
+            "xyz": np.zeros((16, 3)),
+            "touched": np.zeros(16, np.int64),
+        }
+        self._touch = 0
+        self._next_marker = 1
+        folder = None if path is None else database_path(path).parent
+        migrate = folder is not None and not database_path(path).exists() and (folder / legacy.OLD_FILE).is_file()
+        self.store = MemoryStore(path, read_only=read_only, sync=sync)
+        try:
+            self._check_identity(read_only)
+            self._load()
+            if migrate:
+                self._migrate(folder)
+        except BaseException:
+            self.store.close()
+            raise
 
+    # ------------------------------------------------------------------ opening
+    def _check_identity(self, read_only: bool) -> None:
+        meta, where = self.store.meta, self.store.path or "the memory"
+        if "dim" not in meta:  # a new memory
+            if not read_only:
+                self.store.set_meta(dim=self.dim, weights_id=self.identity.id if self.identity else "")
+            return
+        if self.identity is not None:
+            self.identity.check(meta.get("weights_id"), f"{where}: the object memory was", "Use another memory_path.")
+        if int(meta["dim"]) != self.dim:
+            raise ValueError(f"{where}: embeddings of {meta['dim']} dimensions, not {self.dim}")
+
+    @property
+    def weights_id(self) -> str:
+        """The embedding space the database records."""
+        return self.store.meta.get("weights_id", "")
+
+    def _load(self) -> None:
+        for row in self.store.objects():
+            track_id, marker, blob, name, fs, fn, ls, ln, views, camera, pose, names, sightings, touched = row
+            vector = np.frombuffer(blob, np.float32)
+            if vector.shape != (self.dim,):
+                raise ValueError(f"{self.store.path}: object {track_id!r} has a {vector.size}-d embedding")
+            seen = SeenObject(
+                track_id, Stamp(fs, fn), Stamp(ls, ln), views, camera, pose_of(pose), name,
+                [tuple(n) for n in json.loads(names or "[]")], sightings, marker,
+            )  # fmt: skip
+            self._put(seen, vector, touched)
+            self._next_marker = max(self._next_marker, marker + 1)
+        self._touch = int(self._arrays["touched"][: len(self)].max(initial=0))
+
+    def _migrate(self, folder: Path) -> None:
+        meta, records = legacy.read_old_memory(folder)
+        if self.identity is not None:
+            self.identity.check(meta.get("weights_id"), f"{folder / legacy.OLD_FILE}: the object memory was")
+        self.record([(Sighting(r["track_id"], r["stamp"], r["num_views"], r["camera_frame"], r["pose"]), v)
+                     for r, v in records])  # fmt: skip
+        for record, _ in records:
+            if record["name"]:
+                self.name(record["track_id"], record["name"])
+        legacy.retire_old_memory(folder)
+
+    # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
         return len(self._objects)
 
     def __contains__(self, track_id: str) -> bool:
-        return track_id in self._objects
+        return track_id in self._row
 
     def get(self, track_id: str) -> SeenObject | None:
-        return self._objects.get(track_id)
+        row = self._row.get(track_id)
+        return None if row is None else self._objects[row]
 
     def embedding(self, track_id: str) -> np.ndarray | None:
-        return self._embeddings.get(track_id)
+        row = self._row.get(track_id)
+        return None if row is None else self._arrays["emb"][row].copy()
 
-    def update(self, info: SeenObject, embedding: Any) -> None:
-        """Store the newest embedding of a track (replacing the older one)."""
-        vector = as_queries(embedding, self.dim)[0]
-        old = self._objects.pop(info.track_id, None)
-        if old is not None:
-            info.name = info.name or old.name
-            info.pose = info.pose or old.pose  # the last known pose stays known
-        self._objects[info.track_id] = info
-        self._embeddings[info.track_id] = vector
-        while len(self._objects) > self.max_objects:
-            dropped, _ = self._objects.popitem(last=False)
-            del self._embeddings[dropped]
+    def objects(self) -> list[SeenObject]:
+        """Every object, least recently seen first."""
+        order = np.argsort(self._arrays["touched"][: len(self)], kind="stable")
+        return [self._objects[i] for i in order]
+
+    def sightings(self, track_id: str) -> list[dict[str, Any]]:
+        return self.store.sightings(track_id)
+
+    def frames(self) -> dict[str, int]:
+        """Frames of the remembered poses, with how many objects are posed in each."""
+        codes = self._arrays["frame"][: len(self)]
+        return {frame: int((codes == code).sum()) for frame, code in self._frames.items() if (codes == code).any()}
+
+    # ------------------------------------------------------------------ writing
+    def record(self, batch: list[tuple[Sighting, Any]]) -> tuple[list[SeenObject], list[str]]:
+        """Store a batch of sightings with their embeddings in one transaction; returns (updated objects,
+        ids evicted to stay within max_objects)."""
+        vectors = [as_queries(vector, self.dim)[0] for _, vector in batch]
+        updated, evicted = [], []
+        with self.store.transaction():
+            for (sighting, _), vector in zip(batch, vectors, strict=True):
+                seen = self._merge(sighting)
+                self._touch += 1
+                self._put(seen, vector, self._touch)
+                self.store.upsert(self._row_of(seen, vector))
+                self.store.add_sighting(
+                    seen.track_id, sighting.stamp, sighting.num_views, sighting.camera_frame, sighting.pose,
+                    json.dumps(sighting.names),
+                )  # fmt: skip
+                self.store.trim_sightings(seen.track_id, self.max_sightings)
+                updated.append(seen)
+            while len(self) > self.max_objects:
+                oldest = self._objects[int(np.argmin(self._arrays["touched"][: len(self)]))].track_id
+                self._drop(oldest)
+                evicted.append(oldest)
+            self.store.delete(evicted)
+        return [u for u in updated if u.track_id in self._row], evicted
+
+    def _merge(self, sighting: Sighting) -> SeenObject:
+        old = self.get(sighting.track_id)
+        if old is None:
+            marker, self._next_marker = self._next_marker, self._next_marker + 1
+            return SeenObject(
+                sighting.track_id, sighting.first_stamp or sighting.stamp, sighting.stamp, sighting.num_views,
+                sighting.camera_frame,
+                sighting.pose, "", list(sighting.names), 1, marker,
+            )  # fmt: skip
+        return SeenObject(
+            old.track_id, old.first_seen, max(old.last_seen, sighting.stamp), sighting.num_views,
+            sighting.camera_frame, sighting.pose or old.pose, old.name, list(sighting.names) or old.names,
+            old.sightings + 1, old.marker_id,
+        )  # fmt: skip
+
+    def _row_of(self, seen: SeenObject, vector: np.ndarray) -> tuple:
+        return (
+            seen.track_id, seen.marker_id, embedding_blob(vector), seen.name, seen.first_seen.sec,
+            seen.first_seen.nanosec, seen.last_seen.sec, seen.last_seen.nanosec, seen.num_views, seen.camera_frame,
+            pose_text(seen.pose), json.dumps(seen.names), seen.sightings, self._touch,
+        )  # fmt: skip
+
+    def _put(self, seen: SeenObject, vector: np.ndarray, touched: int) -> None:
+        row = self._row.get(seen.track_id)
+        if row is None:
+            row = len(self._objects)
+            self._grow(row + 1)
+            self._objects.append(seen)
+            self._row[seen.track_id] = row
+        self._objects[row] = seen
+        a = self._arrays
+        a["emb"][row], a["last"][row], a["views"][row] = vector, seen.last_seen.seconds, seen.num_views
+        a["touched"][row] = touched
+        a["frame"][row] = -1 if seen.pose is None else self._frames.setdefault(seen.pose.frame_id, len(self._frames))
+        a["xyz"][row] = seen.pose.position if seen.pose is not None else np.nan
+
+    def _grow(self, size: int) -> None:
+        capacity = len(self._arrays["last"])
+        if size <= capacity:
+            return
+        new = max(size, 2 * capacity)
+        for key, array in self._arrays.items():
+            grown = np.zeros((new, *array.shape[1:]), array.dtype)
+            grown[:capacity] = array
+            self._arrays[key] = grown
+
+    def _drop(self, track_id: str) -> None:
+        """Remove a row by moving the last row into it."""
+        row, last = self._row.pop(track_id), len(self._objects) - 1
+        if row != last:
+            moved = self._objects[last]
+            self._objects[row] = moved
+            self._row[moved.track_id] = row
+            for array in self._arrays.values():
+                array[row] = array[last]
+        self._objects.pop()
 
     def name(self, track_id: str, name: str) -> None:
-        self._objects[track_id].name = name
+        row = self._row[track_id]
+        self._objects[row].name = name
+        with self.store.transaction():
+            self.store.rename(track_id, name)
 
-    def forget(self, track_ids: list[str] | None = None) -> int:
-        ids = list(self._objects) if track_ids is None else [t for t in dict.fromkeys(track_ids) if t in self._objects]
+    def forget(self, track_ids: list[str] | None = None, older_than: Stamp | None = None) -> list[str]:
+        """Forget these objects (all when None and no older_than), or those last seen before older_than."""
+        if older_than is not None:
+            last = self._arrays["last"][: len(self)]
+            old = {self._objects[i].track_id for i in np.flatnonzero(last < older_than.seconds)}
+            ids = [t for t in (track_ids if track_ids is not None else list(self._row)) if t in old]
+        elif track_ids is None:
+            ids = list(self._row)
+        else:
+            ids = [t for t in dict.fromkeys(track_ids) if t in self._row]
+        with self.store.transaction():
+            if track_ids is None and older_than is None:
+                self.store.delete_all()
+            else:
+                self.store.delete(ids)
         for track_id in ids:
-            del self._objects[track_id]
-            del self._embeddings[track_id]
-        return len(ids)
+            self._drop(track_id)
+        return ids
 
-    def search(self, query: Any, k: int = 10) -> list[tuple[SeenObject, float]]:
-        """Seen objects ranked by cosine similarity to ``query`` (an embedding), best first."""
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ searching
+    def search(self, query: Any, k: int = 10, where: MemoryFilter | None = None) -> tuple[list, dict[str, int]]:
+        """Objects passing ``where``, ranked by cosine similarity to ``query`` (an embedding), best first.
+
+        Returns ([(SeenObject, score)], left out): how many objects a place filter left out because
+        their pose is in another frame ("other frame") or unknown ("no pose").
+        """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if not self._objects:
-            return []
+        where = where or MemoryFilter()
+        keep, left_out = self._passing(where)
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return [], left_out
         q = as_queries(query, self.dim)[0]
-        ids = list(self._objects)
-        scores = np.stack([self._embeddings[i] for i in ids]) @ q
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [(self._objects[ids[i]], float(scores[i])) for i in order]
+        scores = self._arrays["emb"][rows] @ q
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(self._objects[rows[i]], float(scores[i])) for i in top], left_out
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``folder/memory.npz`` atomically (the old file stays whole until the new one is)."""
-        folder = Path(folder)
-        ids = list(self._objects)
-        matrix = np.stack([self._embeddings[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "dim": self.dim,
-            "weights_id": None if self.identity is None else self.identity.id,
-            "objects": [self._objects[i].to_dict() for i in ids],
-        }
-        write_atomically(
-            folder / FILE, lambda f: np.savez(f, embeddings=matrix.astype(np.float32), meta=np.array(json.dumps(meta)))
-        )
-        (folder / OLD_META).unlink(missing_ok=True)  # the old format's second file, now folded in
-        return folder
-
-    @classmethod
-    def exists(cls, folder: str | os.PathLike) -> bool:
-        return (Path(folder) / FILE).is_file()
-
-    @classmethod
-    def load(
-        cls, folder: str | os.PathLike, max_objects: int = 1000, identity: WeightsIdentity | str | None = None
-    ) -> ObjectMemory:
-        """Read ``folder/memory.npz``; ValueError names the file and the problem (corrupt, other weights)."""
-        path = Path(folder) / FILE
-        matrix, meta = _read(path)
-        wanted = identity_of(identity)
-        if wanted is not None:
-            wanted.check(meta.get("weights_id"), f"{path}: the object memory was", "Use another memory_path.")
-        objects = meta.get("objects")
-        if not isinstance(objects, list) or matrix.shape != (len(objects), int(meta.get("dim", -1))):
-            raise ValueError(
-                f"{path}: corrupt object memory: {matrix.shape} embeddings for {len(objects or [])} objects"
-            )
-        memory = cls(int(meta["dim"]), max_objects, wanted or meta.get("weights_id"))
-        try:
-            for record, vector in zip(objects, matrix, strict=True):
-                memory.update(SeenObject.from_dict(record), vector)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: corrupt object record: {exc}") from exc
-        return memory
-
-
-def _read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            matrix = np.asarray(data["embeddings"], dtype=np.float32)
-            text = str(data["meta"]) if "meta" in data else None
-        if text is None:  # format 1: the records in memory.json beside it
-            text = (path.parent / OLD_META).read_text()
-        meta = json.loads(text)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable object memory ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: not a readable object memory (no record)")
-    return matrix, meta
+    def _passing(self, where: MemoryFilter) -> tuple[np.ndarray, dict[str, int]]:
+        n, a = len(self), self._arrays
+        keep = np.ones(n, bool)
+        if where.seen_after is not None:
+            keep &= a["last"][:n] >= where.seen_after.seconds
+        if where.seen_before is not None:
+            keep &= a["last"][:n] <= where.seen_before.seconds
+        if where.min_views:
+            keep &= a["views"][:n] >= where.min_views
+        left_out = {"other frame": 0, "no pose": 0}
+        if where.centre is not None:
+            code = self._frames.get(where.frame, -2)
+            frames = a["frame"][:n]
+            left_out = {"other frame": int((keep & (frames >= 0) & (frames != code)).sum())}
+            left_out["no pose"] = int((keep & (frames < 0)).sum())
+            distance = np.linalg.norm(a["xyz"][:n] - np.asarray(where.centre), axis=1)
+            keep &= (frames == code) & (distance <= where.radius)
+        if where.name_contains:
+            text = where.name_contains.lower()
+            for row in np.flatnonzero(keep):
+                seen = self._objects[row]
+                haystack = " ".join([seen.track_id, seen.name, *(name for name, _ in seen.names)]).lower()
+                keep[row] = text in haystack
+        for track_id in where.exclude:
+            if track_id in self._row:
+                keep[self._row[track_id]] = False
+        return keep, left_out

@@ -43,6 +43,7 @@ class Track:
     descriptors: list[np.ndarray] = field(default_factory=list)
     first_seen: float = 0.0
     last_seen: float = 0.0
+    first_stamp: Any = None  # the first view's header
     last_stamp: Any = None  # the newest view's header (camera frame and stamp), for the result
     pose: Any = None
     ended: bool = False
@@ -106,7 +107,7 @@ class TrackBuffer:
             raise ValueError(f"a view must be a non-empty (H, W, 3) uint8 array, got {view.dtype} {view.shape}")
         track = self._tracks.get(track_id)
         if track is None:
-            track = Track(track_id, first_seen=now)
+            track = Track(track_id, first_seen=now, first_stamp=stamp)
             self._tracks[track_id] = track
             self._evict_over_capacity()
         self._tracks.move_to_end(track_id)

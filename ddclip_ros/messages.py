@@ -86,6 +86,9 @@ def result_messages(result: ObjectResult) -> tuple[ShapeEmbedding, ObjectMatches
 
 def hit_message(hit: QueryHit) -> QueryResult:
     result = QueryResult(source=hit.source, track_id=hit.track_id, id=hit.id, name=hit.name, score=hit.score)
-    result.last_seen, result.num_views = stamp_out(hit.last_seen), hit.num_views
+    result.category = hit.category
+    result.last_seen, result.first_seen = stamp_out(hit.last_seen), stamp_out(hit.first_seen)
+    result.num_views, result.sightings = hit.num_views, hit.sightings
+    result.best_matches = [Match(id=name, name=name, score=score) for name, score in hit.names]
     result.pose = pose_out(hit.pose)
     return result

@@ -25,13 +25,16 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
 
 from ddclip_core.perception import ObjectResult, QueryRequest, RequestError, open_perception
+from ddclip_core.stamped import Stamp
 
 from .annotate import draw_detections
 from .image_conversion import ImageTooLarge, apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
+from .markers import memory_markers
 from .messages import (
     boxes_from_tracked,
     boxes_from_vision_msgs,
@@ -40,6 +43,7 @@ from .messages import (
     hit_message,
     pose_in,
     result_messages,
+    stamp_in,
 )
 from .node_process import exit_with_parent
 from .parameters import SETTINGS, NodeParameters, declare_parameters, reliable_depth
@@ -52,7 +56,8 @@ class DDClipNode(Node):
         super().__init__("ddclip")
         self.p: NodeParameters = declare_parameters(self)
         self.max_pixels, self.max_view_pixels = self.p.adapter.max_pixels, self.p.adapter.max_view_pixels
-        self.engine = open_perception(self.p.config, self.p.settings, on_results=self._publish_results)
+        clock = lambda: stamp_in(self.get_clock().now().to_msg())  # noqa: E731 - ROS time: sim time under use_sim_time
+        self.engine = open_perception(self.p.config, self.p.settings, self._publish_results, clock)
         model = self.engine.model
         self.get_logger().info(
             f"model {model.weights_id} on {model.device} ({model.weights_source or 'RANDOM weights'})"
@@ -74,6 +79,13 @@ class DDClipNode(Node):
         self.matches_pub = self.create_publisher(ObjectMatches, "ddclip/matches", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.annotated_pub = self.create_publisher(Image, "ddclip/annotated", 10) if adapter.annotate else None
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self.markers_pub = self.create_publisher(MarkerArray, "ddclip/objects", latched)
+        self._markers_due = threading.Event()
+        self._markers_due.set()  # what was remembered before a restart, at once
+        self.engine.on_memory_change = lambda *_: self._markers_due.set()
         if self.annotated_pub is not None:
             self.engine.frame_listener = self._annotate
 
@@ -107,6 +119,7 @@ class DDClipNode(Node):
             self.engine.tick_period, self._guard(self.engine.tick), inputs, clock=steady
         )
         self.create_timer(1.0, self._guard(self._publish_diagnostics), services, clock=steady)
+        self.create_timer(0.5, self._guard(self._publish_markers), services, clock=steady)  # at most 2 Hz
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         if not adapter.main_thread_encoder:
@@ -232,25 +245,50 @@ class DDClipNode(Node):
 
     # ------------------------------------------------------------------ services
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
-        answer = self.engine.query(QueryRequest(request.text, int(request.k), int(request.sources)))
+        self.engine.check_image_count(len(request.images))  # before converting any
+        near = request.near
+        answer = self.engine.query(
+            QueryRequest(
+                request.text,
+                int(request.k),
+                int(request.sources),
+                images=tuple(self._views(request.images)),
+                like_track_id=request.like_track_id,
+                seen_after=_bound(request.seen_after),
+                seen_before=_bound(request.seen_before),
+                within_last_s=float(request.within_last_s),
+                near_frame=near.header.frame_id,
+                near=(near.point.x, near.point.y, near.point.z) if near.header.frame_id or request.radius else None,
+                radius=float(request.radius),
+                min_views=int(request.min_views),
+                name_contains=request.name_contains,
+            )
+        )
         response.success, response.message = True, answer.message
         response.results = [hit_message(hit) for hit in answer.hits]
+        response.left_out_other_frame, response.left_out_no_pose = answer.left_out_other_frame, answer.left_out_no_pose
         return response
 
+    def _views(self, images: list[Any]) -> list[Any]:
+        """Images of a request as views (RequestError naming the bad one)."""
+        views = []
+        for i, image in enumerate(images):
+            try:
+                views.append(image_to_rgb(image, self.max_view_pixels))
+            except ValueError as exc:
+                raise RequestError(f"image {i}: {exc}") from exc
+        return views
+
     def _on_forget(self, request: Forget.Request, response: Forget.Response) -> Forget.Response:
-        count = self.engine.forget(request.track_ids, all=request.all, enrolled_ids=request.enrolled_ids)
+        count = self.engine.forget(
+            request.track_ids, all=request.all, enrolled_ids=request.enrolled_ids, older_than=_bound(request.older_than)
+        )
         response.success, response.forgotten, response.message = True, count, f"forgot {count}"
         return response
 
     def _on_enroll(self, request: Enroll.Request, response: Enroll.Response) -> Enroll.Response:
-        images = []
-        if not request.track_id:
-            self.engine.check_image_count(len(request.images))  # before converting any
-            for i, image in enumerate(request.images):
-                try:
-                    images.append(image_to_rgb(image, self.max_view_pixels))
-                except ValueError as exc:
-                    raise RequestError(f"image {i}: {exc}") from exc
+        self.engine.check_image_count(len(request.images))  # before converting any
+        images = self._views(request.images)
         answer = self.engine.enroll(request.name, request.category, request.track_id, images)
         response.success, response.id, response.message = True, answer.id, answer.message
         return response
@@ -286,8 +324,21 @@ class DDClipNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
 
+    def _publish_markers(self) -> None:
+        if self._markers_due.is_set():
+            self._markers_due.clear()
+            with self.engine._lock:
+                objects = self.engine.memory.objects()
+            self._publish(self.markers_pub, memory_markers(objects))
+
     def close(self) -> None:
         self.engine.close()
+
+
+def _bound(stamp: Any) -> Stamp | None:
+    """A time bound of a request: zero means none."""
+    value = stamp_in(stamp)
+    return None if value.is_zero else value
 
 
 def main(args: list[str] | None = None) -> int:

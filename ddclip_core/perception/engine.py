@@ -26,8 +26,8 @@ from ..bank import EmbeddingBank
 from ..enrolled import EnrolledObjects
 from ..identity import WeightsIdentity
 from ..labels import LabelSet
-from ..memory import ObjectMemory, SeenObject
-from ..stamped import Header, Pose
+from ..memory import ObjectMemory, SeenObject, Sighting
+from ..stamped import Header, Pose, Stamp
 from ..tracks import TrackBuffer, TrackPolicy, downsize
 from . import requests
 from .clouds import TrackClouds
@@ -54,11 +54,16 @@ class Perception:
         labels: LabelSet | None = None,
         clouds: TrackClouds | None = None,
         on_results: Callable[[list[ObjectResult]], None] | None = None,
+        clock: Callable[[], Stamp] | None = None,
     ) -> None:
         self.config, self.model = config or PerceptionConfig(), model
         self.settings = (settings or PerceptionSettings()).changed(self.config.max_views)
         self.clouds, self.labels = clouds, labels
         self.on_results = on_results
+        # ROS time (the node's clock: sim time under use_sim_time) for unstamped views and "the last N seconds".
+        self.clock = clock or (lambda: Stamp.from_seconds(time.time()))
+        # Called with (updated objects, forgotten ids, whether everything was forgotten) after each change.
+        self.on_memory_change: Callable[[list[SeenObject], list[str], bool], None] | None = None
         # Called with each paired frame and its boxes (the node's annotated output).
         self.frame_listener: Callable[[Header, np.ndarray, list[Box]], None] | None = None
         self.identity: WeightsIdentity = model.identity
@@ -91,17 +96,21 @@ class Perception:
         self.worker.run()
 
     def close(self) -> None:
-        """Finish the batch in progress, drop the queue, save the memory (when ``memory_path`` is set)."""
+        """Finish the batch in progress and drop the queue. The memory needs no saving: it is written through."""
         self.worker.stop()
-        if self.config.memory_path:
-            with self._lock:
-                self.memory.save(self.config.memory_path)
+        with self._lock:
+            self.memory.close()
 
     def _open_memory(self) -> ObjectMemory:
-        path = self.config.memory_path
-        if path and ObjectMemory.exists(path):
-            return ObjectMemory.load(path, self.config.max_objects, self.embedding_identity)
-        return ObjectMemory(self.model.embed_dim, self.config.max_objects, self.embedding_identity)
+        c = self.config
+        return ObjectMemory(
+            self.model.embed_dim,
+            c.max_objects,
+            self.embedding_identity,
+            path=c.memory_path or None,
+            max_sightings=c.max_sightings,
+            sync=c.memory_sync,
+        )
 
     def _policy(self, settings: PerceptionSettings) -> TrackPolicy:
         return TrackPolicy(
@@ -209,6 +218,7 @@ class Perception:
                     pose=t.pose,
                     arrived=t.last_seen,
                     points=self.clouds.get(t.track_id) if self.clouds is not None else None,
+                    first=t.first_stamp,
                 )
                 for t in due
             ]
@@ -234,14 +244,12 @@ class Perception:
             has_bank = self.bank is not None and len(self.bank) > 0
             bank_matches = self.bank.search(embeddings, settings.k_matches) if has_bank else None
         labels = self.labels.classify(self.model, embeddings, settings.k_matches) if self.labels else None
-        results = []
-        with self._lock:  # memory first: whoever hears the results can query them at once
+        results, batch = [], []
+        with self._lock:  # memory first, committed: whoever hears the results can query them, even after a crash
             for i, (job, vector) in enumerate(zip(jobs, embeddings, strict=True)):
                 if job.seq <= max(self._reset_at, self._forgotten.get(job.track_id, 0)):
                     self.health.count("results discarded (track forgotten meanwhile)")
                     continue
-                seen = SeenObject(job.track_id, job.header.stamp, len(job.views), job.header.frame_id, job.pose)
-                self.memory.update(seen, vector)
                 result = ObjectResult(
                     job.track_id,
                     job.header,
@@ -261,7 +269,15 @@ class Perception:
                     self.captions.move_to_end(job.track_id)
                     while len(self.captions) > self.config.max_tracks:
                         self.captions.popitem(last=False)
+                stamp = job.header.stamp if not job.header.stamp.is_zero else self.clock()
+                first = job.first.stamp if job.first is not None and not job.first.stamp.is_zero else stamp
+                names = _best_names(result)
+                batch.append((Sighting(job.track_id, stamp, len(job.views), job.header.frame_id, job.pose, names,
+                                       min(first, stamp)), vector))  # fmt: skip
                 results.append(result)
+            changed, evicted = self.memory.record(batch) if batch else ([], [])
+        if batch and self.on_memory_change is not None:
+            self.on_memory_change(changed, evicted, False)
         if results and self.on_results is not None:
             self.on_results(results)
 
@@ -276,13 +292,24 @@ class Perception:
         """Name an object (a tracked one's current views, or given images) so the bank recognises it."""
         return requests.enroll(self, name, category, track_id, images or [])
 
-    def forget(self, track_ids: Iterable[str] = (), *, all: bool = False, enrolled_ids: Iterable[str] = ()) -> int:
-        """Forget seen objects (all of them with ``all``: a reset) and enrolled names; returns how many.
+    def forget(
+        self,
+        track_ids: Iterable[str] = (),
+        *,
+        all: bool = False,
+        enrolled_ids: Iterable[str] = (),
+        older_than: Stamp | None = None,
+    ) -> int:
+        """Forget seen objects (all of them with ``all``: a reset; or those last seen before ``older_than``)
+        and enrolled names; returns how many.
 
         Work already queued or in flight for a forgotten track is dropped, so it cannot come back.
         """
-        ids = None if all else list(dict.fromkeys(track_ids))
+        ids = list(dict.fromkeys(track_ids))
+        ids = None if all or (older_than is not None and not ids) else ids  # older_than alone: of all objects
         with self._lock:
+            if older_than is not None:  # the objects last seen before then, of those asked for
+                ids = self.memory.forget(ids, older_than=older_than)
             marker = next_sequence()  # every job made before this has a smaller number
             if ids is None:
                 self._reset_at, self._forgotten = marker, {}
@@ -290,13 +317,15 @@ class Perception:
                 self._forgotten.update(dict.fromkeys(ids, marker))
             oldest = self.worker.oldest_outstanding()
             self._forgotten = {t: s for t, s in self._forgotten.items() if oldest is not None and s >= oldest}
-            count = self.memory.forget(ids)
+            count = len(ids) if older_than is not None else len(self.memory.forget(ids))  # forgotten above
             self.buffer.forget(ids)
             self.worker.discard(ids)
             for track_id in list(self.captions) if ids is None else ids:
                 self.captions.pop(track_id, None)
         if self.clouds is not None:
             self.clouds.forget(ids)
+        if self.on_memory_change is not None and (count or ids is None):
+            self.on_memory_change([], ids or [], ids is None)
         enrolled = list(dict.fromkeys(enrolled_ids))
         if enrolled:
             with self._bank_lock:
@@ -359,3 +388,10 @@ class Perception:
                 ("enrolled objects", len(self.enrolled)),
             ]
         return rows + self.health.counters()
+
+
+def _best_names(result: ObjectResult, count: int = 3) -> list[tuple[str, float]]:
+    """The best bank and label matches of a result, as (name, score), best first."""
+    found = [(m.name or m.id, round(m.score, 4)) for m in result.bank_matches[:count]]
+    found += [(label, round(score, 4)) for label, score in result.label_matches[:count]]
+    return sorted(found, key=lambda item: -item[1])[:count]

@@ -14,6 +14,8 @@ from ..factory import load_model
 from ..gaussians import CloudEmbedder, load_gs_encoder
 from ..hub import default_weights
 from ..labels import LabelSet
+from ..memory_store import MemoryInUse
+from ..stamped import Stamp
 from .clouds import TrackClouds
 from .engine import Perception
 from .settings import PerceptionConfig, PerceptionSettings
@@ -32,6 +34,7 @@ def open_perception(
     config: PerceptionConfig,
     settings: PerceptionSettings | None = None,
     on_results: Callable[[list[ObjectResult]], None] | None = None,
+    clock: Callable[[], Stamp] | None = None,
 ) -> Perception:
     weights = config.weights or default_weights()
     if weights is None and not config.allow_random_weights:
@@ -42,7 +45,9 @@ def open_perception(
     clouds = _step("gs_encoder", lambda: _clouds(config, model)) if config.gs_encoder else None
     return _step(
         "memory_path",
-        lambda: Perception(model, config, settings, bank=bank, labels=labels, clouds=clouds, on_results=on_results),
+        lambda: Perception(
+            model, config, settings, bank=bank, labels=labels, clouds=clouds, on_results=on_results, clock=clock
+        ),
     )
 
 
@@ -61,5 +66,5 @@ def _step(setting: str, load):
         return load()
     except StartupError:
         raise
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, TypeError, RuntimeError, MemoryInUse) as exc:
         raise StartupError(f"{setting}: {exc}") from exc

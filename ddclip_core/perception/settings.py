@@ -20,6 +20,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "k_matches": (1, 1000),
     "max_points": (16, 1_000_000),
     "max_enroll_images": (1, 256),
+    "max_sightings": (1, 10_000),
     "gaussian_weight": (0.0, 1.0),
     "timeout_s": (0.0, 3600.0),
     "max_age_s": (1.0, 1e7),
@@ -45,11 +46,15 @@ class PerceptionConfig:
     max_views: int = 12
     max_tracks: int = 200
     max_objects: int = 1000
+    max_sightings: int = 32  # sightings kept per remembered object
+    memory_sync: str = "normal"  # "normal": survives crashes and SIGKILL; "full": power cuts too (slower)
     queue_size: int = 32
     max_batch: int = 8
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.memory_sync not in ("normal", "full"):
+            raise ValueError(f"memory_sync must be normal or full, got {self.memory_sync!r}")
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,22 @@ class ObjectResult:
 
 @dataclass(frozen=True)
 class QueryRequest:
-    text: str
+    """What to look for (a text, images of an object, or a remembered track: exactly one) and where.
+    Every filter left at its default filters nothing; they apply to the seen objects."""
+
+    text: str = ""
     k: int = 0  # 0: the engine's k_matches
     sources: int = Source.SEEN  # 0 is read as SEEN
+    images: tuple[np.ndarray, ...] = ()  # query by example: "where have you seen this?"
+    like_track_id: str = ""  # "what else looks like track 7?" (the track itself is left out)
+    seen_after: Stamp | None = None
+    seen_before: Stamp | None = None
+    within_last_s: float = 0.0  # seen in the last N seconds of ROS time (sim time under use_sim_time)
+    near_frame: str = ""  # a place: within ``radius`` metres of ``near`` in ``near_frame``
+    near: tuple[float, float, float] | None = None
+    radius: float = 0.0
+    min_views: int = 0
+    name_contains: str = ""
 
 
 @dataclass
@@ -66,12 +79,18 @@ class QueryHit:
     last_seen: Stamp = field(default_factory=Stamp)
     num_views: int = 0
     pose: Pose | None = None
+    first_seen: Stamp = field(default_factory=Stamp)
+    sightings: int = 0
+    names: list[tuple[str, float]] = field(default_factory=list)  # best matches at the last sighting
+    category: str = ""
 
 
 @dataclass
 class QueryAnswer:
     hits: list[QueryHit]
     message: str
+    left_out_other_frame: int = 0  # seen objects a place filter left out: posed in another frame
+    left_out_no_pose: int = 0
 
 
 @dataclass

@@ -34,6 +34,7 @@ class EncodeJob:
     arrived: float = field(default_factory=time.monotonic)  # when the newest view arrived
     points: tuple[np.ndarray, np.ndarray] | None = None  # the track's latest cloud (points, colours), if any
     seq: int = field(default_factory=lambda: next(_sequence))
+    first: Header | None = None  # the track's first view, when known (when the object was first seen)
 
 
 def next_sequence() -> int:
