@@ -15,6 +15,7 @@ import torch
 
 from .cli_bank import register as register_bank
 from .cli_common import add_model_args, load_from_args, objects_from_args
+from .cli_memory import register as register_memory
 from .hub import PUBLISHED
 
 
@@ -169,6 +170,7 @@ def register(commands: Any) -> None:
     demo.set_defaults(func=cmd_demo)
 
     register_bank(commands, add_model_args)
+    register_memory(commands)
 
     weights = commands.add_parser("weights", help="download, inspect or export weight files")
     weight_commands = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)

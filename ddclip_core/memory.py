@@ -317,6 +317,11 @@ class ObjectMemory:
         top = np.argsort(-scores, kind="stable")[:k]
         return [(self._objects[rows[i]], float(scores[i])) for i in top], left_out
 
+    def matching(self, where: MemoryFilter) -> list[SeenObject]:
+        """Every object passing ``where``, in no particular order."""
+        keep, _ = self._passing(where)
+        return [self._objects[i] for i in np.flatnonzero(keep)]
+
     def _passing(self, where: MemoryFilter) -> tuple[np.ndarray, dict[str, int]]:
         n, a = len(self), self._arrays
         keep = np.ones(n, bool)
