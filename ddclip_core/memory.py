@@ -22,7 +22,7 @@ import numpy as np
 from . import _memory_legacy as legacy
 from .bank import as_queries
 from .identity import WeightsIdentity, identity_of
-from .memory_store import MemoryStore, database_path, embedding_blob, pose_of, pose_text
+from .memory_store import MemoryStore, database_path, embedding_blob, pose_columns, pose_from_columns
 from .stamped import Pose, Stamp
 
 Names = list[tuple[str, float]]  # best names at a sighting, best first
@@ -136,13 +136,15 @@ class ObjectMemory:
         return self.store.meta.get("weights_id", "")
 
     def _load(self) -> None:
+        self._grow(self.store.count())
         for row in self.store.objects():
-            track_id, marker, blob, name, fs, fn, ls, ln, views, camera, pose, names, sightings, touched = row
+            track_id, marker, blob, name, fs, fn, ls, ln, views, camera = row[:10]
+            names, sightings, touched = row[20:]
             vector = np.frombuffer(blob, np.float32)
             if vector.shape != (self.dim,):
                 raise ValueError(f"{self.store.path}: object {track_id!r} has a {vector.size}-d embedding")
             seen = SeenObject(
-                track_id, Stamp(fs, fn), Stamp(ls, ln), views, camera, pose_of(pose), name,
+                track_id, Stamp(fs, fn), Stamp(ls, ln), views, camera, pose_from_columns(*row[10:20]), name,
                 [tuple(n) for n in json.loads(names or "[]")], sightings, marker,
             )  # fmt: skip
             self._put(seen, vector, touched)
@@ -232,7 +234,7 @@ class ObjectMemory:
         return (
             seen.track_id, seen.marker_id, embedding_blob(vector), seen.name, seen.first_seen.sec,
             seen.first_seen.nanosec, seen.last_seen.sec, seen.last_seen.nanosec, seen.num_views, seen.camera_frame,
-            pose_text(seen.pose), json.dumps(seen.names), seen.sightings, self._touch,
+            *pose_columns(seen.pose), json.dumps(seen.names), seen.sightings, self._touch,
         )  # fmt: skip
 
     def _put(self, seen: SeenObject, vector: np.ndarray, touched: int) -> None:
@@ -309,12 +311,16 @@ class ObjectMemory:
             raise ValueError(f"k must be >= 1, got {k}")
         where = where or MemoryFilter()
         keep, left_out = self._passing(where)
-        rows = np.flatnonzero(keep)
+        q = as_queries(query, self.dim)[0]
+        if keep.all():  # score the rows in place: gathering a copy of 100 k embeddings costs more than the scan
+            rows, scores = np.arange(len(self)), self._arrays["emb"][: len(self)] @ q
+        else:
+            rows = np.flatnonzero(keep)
+            scores = self._arrays["emb"][rows] @ q
         if not len(rows):
             return [], left_out
-        q = as_queries(query, self.dim)[0]
-        scores = self._arrays["emb"][rows] @ q
-        top = np.argsort(-scores, kind="stable")[:k]
+        best = np.argpartition(-scores, min(k, len(rows)) - 1)[:k] if len(rows) > k else np.arange(len(rows))
+        top = best[np.argsort(-scores[best], kind="stable")]
         return [(self._objects[rows[i]], float(scores[i])) for i in top], left_out
 
     def matching(self, where: MemoryFilter) -> list[SeenObject]:
