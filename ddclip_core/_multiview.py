@@ -98,20 +98,41 @@ def run_block(block: nn.Module, x: torch.Tensor, groups: ViewGroups | None) -> t
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def encode_packed_views(
-    visual: nn.Module, pixels: torch.Tensor, view_counts: list[int], layers_threshold: int
-) -> torch.Tensor:
-    """Packed views (N, 3, H, W) of len(view_counts) objects -> (B, embed_dim), not normalised.
+def per_view_tokens(visual: nn.Module, pixels: torch.Tensor, layers_threshold: int) -> torch.Tensor:
+    """Packed views (N, 3, H, W) -> their tokens after the blocks below the threshold, (N, L, D).
 
-    Blocks >= layers_threshold attend across the views of one object; then CLS -> ln_post ->
-    mean over the object's views -> proj.
+    These blocks see one view at a time, so a view's tokens never change: they can be kept and reused
+    when the object's other views change (``view_cache``).
     """
-    if pixels.shape[0] != sum(view_counts):
-        raise ValueError(f"{pixels.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
-    groups = ViewGroups(view_counts, pixels.device)
     x = embed_views(visual, pixels)
-    for index, block in enumerate(visual.transformer.resblocks):
-        x = run_block(block, x, groups if index >= layers_threshold else None)
+    for block in visual.transformer.resblocks[:layers_threshold]:
+        x = run_block(block, x, None)
+    return x
+
+
+def cross_view_embeddings(
+    visual: nn.Module, tokens: torch.Tensor, view_counts: list[int], layers_threshold: int
+) -> torch.Tensor:
+    """Per-view tokens (N, L, D) of len(view_counts) objects -> (B, embed_dim), not normalised: the blocks
+    from the threshold on attend across the views of one object; then CLS -> ln_post -> mean -> proj."""
+    if tokens.shape[0] != sum(view_counts):
+        raise ValueError(f"{tokens.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
+    groups = ViewGroups(view_counts, tokens.device)
+    x = tokens
+    for block in visual.transformer.resblocks[layers_threshold:]:
+        x = run_block(block, x, groups)
     cls = visual.ln_post(x[:, 0])
     pooled = groups.mean(cls)
     return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def encode_packed_views(
+    visual: nn.Module, pixels: torch.Tensor, view_counts: list[int], layers_threshold: int
+) -> torch.Tensor:
+    """Packed views (N, 3, H, W) of len(view_counts) objects -> (B, embed_dim), not normalised."""
+    if pixels.shape[0] != sum(view_counts):
+        raise ValueError(f"{pixels.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
+    ViewGroups(view_counts, pixels.device)  # checks the counts before any work
+    return cross_view_embeddings(
+        visual, per_view_tokens(visual, pixels, layers_threshold), view_counts, layers_threshold
+    )

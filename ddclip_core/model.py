@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._multiview import encode_packed_views
+from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tokens
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
 from .identity import WeightsIdentity
@@ -158,6 +158,24 @@ class DuoduoCLIP(nn.Module):
                     encode_packed_views(self.clip.visual, pixels, [len(o) for o in chunk], self.layers_threshold)
                 )
         return self._finish(torch.cat(out), normalize)
+
+    def view_tokens(self, views: list[np.ndarray]) -> torch.Tensor:
+        """(H, W, 3) uint8 views (of any objects) -> their tokens after the per-view blocks, (N, L, width).
+
+        The first half of ``encode_views``, preprocessing included; ``embed_view_tokens`` is the second.
+        A view's tokens do not depend on the object's other views, so they can be kept (``ViewTokenCache``).
+        """
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return per_view_tokens(self.clip.visual, self.preprocessor(views, self.device), self.layers_threshold)
+
+    def embed_view_tokens(
+        self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True
+    ) -> torch.Tensor:
+        """Tokens of ``view_tokens`` (N, L, width), packed object after object -> (B, embed_dim)."""
+        tokens = tokens.to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            embeddings = cross_view_embeddings(self.clip.visual, tokens, view_counts, self.layers_threshold)
+        return self._finish(embeddings, normalize)
 
     def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
         if pixels.is_floating_point() and not torch.isfinite(pixels).all():

@@ -9,6 +9,7 @@ near-identical frames of the last second. Memory is bounded: views are downsized
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Track:
     track_id: str
     views: list[np.ndarray] = field(default_factory=list)
     descriptors: list[np.ndarray] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)  # one per kept view, new for each new view (view caches)
     first_seen: float = 0.0
     last_seen: float = 0.0
     first_stamp: Any = None  # the first view's header
@@ -84,6 +86,8 @@ class TrackBuffer:
         self._tracks: OrderedDict[str, Track] = OrderedDict()  # least recently seen first
         self.evicted = 0
         self.rejected_views = 0  # views that added no diversity
+        self._keys = itertools.count(1)
+        self.removed: list[str] = []  # tracks gone from the buffer (evicted, expired, forgotten) since last taken
 
     def __len__(self) -> int:
         return len(self._tracks)
@@ -131,6 +135,7 @@ class TrackBuffer:
                 return False
         if len(track.views) < self.policy.max_views:
             track.views.append(view)
+            track.keys.append(next(self._keys))
             track.descriptors.append(descriptor)
             return True
         # Full: replace the most redundant kept view if the newcomer is less redundant than it.
@@ -144,6 +149,7 @@ class TrackBuffer:
         if newcomer <= float(nearest[victim]):
             return False
         track.views[victim], track.descriptors[victim] = view, descriptor
+        track.keys[victim] = next(self._keys)
         return True
 
     def end(self, track_id: str) -> None:
@@ -180,17 +186,23 @@ class TrackBuffer:
         for track_id in old:
             del self._tracks[track_id]
         self.evicted += len(old)
+        self.removed += old
         return len(old)
 
     def forget(self, track_ids: list[str] | None = None) -> int:
         """Drop tracks (all when None); returns how many."""
-        if track_ids is None:
-            count = len(self._tracks)
-            self._tracks.clear()
-            return count
-        return sum(self._tracks.pop(tid, None) is not None for tid in track_ids)
+        gone = list(self._tracks) if track_ids is None else [t for t in track_ids if t in self._tracks]
+        for track_id in gone:
+            del self._tracks[track_id]
+        self.removed += gone
+        return len(gone)
 
     def _evict_over_capacity(self) -> None:
         while len(self._tracks) > self.policy.max_tracks:
-            self._tracks.popitem(last=False)
+            self.removed.append(self._tracks.popitem(last=False)[0])
             self.evicted += 1
+
+    def take_removed(self) -> list[str]:
+        """The tracks that left the buffer since the last call (so their caches can go too)."""
+        removed, self.removed = self.removed, []
+        return removed

@@ -44,6 +44,9 @@ DESCRIPTIONS = {
     "memory_sync": "memory durability: normal (survives crashes and SIGKILL) or full (power cuts too, slower)",
     "queue_size": "encode jobs queued at most (oldest dropped)",
     "max_batch": "tracks encoded together in one forward pass",
+    "view_cache_mb": "MiB of per-view tokens kept so that each view is encoded once (re-encodes run new views only "
+    "through the per-view blocks); 0 = off",
+    "view_cache_storage": "view cache storage: fp32 (exact), fp16 (max abs error ~1e-5, half the bytes) or bf16",
     "min_views": "views before a track's first encode (at most max_views)",
     "reencode_after": "new views that trigger a re-encode",
     "timeout_s": "encode whatever a track has after this long without a view",
@@ -72,6 +75,7 @@ CHOICES = {
     "image_transport": ("raw", "compressed"),
     "precision": ("fp32", "fp16", "bf16"),
     "memory_sync": ("normal", "full"),
+    "view_cache_storage": ("fp32", "fp16", "bf16"),
 }
 
 

@@ -153,14 +153,14 @@ def test_forget_all_is_a_reset_even_with_work_queued_and_in_flight(published):
     """Defect 6: jobs queued or in flight for forgotten tracks brought them back."""
     run = Run(published, max_batch=1)
     gate, entered = threading.Event(), threading.Event()
-    encode = run.engine.model.encode_views
+    encode = run.engine.model.view_tokens  # the first half of every tracked encode (the view cache's)
 
     def slow(*args, **kwargs):
         entered.set()
         gate.wait(30)
         return encode(*args, **kwargs)
 
-    run.engine.model.encode_views = slow
+    run.engine.model.view_tokens = slow
     run.show("first", 41, count=2)
     assert entered.wait(30)  # "first" is in the encoder
     run.show("second", 42, count=2)  # queued behind it
@@ -171,7 +171,7 @@ def test_forget_all_is_a_reset_even_with_work_queued_and_in_flight(published):
     assert not run.results and len(run.engine.memory) == 0
     assert run.engine.worker.stats.discarded_jobs == 1
     assert dict(run.engine.stats())["results discarded (track forgotten meanwhile)"] == 1
-    run.engine.model.encode_views = encode
+    run.engine.model.view_tokens = encode
     run.show("first", 41, count=2)  # the same id, seen anew after the reset, is a new object
     assert run.final("first", 2).track_id == "first" and len(run.engine.memory) == 1
     run.engine.close()

@@ -28,7 +28,9 @@ class TrackClouds:
             raise ValueError(f"gaussian_weight must be in [0, 1], got {gaussian_weight}")
         self.embedder, self.gaussian_weight, self.max_tracks = embedder, gaussian_weight, max_tracks
         self._clouds: OrderedDict[str, Cloud] = OrderedDict()
+        self._embedded: dict[str, tuple[Cloud, np.ndarray]] = {}  # the embedding of each track's current cloud
         self._lock = threading.Lock()  # callbacks add, services forget, the encoder thread reads jobs only
+        self.reused = 0  # cloud embeddings not computed again
 
     @property
     def fusion_suffix(self) -> str:
@@ -43,7 +45,7 @@ class TrackClouds:
             self._clouds[track_id] = cloud
             self._clouds.move_to_end(track_id)
             while len(self._clouds) > self.max_tracks:
-                self._clouds.popitem(last=False)
+                self._embedded.pop(self._clouds.popitem(last=False)[0], None)
         return cloud
 
     def get(self, track_id: str) -> Cloud | None:
@@ -54,16 +56,35 @@ class TrackClouds:
         with self._lock:
             for track_id in list(self._clouds) if track_ids is None else track_ids:
                 self._clouds.pop(track_id, None)
+                self._embedded.pop(track_id, None)
 
-    def encode(self, jobs: list[EncodeJob], encode_views: Callable[[list[list[np.ndarray]]], np.ndarray]) -> np.ndarray:
-        """One embedding per job: views and cloud each through their encoder (batched), then fused."""
-        view_lists = [job.views for job in jobs if job.views]
-        clouds = [job.points for job in jobs if job.points is not None]
-        views = iter(encode_views(view_lists) if view_lists else [])
-        gaussians = iter(self.embedder.embed(clouds) if clouds else [])
+    def encode(self, jobs: list[EncodeJob], encode_views: Callable[[list[EncodeJob]], np.ndarray]) -> np.ndarray:
+        """One embedding per job: views and cloud each through their encoder (batched), then fused. A track's
+        cloud is embedded once: its re-encodes for new views reuse the embedding until a new cloud comes."""
+        with_views = [job for job in jobs if job.views]
+        views = iter(encode_views(with_views) if with_views else [])
+        gaussians = self._cloud_embeddings(jobs)
         out = np.empty((len(jobs), self.embedder.embed_dim), dtype=np.float32)
-        for i, job in enumerate(jobs):  # the results come in job order within each kind
+        for i, job in enumerate(jobs):  # the results come in job order
             mv = next(views) if job.views else None
-            gs = next(gaussians) if job.points is not None else None
-            out[i] = fuse_embeddings(mv, gs, self.gaussian_weight)
+            out[i] = fuse_embeddings(mv, gaussians.get(i), self.gaussian_weight)
         return out
+
+    def _cloud_embeddings(self, jobs: list[EncodeJob]) -> dict[int, np.ndarray]:
+        found, todo = {}, []
+        with self._lock:
+            for i, job in enumerate(jobs):
+                cached = self._embedded.get(job.track_id)
+                if job.points is not None and cached is not None and cached[0] is job.points:
+                    found[i] = cached[1]
+                    self.reused += 1
+                elif job.points is not None:
+                    todo.append(i)
+        if todo:
+            for i, embedding in zip(todo, self.embedder.embed([jobs[i].points for i in todo]), strict=True):
+                found[i] = embedding
+        with self._lock:
+            for i in todo:
+                if jobs[i].track_id and self._clouds.get(jobs[i].track_id) is jobs[i].points:
+                    self._embedded[jobs[i].track_id] = (jobs[i].points, found[i])
+        return found

@@ -29,11 +29,13 @@ from ..labels import LabelSet
 from ..memory import ObjectMemory, SeenObject, Sighting
 from ..stamped import Header, Pose, Stamp
 from ..tracks import TrackBuffer, TrackPolicy, downsize
+from ..view_cache import ViewTokenCache
 from . import requests
 from .clouds import TrackClouds
 from .frames import Box, FramePairer, crop, stamp_key
 from .health import Health
 from .settings import PerceptionConfig, PerceptionSettings
+from .stats import engine_stats
 from .types import EnrollAnswer, ObjectResult, QueryAnswer, QueryRequest, RequestError
 from .worker import EncodeJob, EncodeWorker, next_sequence
 
@@ -82,6 +84,10 @@ class Perception:
         self._reset_at = 0  # sequence number of the last forget-all
         self._lock = threading.RLock()
         self._bank_lock = threading.Lock()
+        c = self.config
+        self.view_cache = (
+            ViewTokenCache(model, c.view_cache_mb * 2**20, c.view_cache_storage) if c.view_cache_mb else None
+        )
         self.worker = EncodeWorker(
             self._encode, self._deliver, queue_size=self.config.queue_size, max_batch=self.config.max_batch
         )
@@ -200,7 +206,8 @@ class Perception:
         with self._lock:
             track = self.buffer.get(track_id)
             views, pose = (list(track.views), track.pose) if track is not None else ([], None)
-            job = EncodeJob(track_id, views, header=header or Header(), pose=pose, points=cloud)
+            keys = list(track.keys) if track is not None else None
+            job = EncodeJob(track_id, views, header=header or Header(), pose=pose, points=cloud, keys=keys)
         self._submit(job)
 
     def tick(self) -> None:
@@ -219,9 +226,13 @@ class Perception:
                     arrived=t.last_seen,
                     points=self.clouds.get(t.track_id) if self.clouds is not None else None,
                     first=t.first_stamp,
+                    keys=list(t.keys),
                 )
                 for t in due
             ]
+            gone = self.buffer.take_removed()
+        if gone and self.view_cache is not None:
+            self.view_cache.forget(gone)
         for job in jobs:
             self._submit(job)
 
@@ -233,10 +244,19 @@ class Perception:
     def _encode(self, jobs: list[EncodeJob]) -> np.ndarray:
         if self.clouds is not None:
             return self.clouds.encode(jobs, self._encode_views)
-        return self._encode_views([job.views for job in jobs])
+        return self._encode_views(jobs)
 
-    def _encode_views(self, objects: list[list[np.ndarray]]) -> np.ndarray:
-        return self.model.encode_views(objects, batch_size=len(objects)).cpu().numpy()
+    def _encode_views(self, jobs: list[EncodeJob]) -> np.ndarray:
+        """Tracked views through the view cache (each view's per-view blocks once); others in full."""
+        cached = [i for i, job in enumerate(jobs) if self.view_cache is not None and job.keys is not None]
+        full = [i for i in range(len(jobs)) if i not in set(cached)]
+        out = np.empty((len(jobs), self.model.embed_dim), np.float32)
+        if cached:
+            parts = [(jobs[i].track_id, jobs[i].keys, jobs[i].views) for i in cached]
+            out[cached] = self.view_cache.encode(parts).cpu().numpy()
+        if full:
+            out[full] = self.model.encode_views([jobs[i].views for i in full], batch_size=len(full)).cpu().numpy()
+        return out
 
     def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
         settings = self.settings
@@ -319,11 +339,14 @@ class Perception:
             self._forgotten = {t: s for t, s in self._forgotten.items() if oldest is not None and s >= oldest}
             count = len(ids) if older_than is not None else len(self.memory.forget(ids))  # forgotten above
             self.buffer.forget(ids)
+            self.buffer.take_removed()
             self.worker.discard(ids)
             for track_id in list(self.captions) if ids is None else ids:
                 self.captions.pop(track_id, None)
         if self.clouds is not None:
             self.clouds.forget(ids)
+        if self.view_cache is not None:
+            self.view_cache.forget(ids)
         if self.on_memory_change is not None and (count or ids is None):
             self.on_memory_change([], ids or [], ids is None)
         enrolled = list(dict.fromkeys(enrolled_ids))
@@ -366,28 +389,7 @@ class Perception:
     # ------------------------------------------------------------------ diagnostics
     def stats(self) -> list[tuple[str, Any]]:
         """Counters with names a user understands, for /diagnostics."""
-        worker = self.worker.stats
-        with self._lock:
-            views = self.buffer.view_counts()
-            rows: list[tuple[str, Any]] = [
-                ("encode jobs queued", self.worker.depth),
-                ("encode jobs dropped (queue full)", worker.dropped_jobs),
-                ("encode jobs replaced by newer views", worker.replaced_jobs),
-                ("encode jobs discarded (track forgotten)", worker.discarded_jobs),
-                ("failed encoder batches", worker.failed_batches),
-                ("tracks encoded", worker.encoded_tracks),
-                ("last batch size", worker.last_batch_size),
-                ("last encode time (ms)", round(worker.last_encode_ms, 1)),
-                ("last view-to-result time (ms)", round(worker.last_total_ms, 1)),
-                ("tracks buffered", len(self.buffer)),
-                ("tracks evicted", self.buffer.evicted),
-                ("mean views per track", round(float(np.mean(views)), 2) if views else 0),
-                ("views not kept (near duplicates)", self.buffer.rejected_views),
-                ("frames without detections dropped", self.pairer.unpaired_dropped),
-                ("objects in memory", len(self.memory)),
-                ("enrolled objects", len(self.enrolled)),
-            ]
-        return rows + self.health.counters()
+        return engine_stats(self)
 
 
 def _best_names(result: ObjectResult, count: int = 3) -> list[tuple[str, float]]:

@@ -21,6 +21,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_points": (16, 1_000_000),
     "max_enroll_images": (1, 256),
     "max_sightings": (1, 10_000),
+    "view_cache_mb": (0, 1_000_000),
     "gaussian_weight": (0.0, 1.0),
     "timeout_s": (0.0, 3600.0),
     "max_age_s": (1.0, 1e7),
@@ -50,9 +51,13 @@ class PerceptionConfig:
     memory_sync: str = "normal"  # "normal": survives crashes and SIGKILL; "full": power cuts too (slower)
     queue_size: int = 32
     max_batch: int = 8
+    view_cache_mb: int = 512  # per-view tokens kept so each view is encoded once; 0 = off
+    view_cache_storage: str = "fp16"  # fp32 (exact), fp16 (max abs error ~1e-5, half the bytes) or bf16
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.view_cache_storage not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"view_cache_storage must be fp32, fp16 or bf16, got {self.view_cache_storage!r}")
         if self.memory_sync not in ("normal", "full"):
             raise ValueError(f"memory_sync must be normal or full, got {self.memory_sync!r}")
 

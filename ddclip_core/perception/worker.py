@@ -35,6 +35,7 @@ class EncodeJob:
     points: tuple[np.ndarray, np.ndarray] | None = None  # the track's latest cloud (points, colours), if any
     seq: int = field(default_factory=lambda: next(_sequence))
     first: Header | None = None  # the track's first view, when known (when the object was first seen)
+    keys: list[int] | None = None  # the buffer's key of each view (their tokens are cached); None: no cache
 
 
 def next_sequence() -> int:

@@ -1,0 +1,123 @@
+"""Encode each view once: incremental re-encodes from cached per-view tokens equal full recomputes."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ddclip_core import load_model
+from ddclip_core.gaussians import CloudEmbedder, GSCLIPEncoder, GSEncoderConfig
+from ddclip_core.perception import Perception, PerceptionConfig, PerceptionSettings
+from ddclip_core.perception.clouds import TrackClouds
+from ddclip_core.view_cache import ObjectViews, ViewTokenCache
+from tests.conftest import make_tiny, published_tiny, random_views
+
+
+def test_incremental_equals_full_recompute_in_fp32(vit_b32):
+    """Real ViT-B-32 shapes at threshold 6: 10 views cached, then 2 new ones."""
+    views = list(random_views(12, seed=1))
+    cache = ViewTokenCache(vit_b32, storage="fp32")
+    cache.encode([("mug", list(range(10)), views[:10])])
+    incremental = cache.encode([("mug", list(range(12)), views)])
+    assert cache.stats.hits == 10 and cache.stats.misses == 12  # the 10 old views were not encoded again
+    full = vit_b32.encode_views(views)
+    assert (incremental - full).abs().max().item() <= 1e-5
+
+
+def test_mixed_view_counts_permutations_and_replaced_views(tiny_model):
+    objects = {name: list(random_views(n, seed=10 + n)) for name, n in (("a", 2), ("b", 5), ("c", 3))}
+    cache = ViewTokenCache(tiny_model, storage="fp32")
+    cache.encode([(n, list(range(len(v) - 1)), v[:-1]) for n, v in objects.items()])  # all but one view each
+    order = [4, 0, 3, 1, 2]
+    b = objects["b"]
+    batch = cache.encode(
+        [
+            ("a", [0, 1], objects["a"]),
+            ("b", order, [b[i] for i in order]),  # the same views in another order
+            ("c", [0, 1, 7], [*objects["c"][:2], random_views(1, seed=99)[0]]),  # view 2 replaced by a new one
+        ]
+    )
+    full = tiny_model.encode_views([objects["a"], b, [*objects["c"][:2], random_views(1, seed=99)[0]]])
+    assert (batch - full).abs().max().item() <= 1e-5
+    assert cache.views == 2 + 5 + 3  # c's replaced view took its tokens with it
+
+
+@pytest.mark.parametrize(("storage", "bound"), [("fp16", 2e-5), ("bf16", 2e-4)])
+def test_half_precision_storage_halves_the_bytes_and_stays_close(vit_b32, storage, bound):
+    views = list(random_views(6, seed=2))
+    cache = ViewTokenCache(vit_b32, storage=storage)
+    cache.encode([("x", list(range(5)), views[:5])])
+    embedding = cache.encode([("x", list(range(6)), views)])
+    assert (embedding - vit_b32.encode_views(views)).abs().max().item() <= bound
+    assert cache.nbytes == 6 * 50 * 768 * 2
+
+
+def test_the_cache_is_bounded_in_bytes_least_recently_used_first(tiny_model):
+    per_view = 50 * 64 * 4
+    cache = ViewTokenCache(tiny_model, max_bytes=5 * per_view, storage="fp32")
+    for name in ("old", "new"):
+        cache.encode([(name, [0, 1], list(random_views(2, seed=len(name))))])
+    cache.encode([("old", [0, 1], list(random_views(2, seed=3)))])  # touched: "new" is now the oldest
+    cache.encode([("third", [0, 1], list(random_views(2, seed=5)))])
+    assert cache.nbytes <= 5 * per_view and cache.stats.evicted_objects == 1 and cache.views == 4
+    cache.forget(["old"])
+    assert cache.views == 2
+
+
+def test_object_views_for_scripts(tiny_model):
+    views = ObjectViews(tiny_model)
+    keys = [views.add(v) for v in random_views(3, seed=4)]
+    first = views.embedding()
+    torch.testing.assert_close(first[None], tiny_model.encode_views(list(random_views(3, seed=4))), atol=1e-5, rtol=0)
+    views.remove(keys[1])
+    torch.testing.assert_close(
+        views.embedding()[None], tiny_model.encode_views(list(random_views(3, seed=4)[[0, 2]])), atol=1e-5, rtol=0
+    )
+    with pytest.raises(ValueError, match="uint8"):
+        views.add(np.zeros((4, 4), np.float32))
+
+
+def test_the_engine_encodes_each_view_once_and_equals_a_full_encode(tmp_path):
+    model = load_model(published_tiny(tmp_path), device="cpu")
+    config = PerceptionConfig(view_cache_storage="fp32")
+    engine = Perception(model, config, PerceptionSettings(min_views=2, reencode_after=2, timeout_s=100.0))
+    results: list = []
+    engine.on_results = results.extend
+    engine.start()
+    views = list(random_views(8, size=96, seed=7))
+    for i, view in enumerate(views):  # encodes at 2, 4, 6 and 8 views
+        engine.add_view("t", view)
+        if i % 2:
+            deadline = time.monotonic() + 60
+            while not any(r.num_views == i + 1 for r in results):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+    stats = dict(engine.stats())
+    assert stats["views through the per-view blocks"] == 8 and stats["views encoded once and reused"] == 2 + 4 + 6
+    np.testing.assert_allclose(results[-1].embedding, model.encode_views(views).numpy()[0], atol=1e-5)
+    engine.forget(["t"])
+    assert engine.view_cache.views == 0  # forgotten with its track
+    engine.close()
+
+
+def test_a_tracks_cloud_is_embedded_once_until_it_changes():
+    model = make_tiny(seed=3)
+    clouds = TrackClouds(CloudEmbedder(GSCLIPEncoder(GSEncoderConfig.tiny(embed_dim=32)).eval(), 300), 0.5, 10)
+    engine = Perception(model, PerceptionConfig(), PerceptionSettings(min_views=1), clouds=clouds)
+    calls = []
+    embed = clouds.embedder.embed
+    clouds.embedder.embed = lambda c: calls.append(len(c)) or embed(c)
+    rng = np.random.default_rng(0)
+    points, colours = rng.normal(size=(200, 3)).astype(np.float32), rng.uniform(size=(200, 3)).astype(np.float32)
+    cloud = clouds.add("t", points, colours)
+    from ddclip_core.perception.worker import EncodeJob
+
+    first = engine._encode([EncodeJob("t", list(random_views(1, size=64)), points=cloud, keys=[1])])
+    again = engine._encode([EncodeJob("t", list(random_views(2, size=64)), points=cloud, keys=[1, 2])])
+    assert calls == [1] and clouds.reused == 1 and not np.allclose(first, again)
+    clouds.add("t", points[:150], colours[:150])  # a new cloud: embedded again
+    engine._encode([EncodeJob("t", [], points=clouds.get("t"))])
+    assert calls == [1, 1]
