@@ -58,6 +58,7 @@ class Harness:
         self.node = rclpy.create_node("ddclip_bench")
         self.arrivals: dict[tuple[str, int], float] = {}
         self.received = 0
+        self.latencies: list[float] = []
         self.node.create_subscription(ObjectMatches, "ddclip/matches", self._on_matches, 100)
         self.publisher = self.node.create_publisher(ObjectView, "ddclip/views", RELIABLE)
         started = lambda: (  # noqa: E731
@@ -69,11 +70,17 @@ class Harness:
 
     def _on_matches(self, msg: ObjectMatches) -> None:
         self.received += 1
+        if msg.header.stamp.sec:  # stamped with the wall time its newest view was sent (the stream)
+            sent = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            self.latencies.append((time.time() - sent) * 1e3)
         self.arrivals.setdefault((msg.track_id, msg.num_views), time.perf_counter())
 
-    def publish(self, track: str, view: np.ndarray, ended: bool = False) -> None:
+    def publish(self, track: str, view: np.ndarray, ended: bool = False, stamp: bool = False) -> None:
         message = ObjectView(track_id=track, track_ended=ended)
         message.image = rgb_to_image(view)
+        if stamp:
+            now = time.time()
+            message.header.stamp.sec, message.header.stamp.nanosec = int(now), int(now % 1 * 1e9)
         self.publisher.publish(message)
 
     def wait_for(self, keys: list[tuple[str, int]], timeout: float = 600) -> None:
@@ -106,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-hz", type=float, default=30.0, help="flood views per second (default: 30)")
     parser.add_argument("--main-thread-encoder", action="store_true", help="the node's main_thread_encoder parameter")
     parser.add_argument(
-        "--sections", default="latency,throughput,flood", help="comma-separated parts to run (default: all three)"
+        "--sections",
+        default="latency,throughput,flood",
+        help="comma-separated parts to run: latency, throughput, flood, stream (default: the first three)",
     )
+    parser.add_argument("--stream-seconds", type=float, default=60.0, help="stream duration per setting (default: 60)")
+    parser.add_argument("--stream-tracks", type=int, default=16, help="tracks in the stream (default: 16)")
+    parser.add_argument("--stream-hz", type=float, default=30.0, help="views per second of each track (default: 30)")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     rclpy.init()
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         throughput(args)
     if "flood" in sections:
         flood(args)
+    if "stream" in sections:
+        stream(args)
     rclpy.try_shutdown()
     return 0
 
@@ -199,6 +213,36 @@ def flood(args: argparse.Namespace) -> None:
     if warm:
         print(f"after warm-up: min {min(warm):.0f} MB, max {max(warm):.0f} MB, growth {warm[-1] - warm[0]:+.0f} MB")
     harness.close()
+
+
+def stream(args: argparse.Namespace) -> None:
+    """16 tracks each sending a new view at 30 Hz (``--stream-hz``), re-encoded every 2 new views: results per
+    second and view-to-result latency with the view cache on and off, in the same run."""
+    hz = args.stream_hz
+    print(
+        f"\nstream: {args.stream_tracks} tracks x {hz:g} Hz, re-encode every 2 new views, {args.stream_seconds:.0f} s"
+    )
+    rows = {}
+    for label, cache_mb in (("view cache on", "512"), ("view cache off", "0")):
+        harness = Harness(args, max_batch="8", min_views="2", reencode_after="2", view_cache_mb=cache_mb)
+        rng = np.random.default_rng(9)
+        per_track = 48  # distinct views per track, made once: a track never sends the same view twice in a row
+        pool = rng.integers(0, 256, (args.stream_tracks * per_track, 224, 224, 3), dtype=np.uint8)
+        start, sent = time.monotonic(), 0
+        while time.monotonic() - start < args.stream_seconds:
+            track, turn = sent % args.stream_tracks, sent // args.stream_tracks
+            harness.publish(f"s{track}", pool[track * per_track + turn % per_track], stamp=True)
+            sent += 1
+            rclpy.spin_once(harness.node, timeout_sec=0)
+            time.sleep(max(0.0, start + sent / (hz * args.stream_tracks) - time.monotonic()))
+        elapsed = time.monotonic() - start
+        received = harness.received
+        p50, p99 = np.percentile(harness.latencies, [50, 99]) if harness.latencies else (float("nan"),) * 2
+        rows[label] = received / elapsed
+        print(f"  {label:<15} {sent / elapsed:6.0f} views/s sent, {received / elapsed:5.2f} results/s, "
+              f"view-to-result p50 {p50:7.0f} ms, p99 {p99:7.0f} ms")  # fmt: skip
+        harness.close()
+    print(f"  results/s with the cache: {rows['view cache on'] / rows['view cache off']:.2f} x without (goal >= 1.6 x)")
 
 
 if __name__ == "__main__":
