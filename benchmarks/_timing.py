@@ -1,11 +1,13 @@
-"""Timing helpers shared by the benchmark scripts (run them from the repository root)."""
+"""Timing and measuring helpers shared by the benchmark scripts (run them from the repository root)."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -26,3 +28,23 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of a process in MiB (this one by default)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def copy_bandwidth(gigabytes: float = 1.0) -> float:
+    """Bytes read + written per second by a large in-memory copy (the bandwidth ceiling)."""
+    src = np.ones(int(gigabytes * 2**30) // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = max(best, 2 * src.nbytes / (time.perf_counter() - start))
+    return best

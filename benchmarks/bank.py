@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -22,29 +21,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _timing import copy_bandwidth, rss_mb
 
 from ddclip_core import _faiss_search as fs
 from ddclip_core.bank import EmbeddingBank
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def copy_bandwidth(gigabytes: float = 1.0) -> float:
-    """Bytes read + written per second by a large in-memory copy (the bandwidth ceiling)."""
-    src = np.ones(int(gigabytes * 2**30) // 4, dtype=np.float32)
-    dst = np.empty_like(src)
-    best = 0.0
-    for _ in range(5):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = max(best, 2 * src.nbytes / (time.perf_counter() - start))
-    return best
 
 
 def make_published_files(folder: Path, rows: int, dim: int, seed: int = 0) -> tuple[Path, Path]:

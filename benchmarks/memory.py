@@ -20,18 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import copy_bandwidth, rss_mb
 
 from ddclip_core.memory import MemoryFilter, ObjectMemory, Sighting
 from ddclip_core.stamped import Pose, Stamp
 
 DIM = 512
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def batch(rng: np.random.Generator, start: int, size: int, objects: int) -> list:
@@ -70,30 +64,19 @@ def write_through(folder: Path, batches: int) -> None:
         print(f"  {label}: +{added:.2f} ms per batch over RAM ({results[label][0] / base:.2f}x; goal <= 2 ms added)")
 
 
-def copy_bandwidth() -> float:
-    src = np.random.default_rng(1).normal(size=2**25).astype(np.float32)  # 128 MB
-    dst = np.empty_like(src)
-    best = 0.0
-    for _ in range(5):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = max(best, 2 * src.nbytes / (time.perf_counter() - start))
-    return best
-
-
 def queries(folder: Path, sizes: list[int], repeats: int) -> None:
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(0.25)
     print(f"\nqueries (k=10), copy bandwidth {bandwidth / 1e9:.1f} GB/s measured now")
     rng = np.random.default_rng(2)
     for size in sizes:
         path = folder / f"q{size}"
-        before = rss_bytes()
+        before = rss_mb() * 2**20
         memory = ObjectMemory(DIM, max_objects=size, identity="bench", path=path)
         start = time.perf_counter()
         for first in range(0, size, 500):
             memory.record(batch(rng, first, min(500, size - first), size))
         fill_s = time.perf_counter() - start
-        per_object = (rss_bytes() - before) / size
+        per_object = (rss_mb() * 2**20 - before) / size
         q = rng.normal(size=DIM)
         filtered = MemoryFilter(seen_after=Stamp(size // 2), frame="map", centre=(0.0, 0.0, 0.0), radius=8.0)
         rows = []

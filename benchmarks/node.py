@@ -21,9 +21,9 @@ import tempfile
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
+from _timing import rss_mb
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
@@ -39,13 +39,6 @@ from ddclip_ros.node_process import start_node, stop_node
 from ddclip_ros.spin import spin_until
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Harness:

@@ -14,21 +14,13 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from _timing import sync, timed
+from _timing import rss_mb, sync, timed
 
 from ddclip_core import load_model
 from ddclip_core.view_cache import ViewTokenCache
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
