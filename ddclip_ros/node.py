@@ -327,9 +327,7 @@ class DDClipNode(Node):
     def _publish_markers(self) -> None:
         if self._markers_due.is_set():
             self._markers_due.clear()
-            with self.engine._lock:
-                objects = self.engine.memory.objects()
-            self._publish(self.markers_pub, memory_markers(objects))
+            self._publish(self.markers_pub, memory_markers(self.engine.remembered()))
 
     def close(self) -> None:
         self.engine.close()

@@ -381,6 +381,11 @@ class Perception:
                 raise RequestError(f"image {i} has no pixels")
         return [downsize(image, self.buffer.policy.max_side) for image in images]
 
+    def remembered(self) -> list[SeenObject]:
+        """Every remembered object, least recently seen first."""
+        with self._lock:
+            return self.memory.objects()
+
     def captions_for(self, track_ids: Iterable[str]) -> dict[str, tuple[str, float]]:
         """The best (name, score) known of each of these tracks, for drawing."""
         with self._lock:
