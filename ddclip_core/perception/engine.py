@@ -13,7 +13,6 @@ captions and frame pairing, ``_bank_lock`` the bank (the worker searches it, enr
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -38,8 +37,6 @@ from .settings import PerceptionConfig, PerceptionSettings
 from .stats import engine_stats
 from .types import EnrollAnswer, ObjectResult, QueryAnswer, QueryRequest, RequestError
 from .worker import EncodeJob, EncodeWorker, next_sequence
-
-log = logging.getLogger(__name__)
 
 
 class Perception:
@@ -71,7 +68,8 @@ class Perception:
         self.identity: WeightsIdentity = model.identity
         # Fused embeddings live in a space of their own: a memory made with another fusion is refused.
         self.embedding_identity = self.identity.fused(clouds.fusion_suffix) if clouds else self.identity
-        self.label_embeddings = labels.embeddings(model) if labels else None  # once, not per batch
+        if labels is not None:
+            labels.embeddings(model)  # computed (and kept by the label set) now, not in the first batch
         memory_path = self.config.memory_path or None
         self.enrolled = EnrolledObjects(model.embed_dim, self.embedding_identity, memory_path, bank_weights=model)
         self.bank = self.enrolled.into(bank)
@@ -161,13 +159,6 @@ class Perception:
         self._schedule([track_id])  # a track that just became due goes to the encoder now, not at the next tick
         return kept
 
-    def end_tracks(self, track_ids: Iterable[str]) -> None:
-        ids = list(track_ids)
-        with self._lock:
-            for track_id in ids:
-                self.buffer.end(track_id)
-        self._schedule(ids)
-
     def add_frame(self, header: Header, rgb: np.ndarray) -> list[str]:
         """A full camera frame; its tracked boxes may come before or after it. Returns problems with boxes."""
         with self._lock:
@@ -248,8 +239,9 @@ class Perception:
 
     def _encode_views(self, jobs: list[EncodeJob]) -> np.ndarray:
         """Tracked views through the view cache (each view's per-view blocks once); others in full."""
-        cached = [i for i, job in enumerate(jobs) if self.view_cache is not None and job.keys is not None]
-        full = [i for i in range(len(jobs)) if i not in set(cached)]
+        use_cache = [self.view_cache is not None and job.keys is not None for job in jobs]
+        cached = [i for i, use in enumerate(use_cache) if use]
+        full = [i for i, use in enumerate(use_cache) if not use]
         out = np.empty((len(jobs), self.model.embed_dim), np.float32)
         if cached:
             parts = [(jobs[i].track_id, jobs[i].keys, jobs[i].views) for i in cached]

@@ -52,7 +52,9 @@ def query(engine: Perception, request: QueryRequest) -> QueryAnswer:
     hits.sort(key=lambda hit: -hit.score)
     hits = hits[:k]
     if left_out.get("other frame"):
-        frames = ", ".join(f for f in engine.memory.frames() if f != request.near_frame)
+        with engine._lock:
+            known = engine.memory.frames()
+        frames = ", ".join(f for f in known if f != request.near_frame)
         count = left_out["other frame"]
         notes.append(f"{count} object(s) left out: posed in another frame ({frames}), which is not transformed")
     if left_out.get("no pose"):
@@ -88,7 +90,8 @@ def memory_filter(engine: Perception, request: QueryRequest) -> MemoryFilter:
             raise RequestError(f"radius must be a positive number of metres, got {request.radius}")
         if not request.near_frame:
             raise RequestError("near needs the frame its point is given in (near.header.frame_id)")
-        known = engine.memory.frames()
+        with engine._lock:  # the worker adds frames as it records
+            known = engine.memory.frames()
         if known and request.near_frame not in known:
             listed = ", ".join(f"{frame} ({count})" for frame, count in known.items())
             raise RequestError(
