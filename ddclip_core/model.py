@@ -113,6 +113,11 @@ class DuoduoCLIP(nn.Module):
 
         view_mask (B, F) bool marks real views in a padded batch; each object needs >= 1.
         """
+        return self._forward(pixels, view_mask, None)
+
+    def _forward(
+        self, pixels: torch.Tensor, view_mask: torch.Tensor | None, prepacked: PrepackedVisual | None
+    ) -> torch.Tensor:
         size = self.config.preprocess.image_size
         if pixels.ndim != 5 or pixels.shape[2] != 3 or pixels.shape[-2:] != (size, size):
             raise ValueError(
@@ -124,7 +129,9 @@ class DuoduoCLIP(nn.Module):
             )
         batch, frames = pixels.shape[:2]
         if view_mask is None:
-            return encode_packed_views(self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold)
+            return encode_packed_views(
+                self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold, prepacked
+            )
         view_mask = torch.as_tensor(view_mask, device=pixels.device)
         if view_mask.shape != (batch, frames) or view_mask.dtype != torch.bool:
             got = f"{view_mask.dtype} {tuple(view_mask.shape)}"
@@ -132,7 +139,7 @@ class DuoduoCLIP(nn.Module):
         counts = view_mask.sum(dim=1).tolist()
         if min(counts) < 1:
             raise ValueError(f"view_mask leaves objects {[i for i, c in enumerate(counts) if c < 1]} with no views")
-        return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold)
+        return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold, prepacked)
 
     # ------------------------------------------------------------------ inference API
     def encode_views(
@@ -202,9 +209,14 @@ class DuoduoCLIP(nn.Module):
     def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
         if pixels.is_floating_point() and not torch.isfinite(pixels).all():
             raise ValueError("preprocessed views contain NaN or infinity")
-        with autocast(self.device, self.precision):
-            embeddings = self(pixels.to(self.device), None if view_mask is None else view_mask.to(self.device))
-        return self._finish(embeddings, normalize)
+        pixels = pixels.to(self.device)
+        view_mask = None if view_mask is None else view_mask.to(self.device)
+        if torch.is_grad_enabled():  # keep autograd: the modules themselves
+            with autocast(self.device, self.precision):
+                return self._finish(self(pixels, view_mask), normalize)
+        prepacked = self._inference_weights()
+        with self._autocast(prepacked):
+            return self._finish(self._forward(pixels, view_mask, prepacked), normalize)
 
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings (float32, model device)."""
