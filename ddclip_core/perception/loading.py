@@ -15,6 +15,8 @@ from ..gaussians import CloudEmbedder, load_gs_encoder
 from ..hub import default_weights
 from ..labels import LabelSet
 from ..memory_store import MemoryInUse
+from ..model import DuoduoCLIP
+from ..precision import probe_views
 from ..stamped import Stamp
 from .clouds import TrackClouds
 from .engine import Perception
@@ -39,7 +41,7 @@ def open_perception(
     weights = config.weights or default_weights()
     if weights is None and not config.allow_random_weights:
         raise StartupError(NO_WEIGHTS)
-    model = _step("weights", lambda: load_model(weights, device=config.device, precision=config.precision))
+    model = _step("weights", lambda: _warm(load_model(weights, device=config.device, precision=config.precision)))
     bank = _step("bank", lambda: EmbeddingBank.load(config.bank, weights_id=model)) if config.bank else None
     labels = _step("labels", lambda: LabelSet(config.labels, templates=config.templates)) if config.labels else None
     clouds = _step("gs_encoder", lambda: _clouds(config, model)) if config.gs_encoder else None
@@ -49,6 +51,13 @@ def open_perception(
             model, config, settings, bank=bank, labels=labels, clouds=clouds, on_results=on_results, clock=clock
         ),
     )
+
+
+def _warm(model: DuoduoCLIP) -> DuoduoCLIP:
+    """One encode before the first track: weights are packed and buffers allocated at start-up, not in
+    the first result's latency."""
+    model.encode_views(probe_views()[:2])
+    return model
 
 
 def _clouds(config: PerceptionConfig, model) -> TrackClouds:
