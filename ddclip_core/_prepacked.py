@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from torch import nn
 
 _mkldnn = torch.ops.mkldnn
@@ -74,15 +76,17 @@ class _Block:
         self.fused_gelu = type(block.mlp.gelu) is nn.GELU and block.mlp.gelu.approximate == "none"
         self.activation = block.mlp.gelu
 
-    def __call__(self, x: torch.Tensor, groups=None) -> torch.Tensor:
-        """x (N, L, D) float32 packed views; groups as in ``_multiview.run_block``."""
+    def __call__(self, x: torch.Tensor, groups=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, L, D) float32 packed views; groups as in ``_multiview.run_block``; or a boolean
+        (L, L) attention mask within each sequence (True: may attend), as the text tower's causal one."""
         n, length, d = x.shape
         h = _norm(x, self.ln_1).to(self.dtype)
         if groups is not None:
             h = groups.side_by_side(h)
         s, t, _ = h.shape
         q, k, v = self.qkv(h.reshape(s * t, d)).view(s, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        mask = None if groups is None else groups.key_mask(length)
+        if groups is not None:
+            mask = groups.key_mask(length)
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(s * t, d)
         if groups is not None:
             h = groups.packed(h.view(s, t, d), length).reshape(n * length, d)
@@ -96,6 +100,22 @@ class _Block:
         if self.dtype == torch.float32:
             return linear.add(h, x)
         return x + linear(h)  # bf16 matmul, fp32 residual stream
+
+
+def _plain_blocks(blocks: nn.ModuleList) -> bool:
+    """Blocks as ``_Block`` computes them: no LayerScale, no cross-attention, LayerNorms."""
+    for block in blocks:
+        if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
+            return False
+        if hasattr(block, "ln_1_kv") or not isinstance(block.attn, nn.MultiheadAttention):
+            return False
+        if not (isinstance(block.ln_1, nn.LayerNorm) and isinstance(block.ln_2, nn.LayerNorm)):
+            return False
+    return True
+
+
+def _hooked(module: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class PrepackedVisual:
@@ -114,19 +134,16 @@ class PrepackedVisual:
     def supports(visual: nn.Module) -> bool:
         """The architecture the packed path reproduces exactly; anything else uses the plain path. So do
         towers with forward hooks (feature extraction, tests): hooks only run when the modules do."""
-        if any(m._forward_hooks or m._forward_pre_hooks for m in visual.modules()):
+        if _hooked(visual):
             return False
         conv = visual.conv1
         if conv.kernel_size != conv.stride or conv.padding not in ((0, 0), "valid") or conv.groups != 1:
             return False
-        for block in visual.transformer.resblocks:
-            if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
-                return False
-            if hasattr(block, "ln_1_kv") or not isinstance(block.attn, nn.MultiheadAttention):
-                return False
-            if not (isinstance(block.ln_1, nn.LayerNorm) and isinstance(block.ln_2, nn.LayerNorm)):
-                return False
-        return isinstance(visual.ln_pre, nn.LayerNorm)
+        return _plain_blocks(visual.transformer.resblocks) and isinstance(visual.ln_pre, nn.LayerNorm)
+
+    @staticmethod
+    def weights(visual: nn.Module) -> list[torch.Tensor]:
+        return list(visual.parameters())
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 1 + patches, width) float32: patches as one matmul, CLS, positions, ln_pre."""
@@ -141,33 +158,78 @@ class PrepackedVisual:
         return _norm(x, visual.ln_pre)
 
 
-class PrepackedCache:
-    """One PrepackedVisual per precision, rebuilt when any weight of the tower changes (new tensor or an
-    in-place update: the parameters' version counters are part of the key)."""
+class PrepackedText:
+    """The text tower of an open_clip CLIP with oneDNN-packed weights, for inference (``encode_text``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clip: nn.Module, precision: str) -> None:
+        self.clip = clip
+        self.blocks = [_Block(block, _DTYPES[precision]) for block in clip.transformer.resblocks]
+        self.mask = clip.attn_mask == 0  # causal: 0 where a token may attend, -inf elsewhere
+
+    @staticmethod
+    def supports(clip: nn.Module) -> bool:
+        if not all(hasattr(clip, name) for name in ("token_embedding", "transformer", "ln_final", "attn_mask")):
+            return False  # a CustomTextCLIP (HF text towers) keeps its own path
+        mask = clip.attn_mask
+        if mask is None or not bool(((mask == 0) | (mask == float("-inf"))).all()):
+            return False
+        return not _hooked(clip.transformer) and _plain_blocks(clip.transformer.resblocks)
+
+    @staticmethod
+    def weights(clip: nn.Module) -> list[torch.Tensor]:
+        names = ("token_embedding", "transformer", "ln_final")
+        tensors = [p for name in names for p in getattr(clip, name).parameters()]
+        projection = clip.text_projection
+        extra = (
+            []
+            if projection is None
+            else list(projection.parameters())
+            if isinstance(projection, nn.Module)
+            else [projection]
+        )
+        return [*tensors, clip.positional_embedding, *extra]
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, context) token ids -> (B, embed_dim) float32, not normalised (as ``CLIP.encode_text``)."""
+        clip = self.clip
+        x = clip.token_embedding(tokens).float() + clip.positional_embedding.float()
+        mask = self.mask[: x.shape[1], : x.shape[1]]
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        x = text_global_pool(_norm(x, clip.ln_final), tokens, clip.text_pool_type, getattr(clip, "text_eos_id", None))
+        projection = clip.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+class PrepackedCache:
+    """One pre-packed tower (``PrepackedVisual`` or ``PrepackedText``) in one precision at a time, rebuilt
+    when any of its weights changes (a new tensor or an in-place update: the tensors' version counters
+    are part of the key)."""
+
+    def __init__(self, tower: type[PrepackedVisual] | type[PrepackedText]) -> None:
+        self.tower = tower
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[tuple, PrepackedVisual]] = {}
+        self._entry: tuple[tuple, Any] | None = None
 
     # A copied or unpickled model packs its own weights again: the lock and oneDNN tensors do not copy.
     def __deepcopy__(self, memo: dict) -> PrepackedCache:
-        return PrepackedCache()
+        return PrepackedCache(self.tower)
 
     def __getstate__(self) -> dict:
-        return {}
+        return {"tower": self.tower}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__()
+        self.__init__(state["tower"])
 
-    def get(self, visual: nn.Module, device: torch.device, precision: str) -> PrepackedVisual | None:
-        if not packing_available(device, precision) or not PrepackedVisual.supports(visual):
+    def get(self, module: nn.Module, device: torch.device, precision: str) -> Any:
+        if not packing_available(device, precision) or not self.tower.supports(module):
             return None
-        key = tuple((p.data_ptr(), p._version) for p in visual.parameters())
+        key = (precision, *((p.data_ptr(), p._version) for p in self.tower.weights(module)))
         with self._lock:
-            entry = self._entries.get(precision)
-            if entry is None or entry[0] != key:
-                self._entries.clear()  # one packed copy at a time: it costs the tower's size in memory
+            if self._entry is None or self._entry[0] != key:
+                self._entry = None  # free the old copy first: it costs the tower's size in memory
                 with torch.inference_mode():
-                    entry = (key, PrepackedVisual(visual, precision))
-                self._entries[precision] = entry
-            return entry[1]
+                    self._entry = (key, self.tower(module, precision))
+            return self._entry[1]

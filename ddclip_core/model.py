@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tokens
-from ._prepacked import PrepackedCache, PrepackedVisual
+from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
 from .identity import WeightsIdentity
@@ -53,7 +53,8 @@ class DuoduoCLIP(nn.Module):
         self.weights_aliases: tuple[str, ...] = ()
         self._tokenizer: Any = None
         self._weights_id: str | None = None
-        self._prepacked = PrepackedCache()
+        self._prepacked = PrepackedCache(PrepackedVisual)
+        self._prepacked_text = PrepackedCache(PrepackedText)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -230,10 +231,11 @@ class DuoduoCLIP(nn.Module):
             if not text.strip():
                 raise ValueError(f"text {i} is empty")
         out = []
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        prepacked = self._prepacked_text.get(self.clip, self.device, self.precision)
+        with torch.inference_mode(), self._autocast(prepacked):
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
-                out.append(self.clip.encode_text(tokens))
+                out.append(self.clip.encode_text(tokens) if prepacked is None else prepacked.encode(tokens))
         return self._finish(torch.cat(out), normalize)
 
     @property

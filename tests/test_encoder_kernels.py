@@ -82,6 +82,21 @@ def test_packed_weights_follow_in_place_updates_and_new_weights(monkeypatch):
     assert (model.encode_views(views) - expected).abs().max().item() <= 1e-5
 
 
+@needs_onednn
+def test_prepacked_text_tower_equals_the_modules(vit_b32, monkeypatch):
+    texts = ["a red mug", "something to sit on", "a white couch with two cushions and a blanket"]
+    fast = vit_b32.set_precision("fp32").encode_text(texts)
+    assert vit_b32._prepacked_text.get(vit_b32.clip, CPU, "fp32") is not None
+    reference = plain(vit_b32, monkeypatch, lambda: vit_b32.encode_text(texts))
+    assert (fast - reference).abs().max().item() <= 1e-5
+    if packing_available(CPU, "bf16"):
+        try:
+            half = vit_b32.set_precision("bf16").encode_text(texts)
+        finally:
+            vit_b32.set_precision("fp32")
+        assert (half * reference).sum(-1).min().item() >= 0.999
+
+
 def test_architectures_the_packed_path_cannot_reproduce_use_the_modules():
     model = make_tiny()
     assert PrepackedVisual.supports(model.clip.visual)
