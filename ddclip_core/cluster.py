@@ -21,6 +21,19 @@ LOCAL = "local"  # --ray local: start a one-machine cluster inside this process
 RETRIES = 3  # a task whose worker died (killed, out of memory, node lost) is run again this often
 
 
+def add_ray_argument(parser: Any) -> None:
+    """``--ray [ADDRESS]`` (after the positional arguments, or as --ray=ADDRESS)."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: auto (the cluster of $RAY_ADDRESS; the default when ADDRESS is left out), "
+        "HOST:PORT of the head node, or local (a one-machine cluster). Every node must see the same paths. "
+        "Needs `pip install 'ddclip-py[cluster]'`; without --ray: this machine only, no Ray",
+    )
+
+
 def require_ray() -> Any:
     try:
         import ray
@@ -117,7 +130,7 @@ def run_tasks(
             index = pending.pop(done[0])
             try:
                 result = ray.get(done[0])
-            except Exception as exc:  # noqa: BLE001 - the caller decides what a failed task means
+            except Exception as exc:  # the caller decides what a failed task means
                 result = exc
             bar.update(weights[index] if weights else 1)
             yield index, result
