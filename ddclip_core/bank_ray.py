@@ -45,7 +45,11 @@ class BankShardEncoder:
             embeddings = torch.cat(chunks).numpy().astype(np.float32)
             results.append(json.dumps({"weights_id": self.model.weights_id, "shape": list(embeddings.shape)}))
             vectors.append(embeddings.tobytes())
-        return {"shard": batch["shard"], "result": np.array(results, dtype=object), "vectors": np.array(vectors)}
+        return {
+            "shard": batch["shard"],
+            "result": np.array(results, dtype=object),
+            "vectors": np.array(vectors, dtype=object),
+        }
 
 
 def build_bank_ray(

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import h5py
 
-from ddclip_core.cluster import run_tasks, shards
-
 from .layout import IMAGES
 from .pack import create_images, plan_pack, read_views, write_index
 from .shards import delete, discard, new_token, shard_path, write_shard, write_virtual
@@ -43,6 +41,9 @@ def pack_ray(
     progress: bool = True,
 ) -> int:
     """``pack`` on the Ray cluster joined; returns the number of objects packed."""
+    # Here, not at the top: the workers import this module for pack_shard, and need no torch.
+    from ddclip_core.cluster import run_tasks, shards
+
     plan = plan_pack(renders, splits, val_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
     token = new_token()

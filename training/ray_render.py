@@ -18,8 +18,6 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddclip_core.cluster import cluster_resources, run_tasks
-
 from .render import MeshObject, RenderReport, RenderSettings, is_done, pending, record, render_job
 
 SHARD_OBJECTS = 8  # objects per task: ~1 s of work at 12 views, so Ray's per-task cost is negligible
@@ -46,6 +44,9 @@ def render_all_ray(
     progress: bool = True,
 ) -> RenderReport:
     """Render every object not yet done into ``out`` on the Ray cluster joined (``cluster.connect``)."""
+    # Here, not at the top: the workers import this module for render_shard, and need no torch.
+    from ddclip_core.cluster import cluster_resources, run_tasks
+
     settings = settings or RenderSettings()
     if shard_objects < 1:
         raise ValueError(f"shard_objects must be >= 1, got {shard_objects}")
