@@ -37,8 +37,8 @@ def add_ray_argument(parser: Any) -> None:
 def require_ray() -> Any:
     try:
         import ray
-    except ImportError as exc:
-        raise ImportError("--ray needs Ray: `pip install 'ddclip-py[cluster]'`") from exc
+    except ImportError as exc:  # a RuntimeError: the command line names it as is, not as a training dependency
+        raise RuntimeError("--ray needs Ray: `pip install 'ddclip-py[cluster]'`") from exc
     return ray
 
 
