@@ -1,6 +1,6 @@
 """Data preparation on Ray against the one-machine path: objects/s for rendering and for frozen-CLIP targets.
 
-    python benchmarks/cluster.py                      # 16 pybullet objects x 12 views, 1 and 2 workers
+    python benchmarks/cluster.py                      # 22 pybullet objects x 12 views, 1 and 2 workers
     python benchmarks/cluster.py --objects 30 --views 12 --workers 1,2,4
 
 In the same run, for each worker count W: rendering with the process pool (``render_all(workers=W)``)
@@ -22,17 +22,14 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
-from ddclip_core import DuoduoCLIP, DuoduoConfig, load_model, save_export
-from ddclip_core.cluster import ModelSpec, connect, require_ray
 from training.catalog import pybullet_objects
 from training.layout import DataFolder
 from training.pack import pack
 from training.ray_render import render_all_ray
-from training.ray_targets import compute_targets_ray
 from training.render import RenderSettings, render_all
-from training.targets import compute_targets
+
+# torch, ddclip_core and Ray are imported inside the functions: the process pool's spawned workers
+# import this script, and should pay what `ddclip data render`'s workers pay for rendering, no more.
 
 SKIP = {"humanoid", "laikago", "a1", "minitaur", "mini_cheetah", "panda", "xarm", "kuka"}  # many-link robots
 
@@ -41,6 +38,13 @@ def measure(
     w: int, objects: list, settings: RenderSettings, tmp: Path, weights: Path, batch_size: int, copies: int
 ) -> tuple:
     """(W, pool s, ray first s, ray warm s, cluster start s, targets one-process s, targets ray s)."""
+    import torch
+
+    from ddclip_core import load_model
+    from ddclip_core.cluster import ModelSpec, connect, require_ray
+    from training.ray_targets import compute_targets_ray
+    from training.targets import compute_targets
+
     ray = require_ray()
     t = time.perf_counter()
     render_all(objects, tmp / f"pool{w}", settings, workers=w, progress=False)
@@ -71,13 +75,16 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--objects", type=int, default=16)
+    parser.add_argument("--objects", type=int, default=22)
     parser.add_argument("--views", type=int, default=12)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--copies", type=int, default=4, help="targets of each rendered object this many times")
+    parser.add_argument("--copies", type=int, default=2, help="targets of each rendered object this many times")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    from ddclip_core import DuoduoCLIP, DuoduoConfig, save_export
+    from ddclip_core.cluster import require_ray
+
     ray = require_ray()
     objects = [obj for obj in pybullet_objects() if obj.uid not in SKIP][: args.objects]
     settings = RenderSettings(views=args.views)
