@@ -296,3 +296,26 @@ def test_every_command_takes_ray_and_refuses_random_weights(monkeypatch):
     monkeypatch.setenv("DDCLIP_CACHE", "/nonexistent")  # no downloaded checkpoint either
     with pytest.raises(ValueError, match="--ray needs weights every worker can load"):
         ModelSpec.from_args(args)
+
+
+def test_the_commands_run_on_the_cluster(prepared, weights, cluster, tmp_path, capsys):
+    from ddclip_cli import main
+
+    renders, data, single = prepared / "ray" / "renders", tmp_path / "data", prepared / "single" / "data"
+    assert main(["data", "pack", str(renders), str(data), "--ray", cluster]) == 0
+    assert main(["data", "targets", str(data), "-w", str(weights), "--device", "cpu", "--ray", cluster]) == 0
+    assert main(["data", "gaussians", str(data), "--renders", str(renders), "--points", "256", "--ray", cluster]) == 0
+    assert "wrote targets for 4 objects: 48 view and 28 caption embeddings" in capsys.readouterr().out  # 7 templates
+    for name, key, tolerance in (("mv_images.h5", "imgs", 0), ("image_embeddings.h5", "img_feat", 2e-3),
+                                 ("gaussians.h5", "features", 0)):  # fmt: skip
+        with h5py.File(single / name) as one, h5py.File(data / name) as many:
+            assert many[key].is_virtual
+            np.testing.assert_allclose(many[key][:].astype(np.float32), one[key][:], rtol=0, atol=tolerance)
+    strips = tmp_path / "strips"
+    strips.mkdir()
+    for uid in OBJECTS_USED:
+        shutil.copy(renders / uid / "views.png", strips / f"{uid}.png")
+    bank = tmp_path / "bank"
+    assert main(["bank", "build", str(strips), "-o", str(bank), "-w", str(weights), "--device", "cpu",
+                 "--views", "12", "--quiet", "--ray", cluster]) == 0  # fmt: skip
+    assert len(EmbeddingBank.load(bank)) == len(OBJECTS_USED)
