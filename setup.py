@@ -40,6 +40,8 @@ setup(
         # training/: data preparation (a real renderer, mesh conversion), Lightning training, plots
         "train": ["pytorch-lightning>=2.1", "pybullet>=3.2", "trimesh>=4", "matplotlib>=3.7", "pyyaml>=6"],
         "tensorboard": ["tensorboard>=2.12"],
+        # --ray: data preparation and bank building on a Ray cluster (tasks + Ray Data batch inference)
+        "cluster": ["ray[data]>=2.40"],
     },
     entry_points={
         "console_scripts": [
