@@ -40,6 +40,8 @@ setup(
         # training/: data preparation (a real renderer, mesh conversion), Lightning training, plots
         "train": ["pytorch-lightning>=2.1", "pybullet>=3.2", "trimesh>=4", "matplotlib>=3.7", "pyyaml>=6"],
         "tensorboard": ["tensorboard>=2.12"],
+        # GS-CLIP refinement: gsplat's reference projection (CPU) and its CUDA kernels (GPU, JIT-compiled)
+        "gaussians": ["gsplat>=1.4,<1.6"],
     },
     entry_points={
         "console_scripts": [

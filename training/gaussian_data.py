@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ddclip_core.gaussians import lift_points, points_from_depth
+from ddclip_core.gaussians import PosedImage, lift_points, points_from_depth
 from ddclip_core.gaussians.splats import NUM_FEATURES
 
 from .layout import DataError, DataFolder
@@ -79,6 +79,15 @@ def read_render(folder: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     if strip.shape != (count * size, size, 3) or depth.shape != (count, size, size):
         raise DataError(f"{folder}: views {strip.shape} and depth {depth.shape} do not match {count} x {size} px")
     return strip.reshape(count, size, size, 3), depth, meta
+
+
+def posed_images(views: np.ndarray, cameras: list[dict]) -> list[PosedImage]:
+    """A render's views with their cameras, as the refinement takes them (OpenCV world-to-camera, K)."""
+    posed = []
+    for rgb, camera in zip(views, cameras, strict=True):
+        world_to_camera = np.linalg.inv(camera_to_world(camera["world_to_camera"]))
+        posed.append(PosedImage(rgb, intrinsics(rgb.shape[0], camera["fov_y_degrees"]), world_to_camera))
+    return posed
 
 
 def fuse_views(views: np.ndarray, depth: np.ndarray, cameras: list[dict]) -> tuple[np.ndarray, np.ndarray]:

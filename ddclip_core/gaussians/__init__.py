@@ -12,7 +12,7 @@ from .config import GSEncoderConfig
 from .encoder import GSCLIPEncoder
 from .lift import LiftResult, lift, lift_points, points_from_depth
 from .ply import PlyError, read_gaussians, read_point_cloud, read_vertices, write_gaussians, write_point_cloud
-from .refine import PosedImage, RefinementUnavailableWarning, refine_gaussians
+from .refine import PosedImage, Refinement, RefinementUnavailableWarning, refine_gaussians, render_gaussians
 from .splats import FEATURE_NAMES, SH_C0, Gaussians
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LiftResult",
     "PlyError",
     "PosedImage",
+    "Refinement",
     "RefinementUnavailableWarning",
     "lift",
     "lift_points",
@@ -34,6 +35,7 @@ __all__ = [
     "read_point_cloud",
     "read_vertices",
     "refine_gaussians",
+    "render_gaussians",
     "save_gs_encoder",
     "write_gaussians",
     "write_point_cloud",
