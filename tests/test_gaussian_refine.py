@@ -43,8 +43,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def duck(tmp_path_factory):
     """12 depth renders of pybullet's duck: the cloud fused from the first 8, all views posed."""
+    from ddclip_core.gaussians import voxel_average
     from training.catalog import pybullet_objects
-    from training.gaussian_data import fuse_views, posed_images, read_render, voxel_average
+    from training.gaussian_data import fuse_views, posed_images, read_render
     from training.render import RenderSettings, render_all
 
     out = tmp_path_factory.mktemp("renders")

@@ -1,15 +1,19 @@
-"""Renders -> Gaussians for GS-CLIP training: back-project every view's depth, fuse, sample, lift.
+"""Renders -> Gaussians for GS-CLIP training: back-project every view's depth, fuse, prepare, lift.
 
 The renders' depth (``RenderSettings(depth=True)``: ``depth.npz``) is what a robot's RGB-D camera
 gives, so the training clouds look like the clouds the robot lifts at run time. Per object: the 12
-views are back-projected with their cameras from ``meta.json`` into one world-frame coloured cloud,
-averaged on a voxel grid (the views overlap; this evens out the density), cut to ``max_points`` by
-a seeded random draw, lifted (``lift_points``) and normalised (``Gaussians.to_features``).
+views are back-projected with their cameras from ``meta.json`` into one world-frame (z up) coloured
+cloud, prepared by ``ddclip_core.gaussians.prepare_cloud`` (voxel averaging, point budget, centring
+and scale: the same function the engine and the node use), lifted (``lift_points``) and normalised
+(``Gaussians.to_features``). Partial clouds, what a robot sees of an object from one side, are made
+the same way from 1 or a few of the views (``FuseSettings.partial_views``).
 
 ``gaussians.h5`` in the data folder, row i = row i of mv_images.h5 (same uid order):
     features (N, P, 14) float16  encoder input, rows >= counts[i] are zero padding
     counts   (N,) int32          valid Gaussians per object
     centre (N, 3), radius (N,)   float32: world position = features[..., :3] * radius + centre
+    partial_features (N, K, P, 14) float16, partial_counts (N, K) int32: K partial clouds per object,
+        partial k from attrs["partial_views"][k] views (a seeded random choice among the object's)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ddclip_core.gaussians import PosedImage, lift_points, points_from_depth
+from ddclip_core.gaussians import CloudSettings, PosedImage, lift_points, points_from_depth, prepare_cloud
 from ddclip_core.gaussians.splats import NUM_FEATURES
 
 from .layout import DataError, DataFolder
@@ -42,6 +46,12 @@ class FuseSettings:
     voxel_fraction: float = 1 / 128  # voxel edge as a fraction of the cloud's bounding-box diagonal
     seed: int = 0
     opacity: float = 0.1  # lift_points' initial opacity (3DGS initialisation)
+    partial_views: tuple[int, ...] = (1, 3)  # one partial cloud per entry, from that many views; () none
+
+    @property
+    def cloud(self) -> CloudSettings:
+        """The preprocessing of these clouds, as the encoder trained on them records it."""
+        return CloudSettings(self.max_points, self.voxel_fraction, min(16, self.max_points))
 
 
 def intrinsics(size: int, fov_y_degrees: float) -> np.ndarray:
@@ -105,40 +115,50 @@ def fuse_views(views: np.ndarray, depth: np.ndarray, cameras: list[dict]) -> tup
     return np.concatenate(points), np.concatenate(colours)
 
 
-def voxel_average(points: np.ndarray, colours: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
-    """One point per occupied voxel: the mean position and colour of the points inside it."""
-    if voxel <= 0:
-        raise ValueError(f"voxel size must be > 0, got {voxel}")
-    cells = np.floor((points - points.min(0)) / voxel).astype(np.int64)
-    extent = cells.max(0) + 1
-    # One integer per voxel: a 1-D unique is several times faster than np.unique(axis=0).
-    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    values = np.concatenate([points, colours], axis=1).astype(np.float64)
-    sums = np.stack([np.bincount(inverse, weights=values[:, i], minlength=len(counts)) for i in range(6)], 1)
-    means = sums / counts[:, None]
-    return means[:, :3].astype(np.float32), np.clip(means[:, 3:], 0, 1).astype(np.float32)
+def cloud_features(
+    points: np.ndarray, colours: np.ndarray, settings: FuseSettings, seed: object
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A raw world-frame cloud -> (features (M, 14) float32, centre (3,), radius) via ``prepare_cloud``."""
+    try:
+        cloud = prepare_cloud(points, colours, settings.cloud, seed=seed)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    features = lift_points(cloud.points, cloud.colours, opacity=settings.opacity).to_features()
+    return features, cloud.centre, cloud.scale
+
+
+def _seed(settings: FuseSettings, name: str, *more: int) -> list[int]:
+    # Seeded per object, so re-running the preparation gives the same file.
+    return [settings.seed, *name.encode(), *more]
 
 
 def object_features(folder: Path, settings: FuseSettings) -> tuple[np.ndarray, np.ndarray, float]:
-    """One rendered object -> (features (M, 14) float32 with M <= max_points, centre (3,), radius)."""
+    """One rendered object, all views fused -> (features (M, 14) float32 with M <= max_points, centre, radius)."""
     views, depth, meta = read_render(folder)
     points, colours = fuse_views(views, depth, meta["cameras"])
-    diagonal = float(np.linalg.norm(points.max(0) - points.min(0)))
-    if diagonal > 0:
-        points, colours = voxel_average(points, colours, diagonal * settings.voxel_fraction)
-    if len(points) > settings.max_points:
-        # Seeded per object, so re-running the preparation gives the same file.
-        rng = np.random.default_rng([settings.seed, *folder.name.encode()])
-        keep = np.sort(rng.choice(len(points), settings.max_points, replace=False))
-        points, colours = points[keep], colours[keep]
-    if len(points) < 4:
-        raise DataError(f"{folder}: only {len(points)} distinct points after fusion; too few to lift")
-    gaussians = lift_points(points, colours, opacity=settings.opacity)
-    positions = gaussians.positions.astype(np.float64)
-    centre = (positions.min(0) + positions.max(0)) / 2  # the normalisation to_features applies
-    radius = float(np.sqrt(((positions - centre) ** 2).sum(1)).max()) or 1.0
-    return gaussians.to_features(), centre.astype(np.float32), radius
+    try:
+        return cloud_features(points, colours, settings, _seed(settings, folder.name))
+    except DataError as exc:
+        raise DataError(f"{folder}: {exc}") from exc
+
+
+def partial_features(folder: Path, settings: FuseSettings) -> list[np.ndarray]:
+    """One rendered object's partial clouds: features of ``settings.partial_views[k]`` random views each."""
+    views, depth, meta = read_render(folder)
+    rng = np.random.default_rng(_seed(settings, folder.name, 1))
+    out = []
+    for count in settings.partial_views:
+        if not 1 <= count <= len(views):
+            raise DataError(f"{folder}: a partial cloud of {count} views, but the object has {len(views)}")
+        # Views that see the object: a partial cloud of nothing says nothing.
+        seen = [i for i in range(len(views)) if (depth[i] > 0).sum() >= settings.cloud.min_points]
+        chosen = sorted(rng.choice(seen or range(len(views)), min(count, max(1, len(seen))), replace=False))
+        points, colours = fuse_views(views[chosen], depth[chosen], [meta["cameras"][i] for i in chosen])
+        try:
+            out.append(cloud_features(points, colours, settings, _seed(settings, folder.name, 2, count))[0])
+        except DataError as exc:
+            raise DataError(f"{folder}: partial cloud of {count} views: {exc}") from exc
+    return out
 
 
 def write_gaussians(
@@ -159,18 +179,31 @@ def write_gaussians(
         counts = f.create_dataset("counts", (n,), np.int32)
         centres = f.create_dataset("centre", (n, 3), np.float32)
         radii = f.create_dataset("radius", (n,), np.float32)
+        k = len(settings.partial_views)
+        if k:
+            partial = f.create_dataset("partial_features", (n, k, p, NUM_FEATURES), np.float16,
+                                       chunks=(1, 1, p, NUM_FEATURES))  # fmt: skip
+            partial_counts = f.create_dataset("partial_counts", (n, k), np.int32)
         for row, uid in enumerate(tqdm(data.uids, desc="gaussians", unit="obj", disable=not progress)):
             try:
                 features, centre, radius = object_features(renders / uid, settings)
+                parts = partial_features(renders / uid, settings)
             except DataError as exc:
                 raise DataError(f"object {uid!r} (row {row}): {exc}") from exc
-            padded = np.zeros((p, NUM_FEATURES), np.float16)
-            padded[: len(features)] = features
-            feats[row], counts[row], centres[row], radii[row] = padded, len(features), centre, radius
-        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed, source="rgbd")
+            feats[row], counts[row], centres[row], radii[row] = _padded(features, p), len(features), centre, radius
+            for j, part in enumerate(parts):
+                partial[row, j], partial_counts[row, j] = _padded(part, p), len(part)
+        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed, source="rgbd",
+                       partial_views=list(settings.partial_views), cloud=settings.cloud.to_json())  # fmt: skip
     tmp.replace(out)
     log.info("wrote %s: %d objects x up to %d Gaussians", out, n, p)
     return out
+
+
+def _padded(features: np.ndarray, points: int) -> np.ndarray:
+    padded = np.zeros((points, NUM_FEATURES), np.float16)
+    padded[: len(features)] = features
+    return padded
 
 
 def read_gaussians_h5(data: DataFolder) -> tuple[int, int]:
