@@ -72,7 +72,15 @@ def cmd_gaussians(args: argparse.Namespace) -> int:
     from .layout import DataFolder
 
     settings = FuseSettings(max_points=args.points, voxel_fraction=args.voxel, seed=args.seed)
-    path = write_gaussians(DataFolder(args.data), Path(args.renders), settings)
+    meshes = None
+    if args.source == "mesh":
+        from .gaussian_mesh import mesh_objects
+
+        meshes = mesh_objects(Path(args.meshes) if args.meshes else None, Path(args.renders) if args.renders else None)
+    elif not args.renders:
+        raise ValueError("--source rgbd needs --renders (the renders with depth.npz)")
+    path = write_gaussians(DataFolder(args.data), Path(args.renders) if args.renders else None, settings,
+                           meshes=meshes)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -233,7 +241,15 @@ def register(commands: Any) -> None:
         "the views, average on a voxel grid, keep at most --points points and lift them to Gaussians.",
     )
     gaussians.add_argument("data", help="data folder (packed from RENDERS)")
-    gaussians.add_argument("--renders", required=True, help="folder of renders with depth.npz per object")
+    gaussians.add_argument("--renders", help="folder of renders (with depth.npz per object for --source rgbd)")
+    gaussians.add_argument(
+        "--source",
+        default="rgbd",
+        choices=["rgbd", "mesh"],
+        help="rgbd: fuse the depth renders (default); mesh: sample points on each mesh's surface, coloured "
+        "from its texture (meshes from --meshes, named as `ddclip data render` names them, or from the renders)",
+    )
+    gaussians.add_argument("--meshes", help="with --source mesh: the folder of meshes the data was made from")
     gaussians.add_argument("--points", type=int, default=4096, help="Gaussians per object at most (default: 4096)")
     gaussians.add_argument("--voxel", type=float, default=1 / 128, help="voxel edge / bbox diagonal (default: 1/128)")
     gaussians.add_argument("--seed", type=int, default=0, help="seed of the point subset (default: 0)")

@@ -12,8 +12,9 @@ the same way from 1 or a few of the views (``FuseSettings.partial_views``).
     features (N, P, 14) float16  encoder input, rows >= counts[i] are zero padding
     counts   (N,) int32          valid Gaussians per object
     centre (N, 3), radius (N,)   float32: world position = features[..., :3] * radius + centre
-    partial_features (N, K, P, 14) float16, partial_counts (N, K) int32: K partial clouds per object,
-        partial k from attrs["partial_views"][k] views (a seeded random choice among the object's)
+    partial_features (N, K, P, 14) float16, partial_counts (N, K) int32, partial_centre (N, K, 3),
+        partial_radius (N, K): K partial clouds per object, partial k from attrs["partial_views"][k]
+        views (a seeded random choice among the object's)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -32,7 +33,7 @@ from ddclip_core.gaussians import CloudSettings, PosedImage, lift_points, points
 from ddclip_core.gaussians.splats import NUM_FEATURES
 
 from .layout import DataError, DataFolder
-from .render import DEPTH_FILE
+from .render import DEPTH_FILE, MeshObject
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,20 @@ def object_features(folder: Path, settings: FuseSettings) -> tuple[np.ndarray, n
         raise DataError(f"{folder}: {exc}") from exc
 
 
-def partial_features(folder: Path, settings: FuseSettings) -> list[np.ndarray]:
-    """One rendered object's partial clouds: features of ``settings.partial_views[k]`` random views each."""
+def mesh_features(obj: MeshObject, settings: FuseSettings) -> tuple[np.ndarray, np.ndarray, float]:
+    """One mesh, points sampled on its surface with texture colours -> (features, centre, radius)."""
+    from .gaussian_mesh import surface_cloud
+
+    try:
+        points, colours = surface_cloud(obj, seed=_seed(settings, obj.uid, 3))
+        return cloud_features(points, colours, settings, _seed(settings, obj.uid))
+    except (DataError, ValueError, RuntimeError, OSError) as exc:
+        raise DataError(f"{obj.path}: {exc}") from exc
+
+
+def partial_features(folder: Path, settings: FuseSettings) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """One rendered object's partial clouds, (features, centre, radius) of ``settings.partial_views[k]``
+    random views each."""
     views, depth, meta = read_render(folder)
     rng = np.random.default_rng(_seed(settings, folder.name, 1))
     out = []
@@ -155,22 +168,35 @@ def partial_features(folder: Path, settings: FuseSettings) -> list[np.ndarray]:
         chosen = sorted(rng.choice(seen or range(len(views)), min(count, max(1, len(seen))), replace=False))
         points, colours = fuse_views(views[chosen], depth[chosen], [meta["cameras"][i] for i in chosen])
         try:
-            out.append(cloud_features(points, colours, settings, _seed(settings, folder.name, 2, count))[0])
+            out.append(cloud_features(points, colours, settings, _seed(settings, folder.name, 2, count)))
         except DataError as exc:
             raise DataError(f"{folder}: partial cloud of {count} views: {exc}") from exc
     return out
 
 
 def write_gaussians(
-    data: DataFolder, renders: Path, settings: FuseSettings | None = None, progress: bool = True
-) -> Path:
-    """Lift every object of ``data`` from its render in ``renders/<uid>``; write ``gaussians.h5``."""
+    data: DataFolder, renders: Path | None, settings: FuseSettings | None = None, progress: bool = True,
+    meshes: dict[str, MeshObject] | None = None,
+) -> Path:  # fmt: skip
+    """Lift every object of ``data``; write ``gaussians.h5``.
+
+    Source: the RGB-D render in ``renders/<uid>`` (full and partial clouds), or with ``meshes`` ({uid:
+    mesh}) points sampled on each mesh's surface (``gaussian_mesh.py``; no partial clouds: no cameras).
+    """
     settings = settings or FuseSettings()
     if settings.max_points < 4:
         raise ValueError(f"max_points must be >= 4, got {settings.max_points}")
-    missing = [uid for uid in data.uids if not (renders / uid / "meta.json").is_file()]
+    if meshes is not None:
+        settings = replace(settings, partial_views=())
+        missing = [uid for uid in data.uids if uid not in meshes]
+        where = "the meshes"
+    elif renders is None:
+        raise ValueError("give the renders folder (RGB-D source) or the meshes (surface-sampling source)")
+    else:
+        missing = [uid for uid in data.uids if not (renders / uid / "meta.json").is_file()]
+        where = str(renders)
     if missing:
-        raise DataError(f"{renders}: no render for {len(missing)} objects of {data.root} (e.g. {missing[0]!r})")
+        raise DataError(f"{where}: nothing for {len(missing)} objects of {data.root} (e.g. {missing[0]!r})")
     out = data.path(GAUSSIANS)
     tmp = out.with_suffix(".h5.tmp")
     n, p = data.num_objects, settings.max_points
@@ -184,16 +210,24 @@ def write_gaussians(
             partial = f.create_dataset("partial_features", (n, k, p, NUM_FEATURES), np.float16,
                                        chunks=(1, 1, p, NUM_FEATURES))  # fmt: skip
             partial_counts = f.create_dataset("partial_counts", (n, k), np.int32)
+            partial_centres = f.create_dataset("partial_centre", (n, k, 3), np.float32)
+            partial_radii = f.create_dataset("partial_radius", (n, k), np.float32)
         for row, uid in enumerate(tqdm(data.uids, desc="gaussians", unit="obj", disable=not progress)):
             try:
-                features, centre, radius = object_features(renders / uid, settings)
-                parts = partial_features(renders / uid, settings)
+                if meshes is not None:
+                    features, centre, radius = mesh_features(meshes[uid], settings)
+                    parts = []
+                else:
+                    features, centre, radius = object_features(renders / uid, settings)
+                    parts = partial_features(renders / uid, settings)
             except DataError as exc:
                 raise DataError(f"object {uid!r} (row {row}): {exc}") from exc
             feats[row], counts[row], centres[row], radii[row] = _padded(features, p), len(features), centre, radius
-            for j, part in enumerate(parts):
+            for j, (part, centre, radius) in enumerate(parts):
                 partial[row, j], partial_counts[row, j] = _padded(part, p), len(part)
-        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed, source="rgbd",
+                partial_centres[row, j], partial_radii[row, j] = centre, radius
+        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed,
+                       source="rgbd" if meshes is None else "mesh",
                        partial_views=list(settings.partial_views), cloud=settings.cloud.to_json())  # fmt: skip
     tmp.replace(out)
     log.info("wrote %s: %d objects x up to %d Gaussians", out, n, p)
