@@ -67,6 +67,7 @@ class Refinement:
     losses: list[float] = field(default_factory=list)  # L1 loss of each step, before its update
     resets: list[tuple[int, float]] = field(default_factory=list)  # (step, max opacity right after the reset)
     seconds: float = 0.0
+    step_times: list[float] = field(default_factory=list)  # seconds since the start, after each step
 
 
 def refinement_unavailable(device: str = "cpu", backend: str = "auto") -> str | None:
@@ -177,11 +178,12 @@ def refine_gaussians(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        result.losses.append(float(loss.detach()))
+        result.losses.append(float(loss.detach()))  # also waits for the device: the times below are real
         if step % opacity_reset_every == 0 and step < steps:
             _reset_opacity(optimizer, params["opacity"], reset_logit)
             result.resets.append((step, float(torch.sigmoid(params["opacity"].detach()).max())))
-    result.seconds = time.perf_counter() - start
+        result.step_times.append(time.perf_counter() - start)
+    result.seconds = result.step_times[-1]
 
     with torch.no_grad():
         quats = torch.nn.functional.normalize(params["quat"], dim=-1)
