@@ -302,6 +302,13 @@ def test_evaluation_writes_the_per_class_table(data_root, tiny_weights, tmp_path
     code = main(["eval", "gaussians", str(data_root), "--encoder", str(encoder_path), "--weights", str(tiny_weights),
                  "--templates", "simple", "--out", str(tmp_path / "cli")])  # fmt: skip
     assert code == 0 and (tmp_path / "cli" / "gaussians_zero_shot.md").read_text() == table
+    code = main(["eval", "gaussians", str(data_root), "--encoder", str(encoder_path), "--weights", str(tiny_weights),
+                 "--templates", "simple", "--partial", "1", "--no-multiview",
+                 "--out", str(tmp_path / "partial")])  # fmt: skip
+    partial = json.loads((tmp_path / "partial" / "gaussians_zero_shot.json").read_text())["top1"]
+    assert list(partial) == ["GS-CLIP (1-view partial clouds)", "plain CLIP (12-view mean)"]
+    with pytest.raises(DataError, match="no partial clouds of 2 views"):
+        evaluate_gaussians(load_gs_encoder(encoder_path), DataFolder(data_root), model, partial_views=2)
 
 
 def test_per_class_top1_by_hand():

@@ -141,6 +141,7 @@ def cmd_eval_gaussians(args: argparse.Namespace) -> int:
         templates=args.templates,
         multiview=not args.no_multiview,
         fusion_weights=args.fusion_weights,
+        partial_views=args.partial,
     )
     files = write_gaussian_report(result, Path(args.out))
     print(result.markdown())
@@ -301,6 +302,8 @@ def register(commands: Any) -> None:
         default=[],
         help="also rows of Duoduo + GS fused embeddings at these Gaussian weights in [0, 1], e.g. 0.25,0.5,0.75",
     )
+    gs.add_argument("--partial", type=int, default=0, metavar="VIEWS",
+                    help="the partial clouds made from VIEWS views (1 or 3) instead of the full ones")  # fmt: skip
     gs.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(gs)
     gs.set_defaults(func=cmd_eval_gaussians)
