@@ -5,9 +5,10 @@ fused into a coloured cloud, N points are drawn from it and lifted (``lift_point
 refined against those 9 views (GS-CLIP's recipe: 500 steps, opacity reset every 50). Printed per N:
 the lift time (the un-refined baseline), the refinement's median step and total time, its ratio to
 the lift, and the L1 error of the re-rendered splats on the 3 held-out views, before and after.
+``--downscale 4`` fits the views at 56 px (the cloud still comes from the 224 px depth).
 On CUDA (``--device cuda``) the gsplat kernels refine, and the torch renderer is timed next to them.
 
-    .venv/bin/python benchmarks/refinement.py --threads 1                 # CPU: all three sizes
+    .venv/bin/python benchmarks/refinement.py --downscale 4               # CPU: all three sizes, 56 px views
     .venv/bin/python benchmarks/refinement.py --sizes 1000 --steps 50     # a quick look
     .venv/bin/python benchmarks/refinement.py --device cuda
 """
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,4000,16000", help="Gaussians per object (default: 1000,4000,16000)")
     parser.add_argument("--steps", type=int, default=500, help="refinement steps (default: 500, GS-CLIP's)")
     parser.add_argument("--size", type=int, default=224, help="render size in pixels (default: 224)")
+    parser.add_argument("--downscale", type=int, default=1, help="fit the views this many times smaller (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; 0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     args = parser.parse_args()
@@ -52,10 +54,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ddclip-refine-") as tmp:
         render_all([obj], Path(tmp), RenderSettings(size=args.size, depth=True), progress=False)
         views, depth, meta = read_render(Path(tmp) / obj.uid)
-    train, held_out = posed_images(views, meta["cameras"])[:-HELD_OUT], posed_images(views, meta["cameras"])[-HELD_OUT:]
+    posed = [view.downscaled(args.downscale) for view in posed_images(views, meta["cameras"])]
+    train, held_out = posed[:-HELD_OUT], posed[-HELD_OUT:]
     points, colours = fuse_views(views[:-HELD_OUT], depth[:-HELD_OUT], meta["cameras"][:-HELD_OUT])
     backends = ["gsplat", "torch"] if args.device.startswith("cuda") else ["torch"]
-    print(f"duck: {len(train)} views of {args.size} px to fit, {HELD_OUT} held out; fused cloud of {len(points)} "
+    fit = args.size // args.downscale
+    print(f"duck: {len(train)} views of {fit} px to fit, {HELD_OUT} held out; fused cloud of {len(points)} "
           f"points; {args.steps} steps, opacity reset every 50; device {args.device}, threads "
           f"{torch.get_num_threads()}")  # fmt: skip
     print(f"{'Gaussians':>9} {'renderer':>8} {'lift s':>8} {'step ms':>8} {'total s':>8} {'x lift':>8} "

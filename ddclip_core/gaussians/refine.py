@@ -57,6 +57,19 @@ class PosedImage:
             raise ValueError(f"PosedImage: K must be 3x3 and world_to_camera 4x4, got {self.K.shape}, "
                              f"{self.world_to_camera.shape}")  # fmt: skip
 
+    def downscaled(self, factor: int) -> PosedImage:
+        """The same view ``factor`` times smaller (pixels averaged in factor x factor blocks), K to match:
+        the refinement's cost grows with the pixels, so CPUs refine at a fraction of the resolution."""
+        height, width = self.image.shape[:2]
+        if factor < 1 or height % factor or width % factor:
+            raise ValueError(f"downscale factor {factor} must be >= 1 and divide the image size {width}x{height}")
+        image = self.image.astype(np.float32) / (255.0 if self.image.dtype == np.uint8 else 1.0)
+        image = image.reshape(height // factor, factor, width // factor, factor, 3).mean((1, 3))
+        K = self.K.astype(np.float64).copy()
+        K[:2, :2] /= factor
+        K[:2, 2] = (K[:2, 2] + 0.5) / factor - 0.5  # pixel centres at integers (OpenCV) before and after
+        return PosedImage(image, K, self.world_to_camera)
+
 
 @dataclass
 class Refinement:
