@@ -36,7 +36,8 @@ HELD_OUT = 3
 
 def held_out_l1(gaussians, views, device: str) -> float:
     rendered = render_gaussians(gaussians, views, device=device)
-    return float(np.abs(rendered - np.stack([v.image for v in views]) / 255.0).mean())
+    targets = np.stack([v.image / 255.0 if v.image.dtype == np.uint8 else v.image for v in views])
+    return float(np.abs(rendered - targets).mean())
 
 
 def main() -> None:
