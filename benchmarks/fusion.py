@@ -1,6 +1,6 @@
 """Fusion measured: multi-view (Duoduo CLIP) vs Gaussian (GS-CLIP) vs fused embeddings, on held-out renders.
 
-    python benchmarks/fusion.py --out /tmp/ddclip-fusion                  # ~20 min on 2 CPU cores
+    python benchmarks/fusion.py --out /tmp/ddclip-fusion   # ~23 min on 2 idle CPU cores (40 min on 2 shared ones)
     python benchmarks/fusion.py --out /tmp/f --epochs 30 --seeds 3 --device gpu
 
 The real small data set (`ddclip data demo-set --gaussians`: the named pybullet objects, 3 renders
