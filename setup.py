@@ -42,6 +42,8 @@ setup(
         "tensorboard": ["tensorboard>=2.12"],
         # --ray: data preparation and bank building on a Ray cluster (tasks + Ray Data batch inference)
         "cluster": ["ray[data]>=2.40"],
+        # GS-CLIP refinement: gsplat's reference projection (CPU) and its CUDA kernels (GPU, JIT-compiled)
+        "gaussians": ["gsplat>=1.4,<1.6"],
     },
     entry_points={
         "console_scripts": [

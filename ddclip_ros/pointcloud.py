@@ -13,6 +13,12 @@ Colour, in order of preference:
 - none: mid grey, and ``colour_missing`` is set so the caller can warn (a grey cloud still embeds, but
   GS-CLIP was trained on coloured Gaussians).
 
+Frame: the GS encoder takes clouds with z up (``ddclip_core.gaussians.prepare_cloud``). A cloud in a
+camera optical frame (REP-103: a frame_id ending in ``_optical_frame``, x right, y down, z forward) is
+turned to the matching body axes (x forward, y left, z up); this assumes a level camera (no tf lookup
+here: publish clouds in a gravity-aligned frame, e.g. base_link or map, for a tilted one). Other
+frames are taken as z up.
+
 Points with a NaN or infinite coordinate are dropped whatever ``is_dense`` says: organised clouds mark
 missing returns that way, and a driver that claims is_dense is not trusted with the encoder's input.
 Every problem is a ValueError that names it, so the node can log, count and drop the message.
@@ -40,6 +46,9 @@ DATATYPE_NAMES = {1: "INT8", 2: "UINT8", 3: "INT16", 4: "UINT16", 5: "INT32", 6:
 FLOAT32, FLOAT64, UINT8, UINT32 = 7, 8, 2, 6
 MAX_POINTS = 20_000_000  # refuse before converting: ~0.5 GB of xyz+rgb float32 arrays
 GREY = 0.5
+# REP-103 optical axes (x right, y down, z forward) -> body axes (x forward, y left, z up): rows are the
+# body axes written in optical coordinates.
+OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], np.float32)
 
 
 class CloudTooLarge(ValueError):
@@ -54,6 +63,11 @@ class CloudArrays:
     colours: np.ndarray  # (N, 3) float32 in [0, 1]
     colour_missing: bool  # no rgb/rgba or r,g,b fields: colours are grey
     dropped: int  # points dropped for a NaN or infinite coordinate
+    turned_from_optical: bool = False  # the frame was a camera optical frame: points turned to z up
+
+
+def is_optical_frame(frame_id: str) -> bool:
+    return frame_id.rstrip("/").endswith("_optical_frame")
 
 
 def _fields(msg: Any) -> dict[str, Any]:
@@ -136,9 +150,10 @@ def pointcloud_to_arrays(msg: Any, max_points: int = MAX_POINTS) -> CloudArrays:
     if data.size > expected:
         raise ValueError(f"PointCloud2 data has {data.size} bytes, more than row_step x height = {expected}")
 
+    optical = is_optical_frame(str(getattr(getattr(msg, "header", None), "frame_id", "")))
     if height * width == 0:
         empty = np.zeros((0, 3), np.float32)
-        return CloudArrays(empty, empty.copy(), colour_missing, 0)
+        return CloudArrays(empty, empty.copy(), colour_missing, 0, optical)
     # Cut each row's padding (row_step beyond width x point_step), then read every point at once.
     rows = data[:expected].reshape(height, row_step)[:, : width * point_step]
     cloud = np.ascontiguousarray(rows).view(layout).reshape(-1)
@@ -154,11 +169,13 @@ def pointcloud_to_arrays(msg: Any, max_points: int = MAX_POINTS) -> CloudArrays:
         colours = None
     finite = np.isfinite(points).all(axis=1)
     points = points[finite]
+    if optical:
+        points = points @ OPTICAL_TO_BODY.T
     if colours is None:
         colours = np.full((len(points), 3), GREY, np.float32)
     else:
         colours = colours[finite].astype(np.float32) / 255.0
-    return CloudArrays(points, colours, colour_missing, int((~finite).sum()))
+    return CloudArrays(points, colours, colour_missing, int((~finite).sum()), optical)
 
 
 def arrays_to_pointcloud(

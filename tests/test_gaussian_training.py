@@ -115,6 +115,57 @@ def test_gaussians_h5_is_aligned_with_the_rows(data_root):
     assert not np.allclose(features[0], features[3], atol=0.05)
 
 
+def test_partial_clouds_are_fewer_views_of_the_same_object(data_root):
+    data = DataFolder(data_root)
+    with h5py.File(data_root / "gaussians.h5") as f:
+        assert list(f.attrs["partial_views"]) == [1, 3] and json.loads(f.attrs["cloud"])["max_points"] == POINTS
+        partial, counts, full = f["partial_features"][:], f["partial_counts"][:], f["features"][:]
+        centres, radii = f["partial_centre"][:], f["partial_radius"][:]
+        full_centres, full_radii = f["centre"][:], f["radius"][:]
+    assert partial.shape == (18, 2, POINTS, 14) and (counts >= 16).all()
+    unseen = np.zeros((18, 2))
+    for row in range(18):
+        whole = full[row, :, :3].astype(np.float32) * full_radii[row] + full_centres[row]
+        for k in range(2):
+            part = partial[row, k, : counts[row, k], :3].astype(np.float32) * radii[row, k] + centres[row, k]
+            distances = np.sqrt(((whole[:, None] - part[None]) ** 2).sum(-1))
+            assert np.median(distances.min(0)) < 0.15 * full_radii[row]  # on the object, in the same place
+            unseen[row, k] = (distances.min(1) > 0.3 * full_radii[row]).mean()
+    # One view misses a good part of the object (its back), three views less of it.
+    print("share of the full cloud unseen by 1 and 3 views:", unseen.mean(0))
+    assert unseen[:, 0].mean() > 0.1 and unseen[:, 0].mean() > 1.5 * unseen[:, 1].mean()
+    dataset = GaussianDataset(data, partial_fraction=1.0)
+    item = dataset[GaussianItem(0, 0.0, 5)]
+    drawn = item["features"][item["mask"]].numpy()
+    assert any(np.allclose(drawn, partial[0, k, : counts[0, k]], atol=1e-3) for k in range(2))
+    assert dataset.cloud_settings().max_points == POINTS
+
+
+def test_mesh_surface_source_through_the_cli(data_root, tmp_path):
+    from ddclip_cli import main
+
+    bare = tmp_path / "data"
+    bare.mkdir()
+    for name in ("mv_images.h5", "model_to_idx.json", "objects.csv"):
+        if (data_root / name).exists():
+            (bare / name).symlink_to(data_root / name)
+    renders = data_root.parent / "renders"
+    assert main(["data", "gaussians", str(bare), "--source", "mesh", "--renders", str(renders), "--points", "256"]) == 0
+    data = DataFolder(bare)
+    with h5py.File(bare / "gaussians.h5") as f:
+        assert f.attrs["source"] == "mesh" and "partial_features" not in f
+        features, counts = f["features"][:], f["counts"][:]
+    assert features.shape == (18, 256, 14) and (counts == 256).all()
+    duck = data.uids.index("duck-r0")
+    red, green, blue = features[duck, :, 3:6].astype(np.float32).mean(0)  # a yellow duck, from its texture
+    assert red > 0.8 and green > 0.6 and blue < 0.2
+    # The mesh stands as in the renders (z up): the duck is taller than it is deep, like its depth cloud.
+    rendered, _, _ = object_features(renders / "duck-r0", FuseSettings(max_points=256))
+    assert np.ptp(features[duck, :, 2]) == pytest.approx(np.ptp(rendered[:, 2]), rel=0.15)
+    with pytest.raises(SystemExit):
+        main(["data", "gaussians", str(bare), "--source", "points"])
+
+
 def test_bad_input_gives_clear_errors(data_root, tmp_path):
     renders = data_root.parent / "renders"
     folder = tmp_path / "nodepth"
@@ -127,7 +178,7 @@ def test_bad_input_gives_clear_errors(data_root, tmp_path):
         np.savez_compressed(f, depth=np.zeros((12, 224, 224), np.float16))
     with pytest.raises(DataError, match="empty point cloud"):
         object_features(folder, FuseSettings())
-    with pytest.raises(DataError, match="no render for 18 objects"):
+    with pytest.raises(DataError, match="nothing for 18 objects"):
         write_gaussians(DataFolder(data_root), tmp_path, progress=False)
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -251,6 +302,13 @@ def test_evaluation_writes_the_per_class_table(data_root, tiny_weights, tmp_path
     code = main(["eval", "gaussians", str(data_root), "--encoder", str(encoder_path), "--weights", str(tiny_weights),
                  "--templates", "simple", "--out", str(tmp_path / "cli")])  # fmt: skip
     assert code == 0 and (tmp_path / "cli" / "gaussians_zero_shot.md").read_text() == table
+    code = main(["eval", "gaussians", str(data_root), "--encoder", str(encoder_path), "--weights", str(tiny_weights),
+                 "--templates", "simple", "--partial", "1", "--no-multiview",
+                 "--out", str(tmp_path / "partial")])  # fmt: skip
+    partial = json.loads((tmp_path / "partial" / "gaussians_zero_shot.json").read_text())["top1"]
+    assert list(partial) == ["GS-CLIP (1-view partial clouds)", "plain CLIP (12-view mean)"]
+    with pytest.raises(DataError, match="no partial clouds of 2 views"):
+        evaluate_gaussians(load_gs_encoder(encoder_path), DataFolder(data_root), model, partial_views=2)
 
 
 def test_per_class_top1_by_hand():

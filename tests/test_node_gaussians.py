@@ -14,10 +14,17 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 from ddclip_core import load_model  # noqa: E402
 from ddclip_core.fusion import fuse_embeddings  # noqa: E402
-from ddclip_core.gaussians import CloudEmbedder, GSCLIPEncoder, GSEncoderConfig, save_gs_encoder  # noqa: E402
+from ddclip_core.gaussians import (  # noqa: E402
+    CloudSettings,
+    GSCLIPEncoder,
+    GSEncoderConfig,
+    lift_points,
+    prepare_cloud,
+    save_gs_encoder,
+)
 from ddclip_ros.image_conversion import rgb_to_image  # noqa: E402
 from ddclip_ros.node_process import stop_node  # noqa: E402
-from ddclip_ros.pointcloud import arrays_to_pointcloud, pointcloud_to_arrays  # noqa: E402
+from ddclip_ros.pointcloud import arrays_to_pointcloud  # noqa: E402
 from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.conftest import random_views  # noqa: E402
 from tests.ros_node import launch, node_params, ros_env  # noqa: E402
@@ -52,15 +59,18 @@ def test_clouds_are_embedded_fused_with_views_and_bad_ones_counted(tmp_path):
         assert query.wait_for_service(timeout_sec=120), "the node did not start"
         assert spin_until(node, lambda: points_pub.get_subscription_count() > 0, 30)
 
-        # A cloud alone: its Gaussian embedding, the subsample of 500 of its 800 points.
+        # A cloud alone, in a camera's optical frame: its Gaussian embedding, 500 of its 800 points, the
+        # cloud turned to z up and prepared as the library does (prepare_cloud, lift, encode).
         points, colours = ball(800, seed=1)
-        points_pub.publish(ObjectPoints(track_id="ball", cloud=arrays_to_pointcloud(points, colours)))
+        cloud = arrays_to_pointcloud(points, colours, frame_id="camera_color_optical_frame")
+        points_pub.publish(ObjectPoints(track_id="ball", cloud=cloud))
         assert spin_until(node, lambda: any(e.track_id == "ball" for e in embeddings), 60)
         first = embeddings[-1]
         assert (first.num_views, first.num_points) == (0, 500)
-        embedder = CloudEmbedder(encoder, max_points=500)
-        sent = pointcloud_to_arrays(arrays_to_pointcloud(points, colours))  # colours travel as 8-bit rgb
-        gs = embedder.embed([embedder.subsample(sent.points, sent.colours)])[0]
+        z_up = points[:, [2, 0, 1]] * [1, -1, -1]  # optical (x right, y down, z forward) -> x fwd, y left, z up
+        sent = np.round(colours * 255) / 255  # colours travel as 8-bit rgb
+        prepared = prepare_cloud(z_up, sent, CloudSettings(max_points=500))
+        gs = encoder.encode(lift_points(prepared.points, prepared.colours)).numpy()[0]
         np.testing.assert_allclose(first.embedding, gs, atol=1e-4)
 
         # Then views of the same track: the embedding is the fusion of both.

@@ -185,3 +185,15 @@ def test_separate_colour_fields_must_be_bytes_and_size_limit():
         pointcloud_to_arrays(msg)
     with pytest.raises(CloudTooLarge, match="point cloud of 4x1 points exceeds 3 points"):
         pointcloud_to_arrays(_valid(), max_points=3)
+
+
+def test_optical_frame_clouds_are_turned_to_z_up():
+    # A level camera looking along the body's x axis: a point 2 m ahead, 1 m left and 0.5 m up is at
+    # optical (x right, y down, z forward) = (1, -0.5, 2) -> body (x forward, y left, z up) = (2, -1, 0.5).
+    msg = arrays_to_pointcloud(np.array([[1.0, -0.5, 2.0]], np.float32), np.zeros((1, 3), np.uint8),
+                               frame_id="head_camera_color_optical_frame")  # fmt: skip
+    cloud = pointcloud_to_arrays(msg)
+    assert cloud.turned_from_optical
+    np.testing.assert_allclose(cloud.points, [[2.0, -1.0, 0.5]])
+    body = pointcloud_to_arrays(arrays_to_pointcloud(np.array([[1.0, -0.5, 2.0]], np.float32), frame_id="base_link"))
+    assert not body.turned_from_optical and body.points.tolist() == [[1.0, -0.5, 2.0]]

@@ -100,7 +100,16 @@ def cmd_gaussians(args: argparse.Namespace) -> int:
     from .layout import DataFolder
 
     settings = FuseSettings(max_points=args.points, voxel_fraction=args.voxel, seed=args.seed)
-    if args.ray:  # the RGB-D source
+    meshes = None
+    if args.source == "mesh":
+        if args.ray:
+            raise ValueError("--ray lifts RGB-D renders (--source rgbd); --source mesh runs on this machine")
+        from .gaussian_mesh import mesh_objects
+
+        meshes = mesh_objects(Path(args.meshes) if args.meshes else None, Path(args.renders) if args.renders else None)
+    elif not args.renders:
+        raise ValueError("--source rgbd needs --renders (the renders with depth.npz)")
+    if args.ray:
         from ddclip_core.cluster import connect
 
         from .ray_gaussians import write_gaussians_ray
@@ -108,7 +117,8 @@ def cmd_gaussians(args: argparse.Namespace) -> int:
         connect(args.ray)
         path = write_gaussians_ray(DataFolder(args.data), Path(args.renders), settings)
     else:
-        path = write_gaussians(DataFolder(args.data), Path(args.renders), settings)
+        path = write_gaussians(DataFolder(args.data), Path(args.renders) if args.renders else None, settings,
+                               meshes=meshes)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -169,6 +179,7 @@ def cmd_eval_gaussians(args: argparse.Namespace) -> int:
         templates=args.templates,
         multiview=not args.no_multiview,
         fusion_weights=args.fusion_weights,
+        partial_views=args.partial,
     )
     files = write_gaussian_report(result, Path(args.out))
     print(result.markdown())
@@ -272,7 +283,15 @@ def register(commands: Any) -> None:
         "the views, average on a voxel grid, keep at most --points points and lift them to Gaussians.",
     )
     gaussians.add_argument("data", help="data folder (packed from RENDERS)")
-    gaussians.add_argument("--renders", required=True, help="folder of renders with depth.npz per object")
+    gaussians.add_argument("--renders", help="folder of renders (with depth.npz per object for --source rgbd)")
+    gaussians.add_argument(
+        "--source",
+        default="rgbd",
+        choices=["rgbd", "mesh"],
+        help="rgbd: fuse the depth renders (default); mesh: sample points on each mesh's surface, coloured "
+        "from its texture (meshes from --meshes, named as `ddclip data render` names them, or from the renders)",
+    )
+    gaussians.add_argument("--meshes", help="with --source mesh: the folder of meshes the data was made from")
     gaussians.add_argument("--points", type=int, default=4096, help="Gaussians per object at most (default: 4096)")
     gaussians.add_argument("--voxel", type=float, default=1 / 128, help="voxel edge / bbox diagonal (default: 1/128)")
     gaussians.add_argument("--seed", type=int, default=0, help="seed of the point subset (default: 0)")
@@ -325,6 +344,8 @@ def register(commands: Any) -> None:
         default=[],
         help="also rows of Duoduo + GS fused embeddings at these Gaussian weights in [0, 1], e.g. 0.25,0.5,0.75",
     )
+    gs.add_argument("--partial", type=int, default=0, metavar="VIEWS",
+                    help="the partial clouds made from VIEWS views (1 or 3) instead of the full ones")  # fmt: skip
     gs.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(gs)
     gs.set_defaults(func=cmd_eval_gaussians)

@@ -43,6 +43,7 @@ class GaussianConfig:
     init_encoder: str = ""  # a save_gs_encoder .safetensors file to start from; "": random
     points: int = 0  # Gaussians per object and step, a fresh random subset each time; 0: all stored
     balanced: bool = True  # draw classes uniformly, then an object of the class (GS-CLIP's data balance)
+    partial_fraction: float = 0.0  # share of draws that take a partial (1- or few-view) cloud of the object
 
 
 @dataclass

@@ -1,15 +1,20 @@
-"""Renders -> Gaussians for GS-CLIP training: back-project every view's depth, fuse, sample, lift.
+"""Renders -> Gaussians for GS-CLIP training: back-project every view's depth, fuse, prepare, lift.
 
 The renders' depth (``RenderSettings(depth=True)``: ``depth.npz``) is what a robot's RGB-D camera
 gives, so the training clouds look like the clouds the robot lifts at run time. Per object: the 12
-views are back-projected with their cameras from ``meta.json`` into one world-frame coloured cloud,
-averaged on a voxel grid (the views overlap; this evens out the density), cut to ``max_points`` by
-a seeded random draw, lifted (``lift_points``) and normalised (``Gaussians.to_features``).
+views are back-projected with their cameras from ``meta.json`` into one world-frame (z up) coloured
+cloud, prepared by ``ddclip_core.gaussians.prepare_cloud`` (voxel averaging, point budget, centring
+and scale: the same function the engine and the node use), lifted (``lift_points``) and normalised
+(``Gaussians.to_features``). Partial clouds, what a robot sees of an object from one side, are made
+the same way from 1 or a few of the views (``FuseSettings.partial_views``).
 
 ``gaussians.h5`` in the data folder, row i = row i of mv_images.h5 (same uid order):
     features (N, P, 14) float16  encoder input, rows >= counts[i] are zero padding
     counts   (N,) int32          valid Gaussians per object
     centre (N, 3), radius (N,)   float32: world position = features[..., :3] * radius + centre
+    partial_features (N, K, P, 14) float16, partial_counts (N, K) int32, partial_centre (N, K, 3),
+        partial_radius (N, K): K partial clouds per object, partial k from attrs["partial_views"][k]
+        views (a seeded random choice among the object's)
 """
 
 from __future__ import annotations
@@ -17,18 +22,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ddclip_core.gaussians import lift_points, points_from_depth
+from ddclip_core.gaussians import CloudSettings, PosedImage, lift_points, points_from_depth, prepare_cloud
 from ddclip_core.gaussians.splats import NUM_FEATURES
 
 from .layout import DataError, DataFolder
-from .render import DEPTH_FILE
+from .render import DEPTH_FILE, MeshObject
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,12 @@ class FuseSettings:
     voxel_fraction: float = 1 / 128  # voxel edge as a fraction of the cloud's bounding-box diagonal
     seed: int = 0
     opacity: float = 0.1  # lift_points' initial opacity (3DGS initialisation)
+    partial_views: tuple[int, ...] = (1, 3)  # one partial cloud per entry, from that many views; () none
+
+    @property
+    def cloud(self) -> CloudSettings:
+        """The preprocessing of these clouds, as the encoder trained on them records it."""
+        return CloudSettings(self.max_points, self.voxel_fraction, min(16, self.max_points))
 
 
 def intrinsics(size: int, fov_y_degrees: float) -> np.ndarray:
@@ -81,6 +92,15 @@ def read_render(folder: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     return strip.reshape(count, size, size, 3), depth, meta
 
 
+def posed_images(views: np.ndarray, cameras: list[dict]) -> list[PosedImage]:
+    """A render's views with their cameras, as the refinement takes them (OpenCV world-to-camera, K)."""
+    posed = []
+    for rgb, camera in zip(views, cameras, strict=True):
+        world_to_camera = np.linalg.inv(camera_to_world(camera["world_to_camera"]))
+        posed.append(PosedImage(rgb, intrinsics(rgb.shape[0], camera["fov_y_degrees"]), world_to_camera))
+    return posed
+
+
 def fuse_views(views: np.ndarray, depth: np.ndarray, cameras: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Back-project every view (depth 0 = background) into one world-frame cloud: points, colours."""
     points, colours = [], []
@@ -96,52 +116,87 @@ def fuse_views(views: np.ndarray, depth: np.ndarray, cameras: list[dict]) -> tup
     return np.concatenate(points), np.concatenate(colours)
 
 
-def voxel_average(points: np.ndarray, colours: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
-    """One point per occupied voxel: the mean position and colour of the points inside it."""
-    if voxel <= 0:
-        raise ValueError(f"voxel size must be > 0, got {voxel}")
-    cells = np.floor((points - points.min(0)) / voxel).astype(np.int64)
-    extent = cells.max(0) + 1
-    # One integer per voxel: a 1-D unique is several times faster than np.unique(axis=0).
-    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    values = np.concatenate([points, colours], axis=1).astype(np.float64)
-    sums = np.stack([np.bincount(inverse, weights=values[:, i], minlength=len(counts)) for i in range(6)], 1)
-    means = sums / counts[:, None]
-    return means[:, :3].astype(np.float32), np.clip(means[:, 3:], 0, 1).astype(np.float32)
+def cloud_features(
+    points: np.ndarray, colours: np.ndarray, settings: FuseSettings, seed: object
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A raw world-frame cloud -> (features (M, 14) float32, centre (3,), radius) via ``prepare_cloud``."""
+    try:
+        cloud = prepare_cloud(points, colours, settings.cloud, seed=seed)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    features = lift_points(cloud.points, cloud.colours, opacity=settings.opacity).to_features()
+    return features, cloud.centre, cloud.scale
+
+
+def _seed(settings: FuseSettings, name: str, *more: int) -> list[int]:
+    # Seeded per object, so re-running the preparation gives the same file.
+    return [settings.seed, *name.encode(), *more]
 
 
 def object_features(folder: Path, settings: FuseSettings) -> tuple[np.ndarray, np.ndarray, float]:
-    """One rendered object -> (features (M, 14) float32 with M <= max_points, centre (3,), radius)."""
+    """One rendered object, all views fused -> (features (M, 14) float32 with M <= max_points, centre, radius)."""
     views, depth, meta = read_render(folder)
     points, colours = fuse_views(views, depth, meta["cameras"])
-    diagonal = float(np.linalg.norm(points.max(0) - points.min(0)))
-    if diagonal > 0:
-        points, colours = voxel_average(points, colours, diagonal * settings.voxel_fraction)
-    if len(points) > settings.max_points:
-        # Seeded per object, so re-running the preparation gives the same file.
-        rng = np.random.default_rng([settings.seed, *folder.name.encode()])
-        keep = np.sort(rng.choice(len(points), settings.max_points, replace=False))
-        points, colours = points[keep], colours[keep]
-    if len(points) < 4:
-        raise DataError(f"{folder}: only {len(points)} distinct points after fusion; too few to lift")
-    gaussians = lift_points(points, colours, opacity=settings.opacity)
-    positions = gaussians.positions.astype(np.float64)
-    centre = (positions.min(0) + positions.max(0)) / 2  # the normalisation to_features applies
-    radius = float(np.sqrt(((positions - centre) ** 2).sum(1)).max()) or 1.0
-    return gaussians.to_features(), centre.astype(np.float32), radius
+    try:
+        return cloud_features(points, colours, settings, _seed(settings, folder.name))
+    except DataError as exc:
+        raise DataError(f"{folder}: {exc}") from exc
+
+
+def mesh_features(obj: MeshObject, settings: FuseSettings) -> tuple[np.ndarray, np.ndarray, float]:
+    """One mesh, points sampled on its surface with texture colours -> (features, centre, radius)."""
+    from .gaussian_mesh import surface_cloud
+
+    try:
+        points, colours = surface_cloud(obj, seed=_seed(settings, obj.uid, 3))
+        return cloud_features(points, colours, settings, _seed(settings, obj.uid))
+    except (DataError, ValueError, RuntimeError, OSError) as exc:
+        raise DataError(f"{obj.path}: {exc}") from exc
+
+
+def partial_features(folder: Path, settings: FuseSettings) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """One rendered object's partial clouds, (features, centre, radius) of ``settings.partial_views[k]``
+    random views each."""
+    views, depth, meta = read_render(folder)
+    rng = np.random.default_rng(_seed(settings, folder.name, 1))
+    out = []
+    for count in settings.partial_views:
+        if not 1 <= count <= len(views):
+            raise DataError(f"{folder}: a partial cloud of {count} views, but the object has {len(views)}")
+        # Views that see the object: a partial cloud of nothing says nothing.
+        seen = [i for i in range(len(views)) if (depth[i] > 0).sum() >= settings.cloud.min_points]
+        chosen = sorted(rng.choice(seen or range(len(views)), min(count, max(1, len(seen))), replace=False))
+        points, colours = fuse_views(views[chosen], depth[chosen], [meta["cameras"][i] for i in chosen])
+        try:
+            out.append(cloud_features(points, colours, settings, _seed(settings, folder.name, 2, count)))
+        except DataError as exc:
+            raise DataError(f"{folder}: partial cloud of {count} views: {exc}") from exc
+    return out
 
 
 def write_gaussians(
-    data: DataFolder, renders: Path, settings: FuseSettings | None = None, progress: bool = True
-) -> Path:
-    """Lift every object of ``data`` from its render in ``renders/<uid>``; write ``gaussians.h5``."""
+    data: DataFolder, renders: Path | None, settings: FuseSettings | None = None, progress: bool = True,
+    meshes: dict[str, MeshObject] | None = None,
+) -> Path:  # fmt: skip
+    """Lift every object of ``data``; write ``gaussians.h5``.
+
+    Source: the RGB-D render in ``renders/<uid>`` (full and partial clouds), or with ``meshes`` ({uid:
+    mesh}) points sampled on each mesh's surface (``gaussian_mesh.py``; no partial clouds: no cameras).
+    """
     settings = settings or FuseSettings()
     if settings.max_points < 4:
         raise ValueError(f"max_points must be >= 4, got {settings.max_points}")
-    missing = [uid for uid in data.uids if not (renders / uid / "meta.json").is_file()]
+    if meshes is not None:
+        settings = replace(settings, partial_views=())
+        missing = [uid for uid in data.uids if uid not in meshes]
+        where = "the meshes"
+    elif renders is None:
+        raise ValueError("give the renders folder (RGB-D source) or the meshes (surface-sampling source)")
+    else:
+        missing = [uid for uid in data.uids if not (renders / uid / "meta.json").is_file()]
+        where = str(renders)
     if missing:
-        raise DataError(f"{renders}: no render for {len(missing)} objects of {data.root} (e.g. {missing[0]!r})")
+        raise DataError(f"{where}: nothing for {len(missing)} objects of {data.root} (e.g. {missing[0]!r})")
     out = data.path(GAUSSIANS)
     tmp = out.with_suffix(".h5.tmp")
     n, p = data.num_objects, settings.max_points
@@ -150,18 +205,39 @@ def write_gaussians(
         counts = f.create_dataset("counts", (n,), np.int32)
         centres = f.create_dataset("centre", (n, 3), np.float32)
         radii = f.create_dataset("radius", (n,), np.float32)
+        k = len(settings.partial_views)
+        if k:
+            partial = f.create_dataset("partial_features", (n, k, p, NUM_FEATURES), np.float16,
+                                       chunks=(1, 1, p, NUM_FEATURES))  # fmt: skip
+            partial_counts = f.create_dataset("partial_counts", (n, k), np.int32)
+            partial_centres = f.create_dataset("partial_centre", (n, k, 3), np.float32)
+            partial_radii = f.create_dataset("partial_radius", (n, k), np.float32)
         for row, uid in enumerate(tqdm(data.uids, desc="gaussians", unit="obj", disable=not progress)):
             try:
-                features, centre, radius = object_features(renders / uid, settings)
+                if meshes is not None:
+                    features, centre, radius = mesh_features(meshes[uid], settings)
+                    parts = []
+                else:
+                    features, centre, radius = object_features(renders / uid, settings)
+                    parts = partial_features(renders / uid, settings)
             except DataError as exc:
                 raise DataError(f"object {uid!r} (row {row}): {exc}") from exc
-            padded = np.zeros((p, NUM_FEATURES), np.float16)
-            padded[: len(features)] = features
-            feats[row], counts[row], centres[row], radii[row] = padded, len(features), centre, radius
-        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed, source="rgbd")
+            feats[row], counts[row], centres[row], radii[row] = _padded(features, p), len(features), centre, radius
+            for j, (part, centre, radius) in enumerate(parts):
+                partial[row, j], partial_counts[row, j] = _padded(part, p), len(part)
+                partial_centres[row, j], partial_radii[row, j] = centre, radius
+        f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed,
+                       source="rgbd" if meshes is None else "mesh",
+                       partial_views=list(settings.partial_views), cloud=settings.cloud.to_json())  # fmt: skip
     tmp.replace(out)
     log.info("wrote %s: %d objects x up to %d Gaussians", out, n, p)
     return out
+
+
+def _padded(features: np.ndarray, points: int) -> np.ndarray:
+    padded = np.zeros((points, NUM_FEATURES), np.float16)
+    padded[: len(features)] = features
+    return padded
 
 
 def read_gaussians_h5(data: DataFolder) -> tuple[int, int]:

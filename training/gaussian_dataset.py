@@ -5,6 +5,9 @@ objects, which caption, which subset of Gaussians) from (seed, epoch, step) alon
 draws the same next batch. ``balanced=True`` is GS-CLIP's data balance: a class is drawn uniformly,
 then an object of that class, so frequent classes do not dominate the contrastive batches.
 
+With ``partial_fraction`` > 0, that share of the draws takes one of the object's partial clouds
+(1 or a few views, ``gaussians.h5``'s ``partial_features``) instead of the full one: what a robot sees.
+
 Image target: the mean of the frozen CLIP embeddings of ALL the object's views. The Gaussians are
 fused from all views, so the target describes the same whole object (the multi-view model instead
 averages the views it was given).
@@ -12,14 +15,17 @@ averages the views it was given).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from ddclip_core.gaussians import CloudSettings
 
 from .data import FrozenTargets
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
@@ -111,17 +117,37 @@ class GaussianBatchSampler(Sampler[list[GaussianItem]]):
 class GaussianDataset(Dataset):
     """Reads an object's Gaussians (padded to ``points`` or the stored P) and its targets."""
 
-    def __init__(self, data: DataFolder, categories: list[str] | None = None, points: int = 0) -> None:
-        self.data = data
+    def __init__(
+        self, data: DataFolder, categories: list[str] | None = None, points: int = 0, partial_fraction: float = 0.0
+    ) -> None:
+        if not 0.0 <= partial_fraction <= 1.0:
+            raise ValueError(f"partial_fraction must be in [0, 1], got {partial_fraction}")
+        self.data, self.partial_fraction = data, partial_fraction
         self.stored_points, _ = read_gaussians_h5(data)
         self.points = points or self.stored_points
         with h5py.File(data.path(GAUSSIANS), "r") as f:
             self.counts = f["counts"][:].astype(np.int64)
+            self.partial_counts = f["partial_counts"][:].astype(np.int64) if "partial_counts" in f else None
+        if partial_fraction > 0 and self.partial_counts is None:
+            raise ValueError(f"{data.path(GAUSSIANS)} has no partial clouds (made before they existed, or with "
+                             "partial_views=()): run `ddclip data gaussians` again")  # fmt: skip
         self.targets = FrozenTargets(data, categories)
         self._files: tuple[h5py.File, h5py.File] | None = None
 
     def __len__(self) -> int:
         return self.data.num_objects
+
+    def cloud_settings(self) -> CloudSettings:
+        """The preprocessing of the clouds this data set trains on (budget: the points of a draw)."""
+        with h5py.File(self.data.path(GAUSSIANS), "r") as f:
+            attrs = dict(f.attrs)
+        if "cloud" in attrs:
+            stored = CloudSettings(**json.loads(attrs["cloud"]))
+        else:  # written before the settings were stored: what it was made with
+            stored = CloudSettings(int(attrs.get("max_points", self.stored_points)),
+                                   float(attrs.get("voxel_fraction", 1 / 128)), 4)  # fmt: skip
+        return replace(stored, max_points=min(stored.max_points, self.points),
+                       min_points=min(stored.min_points, self.points))  # fmt: skip
 
     def _open(self) -> tuple[h5py.File, h5py.File]:
         if self._files is None:  # here, not in __init__: h5py handles must not cross a fork
@@ -130,8 +156,14 @@ class GaussianDataset(Dataset):
 
     def __getitem__(self, item: GaussianItem) -> dict[str, torch.Tensor]:
         gaussians, targets = self._open()
-        count = int(self.counts[item.row])
-        features = gaussians["features"][item.row, :count].astype(np.float32)
+        draw = np.random.default_rng([item.seed, 2])  # its own stream: the subset draw below is unchanged
+        if self.partial_fraction > 0 and draw.random() < self.partial_fraction:
+            variant = int(draw.integers(self.partial_counts.shape[1]))
+            count = int(self.partial_counts[item.row, variant])
+            features = gaussians["partial_features"][item.row, variant, :count].astype(np.float32)
+        else:
+            count = int(self.counts[item.row])
+            features = gaussians["features"][item.row, :count].astype(np.float32)
         if count > self.points:
             keep = np.random.default_rng(item.seed).choice(count, self.points, replace=False)
             features, count = features[np.sort(keep)], self.points

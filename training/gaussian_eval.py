@@ -64,11 +64,23 @@ def per_class_top1(embeddings: torch.Tensor, text: torch.Tensor, target: torch.T
     return out
 
 
-def _gaussian_embeddings(encoder: GSCLIPEncoder, data: DataFolder, rows: np.ndarray, batch: int) -> torch.Tensor:
+def _gaussian_embeddings(
+    encoder: GSCLIPEncoder, data: DataFolder, rows: np.ndarray, batch: int, partial_views: int = 0
+) -> torch.Tensor:
+    """Embeddings of the objects' full clouds, or with ``partial_views`` of their partial clouds from
+    that many views (``gaussians.h5``'s partial_features)."""
     read_gaussians_h5(data)
     with h5py.File(data.path(GAUSSIANS), "r") as f:
-        counts = f["counts"][:]
-        objects = [f["features"][row, : counts[row]].astype(np.float32) for row in rows]
+        if not partial_views:
+            counts = f["counts"][:]
+            objects = [f["features"][row, : counts[row]].astype(np.float32) for row in rows]
+        else:
+            made = [int(v) for v in f.attrs.get("partial_views", [])]
+            if partial_views not in made:
+                raise DataError(f"{data.path(GAUSSIANS)} has no partial clouds of {partial_views} views "
+                                f"(it has: {made or 'none'}; `ddclip data gaussians` makes 1 and 3)")  # fmt: skip
+            k, counts = made.index(partial_views), f["partial_counts"][:]
+            objects = [f["partial_features"][row, k, : counts[row, k]].astype(np.float32) for row in rows]
     return encoder.eval().encode(objects, batch_size=batch).cpu()
 
 
@@ -91,10 +103,12 @@ def evaluate_gaussians(
     multiview: bool = True,
     fusion_weights: Sequence[float] = (),
     batch_size: int = 16,
+    partial_views: int = 0,
 ) -> GaussianZeroShot:
     """Zero-shot top-1 per class of the Gaussian encoder, Duoduo CLIP (all views) and plain CLIP.
 
     fusion_weights: Gaussian weights in [0, 1] for rows of fused embeddings (needs ``multiview``).
+    partial_views: 0 for the full clouds, else the partial clouds made from that many views.
     """
     if fusion_weights and not multiview:
         raise ValueError("fusion rows need the multi-view embeddings: drop --no-multiview or --fusion-weights")
@@ -112,9 +126,10 @@ def evaluate_gaussians(
     if text.shape[1] != encoder.embed_dim:
         raise ValueError(f"the GS encoder embeds into {encoder.embed_dim} dims, the text tower into {text.shape[1]}")
     result = GaussianZeroShot(classes, {c: names.count(c) for c in classes})
-    gs = _gaussian_embeddings(encoder, data, rows, batch_size)
-    result.rows["GS-CLIP (Gaussians)"] = per_class_top1(gs, text, target, classes)
-    result.sources["GS-CLIP (Gaussians)"] = encoder.weights_id
+    gs = _gaussian_embeddings(encoder, data, rows, batch_size, partial_views)
+    gs_name = "GS-CLIP (Gaussians)" if not partial_views else f"GS-CLIP ({partial_views}-view partial clouds)"
+    result.rows[gs_name] = per_class_top1(gs, text, target, classes)
+    result.sources[gs_name] = encoder.weights_id
     if multiview:
         name = f"Duoduo CLIP ({data.num_views} views)"
         mv = _multiview_embeddings(model, data, rows, batch_size)

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ddclip_core.gaussians import GSCLIPEncoder, GSEncoderConfig, load_gs_encoder
+from ddclip_core.gaussians import CloudSettings, GSCLIPEncoder, GSEncoderConfig, load_gs_encoder
 
 from .config import GaussianConfig, TrainConfig
 from .loss import ContrastiveLoss
@@ -27,8 +27,9 @@ from .module import with_logit_scale_and_cosine
 PRESETS = ("default", "small", "tiny")
 
 
-def encoder_config(settings: GaussianConfig, embed_dim: int) -> GSEncoderConfig:
-    """The preset's architecture with ``settings.encoder`` overrides, projecting to ``embed_dim``."""
+def encoder_config(settings: GaussianConfig, embed_dim: int, cloud: CloudSettings | None = None) -> GSEncoderConfig:
+    """The preset's architecture with ``settings.encoder`` overrides, projecting to ``embed_dim``, recording
+    ``cloud``: the preprocessing of its training clouds."""
     if settings.preset == "default":
         config = GSEncoderConfig(embed_dim=embed_dim)
     elif settings.preset == "small":  # ~1 M parameters: CPU training on the demo set
@@ -42,6 +43,8 @@ def encoder_config(settings: GaussianConfig, embed_dim: int) -> GSEncoderConfig:
     else:
         raise ValueError(f"gaussian.preset must be one of {PRESETS}, got {settings.preset!r}")
     config = GSEncoderConfig.from_dict({**config.to_dict(), **settings.encoder})
+    if cloud is not None:
+        config.cloud = cloud
     if config.embed_dim != embed_dim:
         raise ValueError(
             f"gaussian.encoder.embed_dim {config.embed_dim} differs from the targets' dimension {embed_dim}"
@@ -49,14 +52,18 @@ def encoder_config(settings: GaussianConfig, embed_dim: int) -> GSEncoderConfig:
     return config
 
 
-def build_encoder(settings: GaussianConfig, embed_dim: int) -> GSCLIPEncoder:
-    """A fresh encoder, or the one in ``settings.init_encoder`` (its architecture wins, its size must fit)."""
+def build_encoder(settings: GaussianConfig, embed_dim: int, cloud: CloudSettings | None = None) -> GSCLIPEncoder:
+    """A fresh encoder, or the one in ``settings.init_encoder`` (its architecture wins, its size must fit);
+    ``cloud`` (the training data's preprocessing) is recorded in the encoder's config."""
     if settings.init_encoder:
         encoder = load_gs_encoder(settings.init_encoder)
         if encoder.embed_dim != embed_dim:
             raise ValueError(f"{settings.init_encoder}: embeds into {encoder.embed_dim} dims, targets have {embed_dim}")
+        if cloud is not None:
+            encoder.config.cloud = cloud
+            encoder._weights_id = None
         return encoder.train()
-    return GSCLIPEncoder(encoder_config(settings, embed_dim)).train()
+    return GSCLIPEncoder(encoder_config(settings, embed_dim, cloud)).train()
 
 
 class GaussianTraining(pl.LightningModule):

@@ -31,7 +31,7 @@ EXPORT_NAME = "gs_encoder.safetensors"
 class GaussianData(SplitDataModule):
     def __init__(self, data: DataFolder, config: TrainConfig, categories: list[str]) -> None:
         super().__init__(data, config, categories)
-        self.dataset = GaussianDataset(data, categories, config.gaussian.points)
+        self.dataset = GaussianDataset(data, categories, config.gaussian.points, config.gaussian.partial_fraction)
 
     def train_dataloader(self) -> DataLoader:
         balanced = self.config.gaussian.balanced
@@ -70,7 +70,7 @@ def train_gaussian(config: TrainConfig, callbacks: list[pl.Callback] | tuple = (
     data = DataFolder(config.data.root)
     categories = data.categories(data.rows("val"))
     datamodule = GaussianData(data, config, categories)
-    encoder = build_encoder(config.gaussian, datamodule.dataset.targets.embed_dim)
+    encoder = build_encoder(config.gaussian, datamodule.dataset.targets.embed_dim, datamodule.dataset.cloud_settings())
     module = GaussianTraining(encoder, config, categories, class_embeddings(config, data, categories))
     log.info("GS encoder: %d trainable parameters", module.trainable)
     has_val = len(datamodule.val_rows) > 0

@@ -336,19 +336,24 @@ def body_bounds(body: int) -> tuple[np.ndarray, np.ndarray]:
         corners = _shape_corners(geom, dims, filename.decode() if isinstance(filename, bytes) else filename)
         if corners is None:
             continue
-        if link == -1:  # the base pose is its inertial frame; visual frames hang off the URDF link frame
-            com_pos, com_orn = p.getBasePositionAndOrientation(body)
-            inertial_pos, inertial_orn = p.getDynamicsInfo(body, -1)[3:5]
-            link_pos, link_orn = p.multiplyTransforms(com_pos, com_orn, *p.invertTransform(inertial_pos, inertial_orn))
-        else:
-            link_pos, link_orn = p.getLinkState(body, link)[4:6]
-        pos, orn = p.multiplyTransforms(link_pos, link_orn, local_pos, local_orn)
+        pos, orn = p.multiplyTransforms(*link_pose(body, link), local_pos, local_orn)
         rotation = np.asarray(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
         points += list(corners @ rotation.T + np.asarray(pos))
     if not points:
         raise RuntimeError("the object has no visible geometry")
     points = np.asarray(points, dtype=np.float64)
     return points.min(axis=0), points.max(axis=0)
+
+
+def link_pose(body: int, link: int) -> tuple:
+    """World (position, orientation) of a link's URDF frame, the frame its visual shapes hang off."""
+    import pybullet as p
+
+    if link == -1:  # the base pose is its inertial frame
+        com_pos, com_orn = p.getBasePositionAndOrientation(body)
+        inertial_pos, inertial_orn = p.getDynamicsInfo(body, -1)[3:5]
+        return p.multiplyTransforms(com_pos, com_orn, *p.invertTransform(inertial_pos, inertial_orn))
+    return p.getLinkState(body, link)[4:6]
 
 
 def _shape_corners(geom: int, dims: Sequence[float], filename: str) -> np.ndarray | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from .preprocess import CloudSettings
 
 
 @dataclass
@@ -16,6 +18,8 @@ class GSEncoderConfig:
     fusion_*: the Transformer branch over ``fusion_groups`` groups of ``fusion_group_size``
         Gaussians (its groups are the first centres of level 1, so fusion_groups <= npoints[0]).
     embed_dim: the CLIP embedding size (512 for ViT-B-32).
+    cloud: how point clouds are prepared for this encoder (``prepare_cloud``): the settings of its
+        training data, so that every caller feeds it clouds as it was trained.
     """
 
     embed_dim: int = 512
@@ -30,8 +34,11 @@ class GSEncoderConfig:
     fusion_heads: int = 4
     head_hidden: int = 1024
     dropout: float = 0.0
+    cloud: CloudSettings = field(default_factory=CloudSettings)
 
     def __post_init__(self) -> None:
+        if isinstance(self.cloud, dict):  # from JSON
+            self.cloud = CloudSettings(**self.cloud)
         # JSON gives lists; tuples keep the config hashable and comparable.
         self.npoints = tuple(int(v) for v in self.npoints)
         self.neighbours = tuple(int(v) for v in self.neighbours)

@@ -3,7 +3,8 @@
 ``lift_points`` is the initialisation of 3D Gaussian Splatting (isotropic scale from the mean squared
 distance to the 3 nearest neighbours, identity rotation, constant low opacity) with the points'
 own colours. ``lift`` adds the optional refinement of colour, opacity, scale and rotation against
-posed RGB images (``refine.py``, gsplat on a GPU) and says on its result whether that happened.
+posed RGB images (``refine.py``: gsplat's kernels on CUDA, plain torch elsewhere) and says on its
+result whether that happened.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._knn import knn_sq_distances
-from .refine import PosedImage, RefinementUnavailableWarning, refine_gaussians, refinement_unavailable
+from .refine import PosedImage, Refinement, RefinementUnavailableWarning, refine_gaussians, refinement_unavailable
 from .splats import Gaussians
 
 _MIN_SQ_DISTANCE = 1e-7  # the reference's floor on the mean squared neighbour distance (duplicates)
@@ -28,6 +29,7 @@ class LiftResult:
     gaussians: Gaussians
     refined: bool
     note: str
+    refinement: Refinement | None = None  # the optimisation's losses, resets and time, when refined
 
 
 def as_points(points: object, colours: object) -> tuple[np.ndarray, np.ndarray]:
@@ -91,22 +93,27 @@ def lift(
     opacity: float = 0.1,
     steps: int = 500,
     opacity_reset_every: int = 50,
-    device: str = "cuda",
+    device: str = "cpu",
+    backend: str = "auto",
 ) -> LiftResult:
-    """Lift points to Gaussians, then refine them against ``views`` when gsplat and a GPU are there.
+    """Lift points to Gaussians, then refine them against ``views`` (see ``refine_gaussians``).
 
-    Without views, or without gsplat / CUDA, the un-refined lift is returned with ``refined=False``
-    and a note saying why (the missing-gsplat case also warns with RefinementUnavailableWarning).
+    Without views, or when refinement cannot run (gsplat missing, CUDA asked for but absent), the
+    un-refined lift is returned with ``refined=False`` and a note saying why (the latter also warns
+    with RefinementUnavailableWarning).
     """
     gaussians = lift_points(points, colours, k=k, opacity=opacity)
     if not views:
         return LiftResult(gaussians, False, "no images given: un-refined lift")
-    reason = refinement_unavailable(device)
+    reason = refinement_unavailable(device, backend)
     if reason:
         warnings.warn(f"Gaussians not refined: {reason}", RefinementUnavailableWarning, stacklevel=2)
         return LiftResult(gaussians, False, f"not refined: {reason}")
-    refined = refine_gaussians(gaussians, views, steps=steps, opacity_reset_every=opacity_reset_every, device=device)
-    return LiftResult(refined, True, f"refined with gsplat for {steps} steps")
+    refined = refine_gaussians(
+        gaussians, views, steps=steps, opacity_reset_every=opacity_reset_every, device=device, backend=backend
+    )
+    note = f"refined for {steps} steps ({refined.backend} renderer, {refined.seconds:.1f} s)"
+    return LiftResult(refined.gaussians, True, note, refined)
 
 
 def points_from_depth(

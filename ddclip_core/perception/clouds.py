@@ -19,7 +19,7 @@ from ..fusion import fuse_embeddings
 from ..gaussians import CloudEmbedder
 from .worker import EncodeJob
 
-Cloud = tuple[np.ndarray, np.ndarray]  # points (N, 3) float32, colours (N, 3) in [0, 1]
+Cloud = tuple[np.ndarray, np.ndarray]  # prepared: points (N, 3) float32 in the unit sphere, colours in [0, 1]
 
 
 class TrackClouds:
@@ -37,10 +37,11 @@ class TrackClouds:
         return f"+gs:{self.embedder.encoder.weights_id}@w{self.gaussian_weight:g}"
 
     def add(self, track_id: str, points: np.ndarray, colours: np.ndarray) -> Cloud:
-        """Keep a track's newest cloud (subsampled); ValueError names what is wrong with a bad one."""
+        """Keep a track's newest cloud, prepared as the encoder's training clouds were (``prepare_cloud``:
+        voxel averaging, point budget, centring and scale); ValueError names what is wrong with a bad one."""
         if not track_id:
             raise ValueError("a point cloud without a track_id")
-        cloud = self.embedder.subsample(points, colours)  # checks there are enough points
+        cloud = self.embedder.prepare(points, colours)
         with self._lock:
             self._clouds[track_id] = cloud
             self._clouds.move_to_end(track_id)
