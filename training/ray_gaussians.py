@@ -21,7 +21,6 @@ from .layout import DataFolder
 from .shards import delete, discard, new_token, shard_path, write_virtual
 
 SHARD_OBJECTS = 256
-DATASETS = ("features", "counts", "centre", "radius")
 
 
 @dataclass
@@ -69,8 +68,9 @@ def write_gaussians_ray(
             discard(data.root, "gaussians", token)
             raise result
         parts[index] = result
-    with h5py.File(parts[0], "r") as first:
+    with h5py.File(parts[0], "r") as first:  # every dataset the lifting writes: partial clouds too
         attrs = dict(first.attrs)
+        names = [name for name, item in first.items() if isinstance(item, h5py.Dataset)]
     out = data.path(GAUSSIANS)
-    delete(write_virtual(out, parts, DATASETS, extra=lambda f: f.attrs.update(attrs)))
+    delete(write_virtual(out, parts, names, extra=lambda f: f.attrs.update(attrs)))
     return out
