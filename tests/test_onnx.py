@@ -173,3 +173,54 @@ def test_missing_provider_wrong_backend_and_wrong_folder_each_give_one_clear_err
 
 def engine_of_cpu(folder):
     return load_model(folder, backend="onnxruntime", providers=["cpu"])
+
+
+def test_node_runs_end_to_end_on_onnxruntime_over_dds(exported, tmp_path):
+    """The node with backend:=onnxruntime: embeddings equal PyTorch's, the bank made by PyTorch is accepted."""
+    pytest.importorskip("rclpy", reason="rclpy not installed: scripts/setup.sh installs ROS 2 from PyPI")
+    import rclpy
+    from ddclip.msg import ObjectMatches, ObjectView, ShapeEmbedding
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from ddclip_ros.image_conversion import rgb_to_image
+    from ddclip_ros.node_process import stop_node
+    from ddclip_ros.spin import spin_until
+    from tests.ros_node import launch, node_params, ros_env
+
+    model, folder = exported
+    env = ros_env(tmp_path)
+    params = node_params(tmp_path)  # its tiny model, bank and labels come from the same seed as ``exported``
+    params.update(weights=str(folder), backend="onnxruntime", memory_path="")
+    process = launch(params, env)
+    views = random_views(3, seed=60)
+    rclpy.init()
+    try:
+        client = rclpy.create_node("ddclip_onnx_test_client")
+        embeddings: list[ShapeEmbedding] = []
+        matches: list[ObjectMatches] = []
+        client.create_subscription(ShapeEmbedding, "ddclip/embeddings", embeddings.append, 10)
+        client.create_subscription(ObjectMatches, "ddclip/matches", matches.append, 10)
+        publisher = client.create_publisher(
+            ObjectView, "ddclip/views", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        started = spin_until(client, lambda: publisher.get_subscription_count() > 0 or process.poll() is not None, 120)
+        assert started and process.poll() is None, stop_node(process)
+        for i, view in enumerate(views):
+            message = ObjectView(track_id="mug-1", track_ended=i == len(views) - 1)
+            message.header.frame_id = "camera"
+            message.image = rgb_to_image(view)
+            publisher.publish(message)
+        done = lambda: any(m.num_views == 3 for m in matches) and any(e.num_views == 3 for e in embeddings)  # noqa: E731
+        assert spin_until(client, done, 60), f"got {[(e.track_id, e.num_views) for e in embeddings]}"
+        client.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    output = stop_node(process)
+    assert process.returncode == 0, output
+    assert f"{folder} (ONNX fp32" in output  # the node says what it runs
+    embedding = next(e for e in embeddings if e.num_views == 3)
+    assert embedding.weights_id == model.weights_id
+    expected = model.encode_views(views)[0].numpy()
+    np.testing.assert_allclose(np.asarray(embedding.embedding), expected, rtol=0, atol=TOLERANCE)
+    match = next(m for m in matches if m.num_views == 3)
+    assert {m.id for m in match.bank_matches} == {"red_mug", "white_couch"} and len(match.label_matches) == 3
