@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DuoduoConfig
+from ..encode_inputs import check_preprocessed, checked_texts, view_counts
 from ..identity import WeightsIdentity
 from ..images import as_objects
 from ..preprocess import CropMode, Preprocessor, ResizeMode
@@ -142,14 +143,7 @@ class OnnxRuntimeCLIP:
 
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings, as DuoduoCLIP.encode_text."""
-        texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, (list, tuple)) or not texts:
-            raise ValueError("encode_text needs a non-empty string or list of strings")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str")
-            if not text.strip():
-                raise ValueError(f"text {i} is empty")
+        texts = checked_texts(texts)
         session = self._sessions["text"]
         out = [
             session.run(None, {"text": self.tokenizer(list(texts[start : start + batch_size])).numpy()})[0]
@@ -188,26 +182,14 @@ class OnnxRuntimeCLIP:
         return self._sessions["cross_view"].run(None, feed)[0]
 
     def _packed_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None) -> tuple[np.ndarray, list[int]]:
-        size = self.config.preprocess.image_size
-        if pixels.ndim != 5 or pixels.shape[2] != 3 or pixels.shape[-2:] != (size, size):
-            raise ValueError(f"expected preprocessed views (B, F, 3, {size}, {size}), got {tuple(pixels.shape)}")
-        if not pixels.is_floating_point():
-            raise ValueError(f"preprocessed views must be a float tensor, not {pixels.dtype}; pass uint8 as numpy")
+        check_preprocessed(pixels, self.config.preprocess.image_size)
         if not torch.isfinite(pixels).all():
             raise ValueError("preprocessed views contain NaN or infinity")
         batch, frames = pixels.shape[:2]
         pixels = pixels.detach().to("cpu", torch.float32)
         if view_mask is None:
             return pixels.flatten(0, 1).numpy(), [frames] * batch
-        view_mask = torch.as_tensor(view_mask, device="cpu")
-        if view_mask.shape != (batch, frames) or view_mask.dtype != torch.bool:
-            raise ValueError(
-                f"view_mask must be a bool tensor of shape {(batch, frames)}, "
-                f"got {view_mask.dtype} {tuple(view_mask.shape)}"
-            )
-        counts = view_mask.sum(dim=1).tolist()
-        if min(counts) < 1:
-            raise ValueError(f"view_mask leaves objects {[i for i, c in enumerate(counts) if c < 1]} with no views")
+        view_mask, counts = view_counts(view_mask, batch, frames, pixels.device)
         return pixels[view_mask].numpy(), counts
 
     def __repr__(self) -> str:
