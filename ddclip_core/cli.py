@@ -90,7 +90,7 @@ def _calibration_views(folder: Path) -> list[list[np.ndarray]]:
     from .images import read_image
 
     if not folder.is_dir():
-        raise NotADirectoryError(f"--calibration {folder}: not a folder")
+        raise FileNotFoundError(f"--calibration {folder}: no such folder")
     objects = [[read_image(path) for path in image_files(sub)] for sub in sorted(folder.iterdir()) if sub.is_dir()]
     if not objects:
         raise ValueError(f"--calibration {folder}: no object folders in it (one folder of views per object)")

@@ -104,7 +104,8 @@ def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):
     objects = [random_views(count, seed=40 + count) for count in (2, 6)]
     reference = model.encode_views(objects)
     for precision, floor in (("fp16", 0.999), ("int8-dynamic", 0.99), ("int8-static", 0.99)):
-        out = export_onnx(model, tmp_path / precision, precision=precision, reuse=folder)
+        calibration = [list(random_views(4, seed=50)), list(random_views(2, seed=51))]  # objects of views
+        out = export_onnx(model, tmp_path / precision, precision=precision, reuse=folder, calibration=calibration)
         engine = load_model(out, backend="onnxruntime", device="cpu")
         assert engine.precision == precision and engine.weights_id == model.weights_id
         cosine = (engine.encode_views(objects) * reference).sum(-1)
@@ -115,6 +116,15 @@ def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):
         load_model(tmp_path / "fp16", backend="onnxruntime", device="cpu", precision="bf16")
     with pytest.raises(OnnxExportError, match="reuse needs an fp32 engine"):
         export_onnx(model, tmp_path / "again", precision="fp16", reuse=tmp_path / "int8-static")
+    assert not (tmp_path / "again").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_command_refuses_a_calibration_folder_without_objects(exported, tmp_path, capsys):
+    checkpoint = exported[1].parent / "Four_1to6F_bs1600_LT6.ckpt"
+    args = ["weights", "export", str(checkpoint), str(tmp_path / "engine"), "--onnx", "--device", "cpu"]
+    assert ddclip([*args, "--onnx-precision", "int8-static", "--calibration", str(tmp_path)]) != 0
+    assert "no object folders in it (one folder of views per object)" in capsys.readouterr().err
+    assert not (tmp_path / "engine").exists()
 
 
 def _copy(folder, tmp_path, name="copy"):
