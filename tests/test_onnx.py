@@ -178,6 +178,10 @@ def test_missing_provider_wrong_backend_and_wrong_folder_each_give_one_clear_err
         load_model(tmp_path, backend="onnxruntime")
     with pytest.raises(ValueError, match="exported with layers_threshold=2, not 6"):
         load_model(folder, backend="onnxruntime", device="cpu", layers_threshold=6)
+    (tmp_path / "safetensors").mkdir()
+    (tmp_path / "safetensors" / "config.json").write_text(model.config.to_json())  # a ddclip safetensors export
+    with pytest.raises(FileExistsError, match="exists and is not an ONNX export: refusing to replace it"):
+        export_onnx(model, tmp_path / "safetensors")
     assert engine_of_cpu(folder).encode_views(np.zeros((1, 224, 224, 3), np.uint8)).shape == (1, model.embed_dim)
 
 

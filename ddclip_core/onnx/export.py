@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -25,8 +26,9 @@ import onnx
 import torch
 
 from .backend import OnnxRuntimeCLIP
-from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, PRECISIONS, OnnxExportError, file_sha256
+from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, PRECISIONS, OnnxExportError, file_sha256, is_onnx_export
 from .graphs import CrossViewGraph, PerViewGraph, TextGraph
+from .precision import convert
 
 OPSET = 23  # the first with ONNX's own Attention operator (scaled dot-product attention)
 FP32_TOLERANCE = 1e-4  # max abs error on unit embeddings between the fp32 engine and PyTorch fp32
@@ -52,6 +54,8 @@ def export_onnx(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not is_onnx_export(folder):
+        raise FileExistsError(f"{folder} exists and is not an ONNX export: refusing to replace it")
     if model.device.type != "cpu" or model.precision != "fp32":  # export and reference both run fp32 on the CPU
         model = copy.deepcopy(model).cpu().set_precision("fp32")
     model.eval()
@@ -63,8 +67,6 @@ def export_onnx(
         else:
             _copy_fp32(Path(reuse), model.weights_id, work)
         if precision != "fp32":
-            from .precision import convert
-
             convert(model, work, precision, calibration)
         for part, name in GRAPHS.items():
             _stamp(work / name, model.weights_id, part, precision)
@@ -177,14 +179,20 @@ def check_against_torch(model: Any, folder: Path, precision: str) -> dict[str, f
 
 def _put_in_place(work: Path, folder: Path) -> None:
     """Replace ``folder`` by ``work`` with renames, so a reader never sees a half-written engine."""
+    for path in work.iterdir():  # on disk before the rename makes them visible
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    descriptor = os.open(work, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
     old = None
     if folder.exists():
-        if any(folder.iterdir()) and not (folder / CONFIG).is_file():
-            raise FileExistsError(f"{folder} exists and is not an ONNX export: refusing to replace it")
         old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         folder.rename(old)
     work.rename(folder)
-    work.parent.joinpath(folder.name).chmod(0o755)
+    folder.chmod(0o755)  # mkdtemp made it private
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
