@@ -42,7 +42,7 @@ setup(
         "tensorboard": ["tensorboard>=2.12"],
         # ddclip_core/onnx: ONNX export (torch's exporter needs onnxscript) and the ONNX Runtime backend (CPU;
         # GPU execution providers come with onnxruntime-gpu instead)
-        "onnx": ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.22"],
+        "onnx": ["onnx>=1.17", "onnxscript>=0.2", "onnx-ir>=0.1", "onnxruntime>=1.22"],
     },
     entry_points={
         "console_scripts": [
