@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines-dir", help="keep the exported engines here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
+    torch.manual_seed(0)  # the same random weights in every run: the drift figures depend on them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(args.weights, device="cpu")
