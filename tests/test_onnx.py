@@ -21,6 +21,7 @@ from ddclip_core.onnx.backend import OnnxRuntimeCLIP
 from ddclip_core.onnx.export import export_onnx
 from ddclip_core.onnx.files import OnnxExportError
 from ddclip_core.onnx.providers import ProviderError
+from ddclip_core.perception import PerceptionConfig, StartupError, open_perception
 from ddclip_core.view_cache import ViewTokenCache
 from tests.conftest import published_tiny, random_views
 
@@ -178,6 +179,10 @@ def test_missing_provider_wrong_backend_and_wrong_folder_each_give_one_clear_err
         load_model(tmp_path, backend="onnxruntime")
     with pytest.raises(ValueError, match="exported with layers_threshold=2, not 6"):
         load_model(folder, backend="onnxruntime", device="cpu", layers_threshold=6)
+    with pytest.raises(ValueError, match="backend must be torch or onnxruntime, got 'tensorrt'"):
+        PerceptionConfig(backend="tensorrt")
+    with pytest.raises(StartupError, match="weights: .* is not an ONNX export"):
+        open_perception(PerceptionConfig(weights=str(tmp_path), backend="onnxruntime", device="cpu"))
     (tmp_path / "safetensors").mkdir()
     (tmp_path / "safetensors" / "config.json").write_text(model.config.to_json())  # a ddclip safetensors export
     with pytest.raises(FileExistsError, match="exists and is not an ONNX export: refusing to replace it"):
