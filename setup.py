@@ -40,6 +40,8 @@ setup(
         # training/: data preparation (a real renderer, mesh conversion), Lightning training, plots
         "train": ["pytorch-lightning>=2.1", "pybullet>=3.2", "trimesh>=4", "matplotlib>=3.7", "pyyaml>=6"],
         "tensorboard": ["tensorboard>=2.12"],
+        # --ray: data preparation and bank building on a Ray cluster (tasks + Ray Data batch inference)
+        "cluster": ["ray[data]>=2.40"],
         # ddclip_core/onnx: ONNX export (torch's exporter needs onnxscript) and the ONNX Runtime backend (CPU;
         # GPU execution providers come with onnxruntime-gpu instead)
         "onnx": ["onnx>=1.17", "onnxscript>=0.2", "onnx-ir>=0.1", "onnxruntime>=1.22"],

@@ -48,3 +48,19 @@ def copy_bandwidth(gigabytes: float = 1.0) -> float:
         np.copyto(dst, src)
         best = max(best, 2 * src.nbytes / (time.perf_counter() - start))
     return best
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time of each fn, run in turns (a, b, a, b, ...) after one warm-up each, so that a
+    shared machine's load changes hit every contender alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -1,44 +1,58 @@
-"""Encoder benchmark: latency, objects/s, memory and FLOP-floor ratio of DuoduoCLIP.encode_views.
+"""Encoder benchmark: DuoduoCLIP's image side against the machine's FLOP floor and the published code.
 
-For each (batch, views) it prints the end-to-end time of encode_views on uint8 views
-(preprocessing included), objects/s, peak memory, the model's FLOPs (torch's FlopCounterMode on
-the real forward pass), the FLOP floor (FLOPs / dense matmul rate measured on the same device in
-the same run) and measured/floor, plus a naive baseline measured in the same run: a per-view
-open_clip encode_image loop with averaging (plain CLIP, one view per call).
+For each (batch, views), all in one run and timed in turns (a, b, a, b, ...) so that load changes on a
+shared machine hit every contender alike:
+  - ours, fp32, on the same preprocessed tensor as the published code, and end to end from uint8 views
+    (``encode_views``, preprocessing included: what the node runs);
+  - the published implementation (``--published CHECKOUT``, github.com/3dlg-hcvc/DuoduoCLIP cloned
+    outside this repository) with the same weights on the same tensor, and the largest difference of
+    the two unit embeddings;
+  - ours in 16 bit (``--half bf16|fp16``; default bf16 where the CPU has bf16 kernels, else none), with
+    its cosine to fp32 and its speed-up;
+and, for each precision, the FLOP floor: the network's FLOPs (torch's FlopCounterMode) / the best dense
+matmul rate measured here in that precision, the max of MKL (``torch.mm``) and oneDNN with pre-packed
+weights (what our CPU path uses), over square products and the encoder's own GEMM shapes.
 
-    .venv/bin/python benchmarks/encoder.py                      # CPU grid, a few minutes
-    .venv/bin/python benchmarks/encoder.py --device cuda --precision bf16 --paper-setting
+    .venv/bin/python benchmarks/encoder.py --published /tmp/DuoduoCLIP            # CPU, 1x1 1x12 16x12
+    .venv/bin/python benchmarks/encoder.py --device cuda --settings 1x12,200x12   # GPU (never run here)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import sys
 import warnings
 
 import numpy as np
 import torch
-from _timing import timed
+from _timing import interleaved, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import load_model
-from ddclip_core._runtime import autocast
+from ddclip_core._prepacked import packing_available
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def matmul_rate(device: torch.device, precision: str) -> float:
-    """Best dense matmul FLOP/s of this device in the benchmark's precision (the ceiling): the max
-    over square products and the encoder's own largest GEMM shape (tokens x 768 x 3072)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    shapes = [(2048, 2048, 2048), (4096, 4096, 4096), (9600, 768, 3072)]
+    """Best dense matmul FLOP/s of this device in ``precision``: the ceiling every floor is measured by."""
+    dtype = DTYPES[precision]
+    shapes = [(2048, 2048, 2048), (4096, 4096, 4096), (9600, 768, 3072), (600, 768, 3072)]
     if device.type == "cuda":
         shapes.append((8192, 8192, 8192))
+    onednn = packing_available(device, precision)
     best = 0.0
     for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        seconds = timed(lambda a=a, b=b: torch.mm(a, b), device, repeats=5, warmup=2)
-        best = max(best, 2 * m * k * n / seconds)
+        runs = [lambda a=a, b=b: torch.mm(a, b)]
+        if onednn:
+            packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
+            runs.append(lambda a=a, w=packed: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
+        for run in runs:
+            best = max(best, 2 * m * k * n / timed(run, device, repeats=5, warmup=2))
     return best
 
 
@@ -55,68 +69,95 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
 
 
-def naive_baseline(model, objects: np.ndarray) -> torch.Tensor:
-    """One open_clip encode_image call per view, then the mean: what one would write without us."""
-    out = []
-    with torch.inference_mode(), autocast(model.device, model.precision):
-        for views in objects:
-            per_view = [model.clip.encode_image(model.preprocessor([v], model.device)) for v in views]
-            out.append(torch.cat(per_view).mean(0))
-    return torch.stack(out)
+def default_half(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if packing_available(device, "bf16") else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--weights", help="weights file (default: random ViT-B-32; speed does not depend on values)")
-    parser.add_argument("--views", default="1,2,4,6,8,12", help="view counts (default: 1,2,4,6,8,12)")
-    parser.add_argument("--batches", default="1,16", help="objects per call (default: 1,16)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per setting, median reported")
+    parser.add_argument("--settings", default="1x1,1x12,16x12", help="batch x views list (default: 1x1,1x12,16x12)")
+    parser.add_argument("--published", metavar="CHECKOUT", help="a DuoduoCLIP checkout to time side by side")
+    parser.add_argument("--half", choices=["bf16", "fp16", "none"], help="16-bit precision to compare (default: auto)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per contender, median reported")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the per-view open_clip loop")
-    parser.add_argument("--paper-setting", action="store_true", help="also time batch 200 x 12 views")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = load_model(args.weights, device=args.device, precision=args.precision)
+        model = load_model(args.weights, device=args.device, precision="fp32")
     device = model.device
-    rate = matmul_rate(device, args.precision)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    print(f"device: {name}; precision {args.precision}; torch {torch.__version__}")
-    print(f"dense matmul rate: {rate / 1e9:.1f} GFLOP/s ({args.precision})")
-    settings = [(b, f) for b in map(int, args.batches.split(",")) for f in map(int, args.views.split(","))]
-    if args.paper_setting:
-        settings.append((200, 12))
+    half = None if args.half == "none" else args.half or default_half(device)
+    # its own copy: each model keeps pre-packed weights for one precision at a time
+    half_model = copy.deepcopy(model).set_precision(half) if half else None
+    published = None
+    if args.published:
+        from _published import load_published_visual, published_encoder
 
-    header = (
-        f"{'batch':>5} {'views':>5} {'ms/call':>9} {'obj/s':>8} {'GFLOP':>8} {'floor ms':>9} "
-        f"{'x floor':>7} {'peak MB':>8} {'naive ms':>9} {'speedup':>7}"
+        published = published_encoder(load_published_visual(args.published, model.clip.visual), model.layers_threshold)
+    rates = {"fp32": matmul_rate(device, "fp32")}
+    if half:
+        rates[half] = matmul_rate(device, half)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
+    print("dense matmul rate: " + ", ".join(f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in rates.items()))
+
+    print(
+        f"{'setting':>8} {'GFLOP':>7} | {'fp32 ms':>8} {'x floor':>7} {'e2e ms':>8} {'obj/s':>7} | "
+        f"{'publ. ms':>8} {'speedup':>7} {'max|d|':>8} | {'half ms':>8} {'x floor':>7} {'vs fp32':>7} {'cosine':>8}"
+        f" | {'peak MB':>7}"
     )
-    print(header)
     rng = np.random.default_rng(0)
-    for batch, views in settings:
+    for setting in args.settings.split(","):
+        batch, views = (int(v) for v in setting.lower().split("x"))
         objects = rng.integers(0, 256, size=(batch, views, 224, 224, 3), dtype=np.uint8)
+        pixels = model.preprocessor(list(objects.reshape(-1, 224, 224, 3)), device).view(batch, views, 3, 224, 224)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(lambda o=objects, b=batch: model.encode_views(o, batch_size=b), device, args.repeats)
-        peak = peak_memory_mb(device)
+        contenders = {
+            "ours": lambda p=pixels: model.encode_views(p.clone()),
+            "e2e": lambda o=objects, b=batch: model.encode_views(o, batch_size=b),
+        }
+        if published is not None:
+            contenders["published"] = lambda p=pixels: published(p)
+        if half:
+            contenders["half"] = lambda p=pixels: half_model.encode_views(p.clone())
+        with torch.inference_mode():
+            times = interleaved(contenders, device, args.repeats)
+            reference = model.encode_views(pixels)
         flops = model_flops(model, batch, views)
-        floor = flops / rate
-        naive = "-"
-        speedup = "-"
-        if not args.no_baseline and batch * views <= 256:
-            naive_s = timed(lambda objects=objects: naive_baseline(model, objects), device, max(1, args.repeats - 1))
-            naive, speedup = f"{naive_s * 1e3:9.1f}", f"{naive_s / seconds:7.2f}"
-        print(
-            f"{batch:5d} {views:5d} {seconds * 1e3:9.1f} {batch / seconds:8.1f} {flops / 1e9:8.1f} "
-            f"{floor * 1e3:9.1f} {seconds / floor:7.2f} {peak:8.0f} {naive:>9} {speedup:>7}",
-            flush=True,
+        floor = {p: flops / r for p, r in rates.items()}
+        row = (
+            f"{setting:>8} {flops / 1e9:7.1f} | {times['ours'] * 1e3:8.1f} {times['ours'] / floor['fp32']:7.2f} "
+            f"{times['e2e'] * 1e3:8.1f} {batch / times['e2e']:7.1f} | "
         )
-    print("x floor = measured time / (model FLOPs / dense matmul rate); speedup = naive loop time / ours")
+        if published is not None:
+            theirs = torch.nn.functional.normalize(published(pixels).float(), dim=-1)
+            diff = (theirs - reference).abs().max().item()
+            row += f"{times['published'] * 1e3:8.1f} {times['published'] / times['ours']:7.2f} {diff:8.1e} | "
+        else:
+            row += f"{'-':>8} {'-':>7} {'-':>8} | "
+        if half:
+            with torch.inference_mode():
+                low = half_model.encode_views(pixels)
+            cosine = (low * reference).sum(-1).min().item()
+            row += (
+                f"{times['half'] * 1e3:8.1f} {times['half'] / floor[half]:7.2f} "
+                f"{times['ours'] / times['half']:7.2f} {cosine:8.5f} | "
+            )
+        else:
+            row += f"{'-':>8} {'-':>7} {'-':>7} {'-':>8} | "
+        print(row + f"{peak_memory_mb(device):7.0f}", flush=True)
+    print(
+        "x floor = time / (FLOPs / matmul rate of that precision); speedup = published time / ours (fp32, same "
+        "tensor); max|d| = largest difference of the unit embeddings; e2e = from uint8 views, preprocessing "
+        f"included; half = {half or 'none'}, vs fp32 = ours fp32 time / half time, cosine = min over objects"
+    )
     return 0
 
 

@@ -44,6 +44,7 @@ RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 class Harness:
     def __init__(self, args: argparse.Namespace, **params: str) -> None:
         overrides = {"weights": args.weights or "", "device": args.device, "reliable": "true", "timeout_s": "30.0"}
+        overrides["precision"] = args.precision  # resolved in this process: the node runs what it is compared with
         overrides["allow_random_weights"] = "false" if args.weights else "true"  # timings only: no names read
         if args.main_thread_encoder:
             overrides["main_thread_encoder"] = "true"
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", help="weights (default: random ViT-B-32; speed does not depend on values)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto (as the node's default), fp32, fp16, bf16")
     parser.add_argument("--views", type=int, default=6, help="views per track (default: 6)")
     parser.add_argument("--repeats", type=int, default=10, help="tracks timed for latency (default: 10)")
     parser.add_argument("--flood-seconds", type=float, default=600.0, help="flood duration (default: 600 = 10 min)")
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = load_model(args.weights, device=args.device)
-    print(f"model {model.config.arch} on {model.device}; {args.views} views per track")
+        model = load_model(args.weights, device=args.device, precision=args.precision)
+    args.precision = model.precision
+    print(f"model {model.config.arch} on {model.device}, {model.precision_reason}; {args.views} views per track")
 
     if "latency" in sections:
         latency(args, model)
@@ -136,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 def latency(args: argparse.Namespace, model: object) -> None:
     """Last view published -> matches received, against the encoder alone."""
     harness = Harness(args, min_views=str(args.views), max_batch="16")
+    for j, view in enumerate(views(args.views, seed=10_000)):  # one untimed track: first-use costs
+        harness.publish("warm-up", view, ended=j == args.views - 1)
+    harness.wait_for([("warm-up", args.views)])
+    model.encode_views(views(args.views, seed=0))
     latencies, encoder, threaded = [], [], []
     for i in range(args.repeats):
         track_views = views(args.views, seed=i)

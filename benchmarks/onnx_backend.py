@@ -23,12 +23,13 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from _timing import timed
+from _timing import interleaved
 from encoder import matmul_rate, model_flops
 
 from ddclip_core import load_model
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settings", default="1x1,1x12,16x12", help="objects x views per call (default 1x1,1x12,16x12)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per setting, median reported")
+    parser.add_argument("--repeats", type=int, default=3, help="timed turns per setting, median reported")
     parser.add_argument("--engines-dir", help="keep the exported engines here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -120,18 +121,20 @@ def main(argv: list[str] | None = None) -> int:
             batch, views = map(int, setting.split("x"))
             objects = rng.integers(0, 256, size=(batch, views, 224, 224, 3), dtype=np.uint8)
             flops = model_flops(model, batch, views)
-            reference, base = None, None
-            for name, engine in engines.items():
-                run = lambda e=engine, o=objects, b=batch: e.encode_views(o, batch_size=b)  # noqa: E731
-                out = run()  # the warm-up call, whose result is compared
-                took = timed(run, device, args.repeats, warmup=0)
-                reference = out if reference is None else reference
-                base = took if base is None else base
+            outputs = {}
+
+            def call(name, engine, objects=objects, batch=batch, outputs=outputs):
+                outputs[name] = engine.encode_views(objects, batch_size=batch)
+
+            # In turns (a, b, c, a, b, c, ...), so that the shared machine's load changes hit every engine alike.
+            took = interleaved({name: partial(call, name, e) for name, e in engines.items()}, device, args.repeats)
+            reference, base = outputs["torch fp32"], took["torch fp32"]
+            for name in engines:
                 floor = flops / rates["bf16" if name == "torch bf16" else "fp32"]
-                cosine = float((out * reference).sum(-1).min())
+                cosine = float((outputs[name] * reference).sum(-1).min())
                 print(
-                    f"{name:<25} {batch:5d} {views:5d} {took * 1e3:9.1f} {batch / took:7.2f} {floor * 1e3:9.1f} "
-                    f"{took / floor:7.2f} {base / took:12.2f}x {cosine:10.6f}",
+                    f"{name:<25} {batch:5d} {views:5d} {took[name] * 1e3:9.1f} {batch / took[name]:7.2f} "
+                    f"{floor * 1e3:9.1f} {took[name] / floor:7.2f} {base / took[name]:12.2f}x {cosine:10.6f}",
                     flush=True,
                 )
         print("\ndrift on the shipped real-object renders (4 objects; 1 view, each of 12 views, 12 views):")

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._prepacked import PrepackedVisual
+
 
 class ViewGroups:
     """Which packed views belong to which object, and how to lay them out side by side."""
@@ -98,12 +100,20 @@ def run_block(block: nn.Module, x: torch.Tensor, groups: ViewGroups | None) -> t
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def per_view_tokens(visual: nn.Module, pixels: torch.Tensor, layers_threshold: int) -> torch.Tensor:
+def per_view_tokens(
+    visual: nn.Module, pixels: torch.Tensor, layers_threshold: int, prepacked: PrepackedVisual | None = None
+) -> torch.Tensor:
     """Packed views (N, 3, H, W) -> their tokens after the blocks below the threshold, (N, L, D).
 
     These blocks see one view at a time, so a view's tokens never change: they can be kept and reused
-    when the object's other views change (``view_cache``).
+    when the object's other views change (``view_cache``). ``prepacked``: the same weights pre-packed for
+    inference on CPU (``_prepacked``), used instead of the modules.
     """
+    if prepacked is not None:
+        x = prepacked.embed(pixels)
+        for block in prepacked.blocks[:layers_threshold]:
+            x = block(x)
+        return x
     x = embed_views(visual, pixels)
     for block in visual.transformer.resblocks[:layers_threshold]:
         x = run_block(block, x, None)
@@ -111,7 +121,11 @@ def per_view_tokens(visual: nn.Module, pixels: torch.Tensor, layers_threshold: i
 
 
 def cross_view_embeddings(
-    visual: nn.Module, tokens: torch.Tensor, view_counts: list[int], layers_threshold: int
+    visual: nn.Module,
+    tokens: torch.Tensor,
+    view_counts: list[int],
+    layers_threshold: int,
+    prepacked: PrepackedVisual | None = None,
 ) -> torch.Tensor:
     """Per-view tokens (N, L, D) of len(view_counts) objects -> (B, embed_dim), not normalised: the blocks
     from the threshold on attend across the views of one object; then CLS -> ln_post -> mean -> proj."""
@@ -119,20 +133,28 @@ def cross_view_embeddings(
         raise ValueError(f"{tokens.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
     groups = ViewGroups(view_counts, tokens.device)
     x = tokens
-    for block in visual.transformer.resblocks[layers_threshold:]:
-        x = run_block(block, x, groups)
+    if prepacked is not None:
+        x = x.float()
+        for block in prepacked.blocks[layers_threshold:]:
+            x = block(x, groups)
+    else:
+        for block in visual.transformer.resblocks[layers_threshold:]:
+            x = run_block(block, x, groups)
     cls = visual.ln_post(x[:, 0])
     pooled = groups.mean(cls)
     return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 def encode_packed_views(
-    visual: nn.Module, pixels: torch.Tensor, view_counts: list[int], layers_threshold: int
+    visual: nn.Module,
+    pixels: torch.Tensor,
+    view_counts: list[int],
+    layers_threshold: int,
+    prepacked: PrepackedVisual | None = None,
 ) -> torch.Tensor:
     """Packed views (N, 3, H, W) of len(view_counts) objects -> (B, embed_dim), not normalised."""
     if pixels.shape[0] != sum(view_counts):
         raise ValueError(f"{pixels.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
     ViewGroups(view_counts, pixels.device)  # checks the counts before any work
-    return cross_view_embeddings(
-        visual, per_view_tokens(visual, pixels, layers_threshold), view_counts, layers_threshold
-    )
+    tokens = per_view_tokens(visual, pixels, layers_threshold, prepacked)
+    return cross_view_embeddings(visual, tokens, view_counts, layers_threshold, prepacked)

@@ -27,9 +27,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def check_precision(precision: str) -> Precision:
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}")
+def check_precision(precision: str, allow_auto: bool = False) -> Precision:
+    """A concrete precision, or "auto" where allowed (resolved by ``DuoduoCLIP.set_precision``)."""
+    allowed = ("fp32", "fp16", "bf16", "auto") if allow_auto else ("fp32", "fp16", "bf16")
+    if precision not in allowed:
+        names = ", ".join(repr(name) for name in allowed)
+        raise ValueError(f"precision must be one of {names}, got {precision!r}")
     return precision  # type: ignore[return-value]
 
 

@@ -34,7 +34,7 @@ def find_objects(folder: str | Path) -> list[tuple[str, list[Path]]]:
     return objects
 
 
-def _extra_metadata(folder: Path) -> dict[str, dict[str, Any]]:
+def extra_metadata(folder: Path) -> dict[str, dict[str, Any]]:
     path = folder / "metadata.csv"
     if not path.is_file():
         return {}
@@ -57,25 +57,30 @@ def build_bank(
     """Embed every object of ``folder`` with ``model`` into a new bank (exact index)."""
     folder = Path(folder)
     objects = find_objects(folder)
-    extra = _extra_metadata(folder)
+    extra = extra_metadata(folder)
     bank = EmbeddingBank(model.embed_dim, weights_id=model.weights_id)
     with tqdm(total=len(objects), desc="embedding objects", unit="obj", disable=not progress) as bar:
         for start in range(0, len(objects), batch_size):
             chunk = objects[start : start + batch_size]
             embeddings = model.encode_views([images for _, images in chunk], num_views=num_views)
-            records = []
-            for name, images in chunk:
-                record = {
-                    "id": name,
-                    "name": name.replace("_", " "),
-                    "source": source or folder.name,
-                    "image": str(images[0].resolve()),
-                    "views": str(len(images) * (num_views or 1)),
-                }
-                if num_views:
-                    record["strip_views"] = str(num_views)
-                record.update(extra.get(name, {}))
-                records.append(record)
+            records = [object_record(name, images, source or folder.name, num_views, extra) for name, images in chunk]
             bank.add(embeddings, records, weights_id=model.weights_id)
             bar.update(len(chunk))
     return bank
+
+
+def object_record(
+    name: str, images: list[Path], source: str, num_views: int | None, extra: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The bank metadata of one object of a folder."""
+    record = {
+        "id": name,
+        "name": name.replace("_", " "),
+        "source": source,
+        "image": str(images[0].resolve()),
+        "views": str(len(images) * (num_views or 1)),
+    }
+    if num_views:
+        record["strip_views"] = str(num_views)
+    record.update(extra.get(name, {}))
+    return record

@@ -10,6 +10,7 @@ from typing import Any
 
 from .bank import EmbeddingBank, Match
 from .cli_common import load_from_args, objects_from_args
+from .cluster import add_ray_argument
 
 
 def _index_args(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +58,18 @@ def cmd_import_objaverse(args: argparse.Namespace) -> int:
 
 
 def cmd_bank_build(args: argparse.Namespace) -> int:
-    from .bank_build import build_bank
+    options = {"num_views": args.views, "batch_size": args.batch_size, "progress": not args.quiet}
+    if args.ray:
+        from .bank_ray import build_bank_ray
+        from .cluster import ModelSpec, connect
 
-    model = load_from_args(args)
-    bank = build_bank(model, args.folder, num_views=args.views, batch_size=args.batch_size, progress=not args.quiet)
+        spec = ModelSpec.from_args(args)
+        connect(args.ray)
+        bank = build_bank_ray(spec, args.folder, **options)
+    else:
+        from .bank_build import build_bank
+
+        bank = build_bank(load_from_args(args), args.folder, **options)
     _build_index(bank, args)
     bank.save(args.out)
     print(f"wrote {args.out}: {len(bank)} objects x {bank.dim}, weights {bank.weights_id}")
@@ -205,6 +214,7 @@ def register(commands: Any, add_model_args: Any) -> None:
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     _index_args(build)
     add_model_args(build)
+    add_ray_argument(build)
     build.set_defaults(func=cmd_bank_build)
 
     index = actions.add_parser("index", help="(re)build the search index of a saved bank")

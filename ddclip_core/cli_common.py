@@ -20,7 +20,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
     group.add_argument(
-        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute precision (default: fp32)"
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16", "auto"],
+        help="compute precision; auto: the fastest whose embeddings match fp32, measured here (default: fp32)",
     )
     group.add_argument(
         "--layers-threshold",

@@ -47,7 +47,10 @@ def load_model(
             point for training), or a ddclip export (folder or its ``model.safetensors``). The
             format is read from the file's bytes. None: random initialisation, with a loud warning.
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N".
-        precision: "fp32", "fp16" or "bf16"; 16-bit runs under autocast, weights stay fp32.
+        precision: "fp32", "fp16", "bf16" or "auto" (the fastest of them whose embeddings match fp32's,
+            measured once at load on this device: ``ddclip_core.precision``). Weights stay fp32; on CPU
+            the image tower's matmuls run on a pre-packed copy in the precision's type (``_prepacked``),
+            on CUDA 16-bit runs under autocast.
         layers_threshold: first visual block with cross-view attention. None: what the checkpoint
             records, else 6 (the published model). Equal to the number of blocks: plain CLIP.
         arch: open_clip architecture name when the file does not record one (default ViT-B-32).
@@ -74,7 +77,7 @@ def load_model(
         raise ValueError("providers only apply to backend='onnxruntime'")
     if weights is not None and is_onnx_export(weights):
         raise CheckpointError(f"{weights} is an ONNX export: load it with backend='onnxruntime'")
-    precision = check_precision(precision)
+    precision = check_precision(precision, allow_auto=True)
     target = resolve_device(device)
     if weights is None:
         warnings.warn(RANDOM_WEIGHTS_WARNING, RandomWeightsWarning, stacklevel=2)

@@ -7,6 +7,7 @@ forward pass of the image tower differs: see ``_multiview``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tokens
+from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
 from .encode_inputs import check_preprocessed, checked_texts, view_counts
 from .identity import WeightsIdentity
 from .images import as_objects
+from .precision import choose_precision
 from .preprocess import CropMode, Preprocessor, ResizeMode
 
 _ATTN_PARAM = re.compile(r"^clip\.visual\.transformer\.resblocks\.(\d+)\.attn\.")
@@ -43,6 +46,7 @@ class DuoduoCLIP(nn.Module):
         cfg.pop("cast_dtype", None)
         self.clip = open_clip.CLIP(**cfg)
         self.precision: Precision = "fp32"
+        self.precision_reason = "default"  # why this precision: "requested", or what "auto" measured
         self.preprocessor = Preprocessor(config.preprocess)
         self.weights_source: str | None = None
         # Other names of these weights: a published checkpoint is also "published:<file stem>", the
@@ -50,6 +54,8 @@ class DuoduoCLIP(nn.Module):
         self.weights_aliases: tuple[str, ...] = ()
         self._tokenizer: Any = None
         self._weights_id: str | None = None
+        self._prepacked = PrepackedCache(PrepackedVisual)
+        self._prepacked_text = PrepackedCache(PrepackedText)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -85,7 +91,13 @@ class DuoduoCLIP(nn.Module):
         return WeightsIdentity(self.weights_id, tuple(self.weights_aliases))
 
     def set_precision(self, precision: str) -> DuoduoCLIP:
-        self.precision = check_precision(precision)
+        """ "fp32", "fp16", "bf16", or "auto": the fastest of them whose embeddings match fp32 (cosine >=
+        0.999), measured once on this device with real views (``ddclip_core.precision``)."""
+        if check_precision(precision, allow_auto=True) == "auto":
+            choice = choose_precision(self)
+            self.precision, self.precision_reason = check_precision(choice.precision), f"auto: {choice.reason}"
+        else:
+            self.precision, self.precision_reason = check_precision(precision), "requested"
         return self
 
     def set_preprocessing(self, crop: CropMode = "center", resize: ResizeMode = "stretch") -> DuoduoCLIP:
@@ -103,12 +115,19 @@ class DuoduoCLIP(nn.Module):
 
         view_mask (B, F) bool marks real views in a padded batch; each object needs >= 1.
         """
+        return self._forward(pixels, view_mask, None)
+
+    def _forward(
+        self, pixels: torch.Tensor, view_mask: torch.Tensor | None, prepacked: PrepackedVisual | None
+    ) -> torch.Tensor:
         check_preprocessed(pixels, self.config.preprocess.image_size)
         batch, frames = pixels.shape[:2]
         if view_mask is None:
-            return encode_packed_views(self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold)
+            return encode_packed_views(
+                self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold, prepacked
+            )
         view_mask, counts = view_counts(view_mask, batch, frames, pixels.device)
-        return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold)
+        return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold, prepacked)
 
     # ------------------------------------------------------------------ inference API
     def encode_views(
@@ -137,13 +156,13 @@ class DuoduoCLIP(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         objects = as_objects(views, num_views)
         out = []
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        prepacked = self._inference_weights()
+        with torch.inference_mode(), self._autocast(prepacked):
             for start in range(0, len(objects), batch_size):
                 chunk = objects[start : start + batch_size]
                 pixels = self.preprocessor([v for obj in chunk for v in obj], self.device)
-                out.append(
-                    encode_packed_views(self.clip.visual, pixels, [len(o) for o in chunk], self.layers_threshold)
-                )
+                counts = [len(o) for o in chunk]
+                out.append(encode_packed_views(self.clip.visual, pixels, counts, self.layers_threshold, prepacked))
         return self._finish(torch.cat(out), normalize)
 
     def view_tokens(self, views: list[np.ndarray]) -> torch.Tensor:
@@ -152,33 +171,50 @@ class DuoduoCLIP(nn.Module):
         The first half of ``encode_views``, preprocessing included; ``embed_view_tokens`` is the second.
         A view's tokens do not depend on the object's other views, so they can be kept (``ViewTokenCache``).
         """
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            return per_view_tokens(self.clip.visual, self.preprocessor(views, self.device), self.layers_threshold)
+        prepacked = self._inference_weights()
+        with torch.inference_mode(), self._autocast(prepacked):
+            pixels = self.preprocessor(views, self.device)
+            return per_view_tokens(self.clip.visual, pixels, self.layers_threshold, prepacked)
 
     def embed_view_tokens(
         self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True
     ) -> torch.Tensor:
         """Tokens of ``view_tokens`` (N, L, width), packed object after object -> (B, embed_dim)."""
         tokens = tokens.to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            embeddings = cross_view_embeddings(self.clip.visual, tokens, view_counts, self.layers_threshold)
+        prepacked = self._inference_weights()
+        with torch.inference_mode(), self._autocast(prepacked):
+            embeddings = cross_view_embeddings(self.clip.visual, tokens, view_counts, self.layers_threshold, prepacked)
         return self._finish(embeddings, normalize)
+
+    def _inference_weights(self) -> PrepackedVisual | None:
+        """The image tower pre-packed for oneDNN where that applies (CPU, fp32/bf16; see ``_prepacked``)."""
+        return self._prepacked.get(self.clip.visual, self.device, self.precision)
+
+    def _autocast(self, prepacked: PrepackedVisual | None) -> Any:
+        # pre-packed weights already carry the precision; autocast would only add casts
+        return contextlib.nullcontext() if prepacked is not None else autocast(self.device, self.precision)
 
     def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
         if pixels.is_floating_point() and not torch.isfinite(pixels).all():
             raise ValueError("preprocessed views contain NaN or infinity")
-        with autocast(self.device, self.precision):
-            embeddings = self(pixels.to(self.device), None if view_mask is None else view_mask.to(self.device))
-        return self._finish(embeddings, normalize)
+        pixels = pixels.to(self.device)
+        view_mask = None if view_mask is None else view_mask.to(self.device)
+        if torch.is_grad_enabled():  # keep autograd: the modules themselves
+            with autocast(self.device, self.precision):
+                return self._finish(self(pixels, view_mask), normalize)
+        prepacked = self._inference_weights()
+        with self._autocast(prepacked):
+            return self._finish(self._forward(pixels, view_mask, prepacked), normalize)
 
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings (float32, model device)."""
         texts = checked_texts(texts)
         out = []
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        prepacked = self._prepacked_text.get(self.clip, self.device, self.precision)
+        with torch.inference_mode(), self._autocast(prepacked):
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
-                out.append(self.clip.encode_text(tokens))
+                out.append(self.clip.encode_text(tokens) if prepacked is None else prepacked.encode(tokens))
         return self._finish(torch.cat(out), normalize)
 
     @property

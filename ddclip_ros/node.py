@@ -60,7 +60,8 @@ class DDClipNode(Node):
         self.engine = open_perception(self.p.config, self.p.settings, self._publish_results, clock)
         model = self.engine.model
         self.get_logger().info(
-            f"model {model.weights_id} on {model.device} ({model.weights_source or 'RANDOM weights'})"
+            f"model {model.weights_id} on {model.device} ({model.weights_source or 'RANDOM weights'}); "
+            f"precision {model.precision} ({model.precision_reason})"
         )
         if model.weights_source is None:
             self.get_logger().warning("allow_random_weights is set: RANDOM weights, names and scores mean nothing")

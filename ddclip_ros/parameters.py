@@ -28,7 +28,7 @@ DESCRIPTIONS = {
     "weights": "model weights: the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP file or a ddclip export",
     "allow_random_weights": "start without weights, with RANDOM ones whose names and scores mean nothing (tests)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
-    "precision": "fp32, fp16 or bf16",
+    "precision": "auto (the fastest whose embeddings match fp32, measured at start-up), fp32, fp16 or bf16",
     "backend": "torch, or onnxruntime to run an ONNX export folder given as weights (ddclip weights export --onnx)",
     "bank": "embedding bank folder to match objects against (ddclip bank ...)",
     "labels": "label set for zero-shot labels: lvis or a .txt/.csv/.json file",
@@ -74,7 +74,7 @@ INT_RANGES["reliable_queue_mb"] = (1, 1_000_000)
 FLOAT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], float)}
 CHOICES = {
     "image_transport": ("raw", "compressed"),
-    "precision": ("fp32", "fp16", "bf16"),
+    "precision": ("auto", "fp32", "fp16", "bf16"),
     "backend": ("torch", "onnxruntime"),
     "memory_sync": ("normal", "full"),
     "view_cache_storage": ("fp32", "fp16", "bf16"),

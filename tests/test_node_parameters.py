@@ -148,6 +148,10 @@ def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
     assert f"{NS}/tracker/views" in ready and f"{NS}/image" in ready and f"{NS}/ddclip/query" in ready, ready
     assert "reliable, depth 1000 for views and 1000 for frames" in ready  # 1 GiB / 1 MB images
     assert "settings changed: min_views=3" in output
+    # precision defaults to auto: measured at start-up, and the log says what was measured and chosen
+    model_line = next(line for line in output.splitlines() if "]: model " in line)
+    chosen = ("precision fp32 (auto: fp32 on this CPU", "precision bf16 (auto: bf16 on this CPU")
+    assert any(text in model_line for text in chosen), model_line
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ddclip_core.cli_common import add_model_args, load_from_args
+from ddclip_core.cluster import add_ray_argument
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -25,7 +26,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not objects:
         raise ValueError(f"{source}: no meshes (.glb .gltf .obj .ply .stl .urdf) found")
     settings = RenderSettings(views=args.views, seed=args.seed, depth=args.depth, renderer=args.renderer)
-    report = render_all(objects, Path(args.out), settings, workers=args.workers)
+    if args.ray:
+        from ddclip_core.cluster import connect
+
+        from .ray_render import render_all_ray
+
+        connect(args.ray)
+        report = render_all_ray(objects, Path(args.out), settings)
+    else:
+        report = render_all(objects, Path(args.out), settings, workers=args.workers)
     print(report)
     return 0
 
@@ -34,7 +43,16 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from .pack import pack, read_captions
 
     captions = read_captions(Path(args.captions)) if args.captions else None
-    count = pack(Path(args.renders), Path(args.out), captions=captions, val_fraction=args.val_fraction, seed=args.seed)
+    options = {"captions": captions, "val_fraction": args.val_fraction, "seed": args.seed}
+    if args.ray:
+        from ddclip_core.cluster import connect
+
+        from .ray_pack import pack_ray
+
+        connect(args.ray)
+        count = pack_ray(Path(args.renders), Path(args.out), **options)
+    else:
+        count = pack(Path(args.renders), Path(args.out), **options)
     print(f"packed {count} objects into {args.out}")
     return 0
 
@@ -44,7 +62,17 @@ def cmd_targets(args: argparse.Namespace) -> int:
     from .targets import compute_targets
 
     data = DataFolder(args.data)
-    views, captions = compute_targets(data, load_from_args(args), templates=args.templates, batch_size=args.batch_size)
+    if args.ray:
+        from ddclip_core.cluster import ModelSpec, connect
+
+        from .ray_targets import compute_targets_ray
+
+        spec = ModelSpec.from_args(args)
+        connect(args.ray)
+        views, captions = compute_targets_ray(data, spec, templates=args.templates, batch_size=args.batch_size)
+    else:
+        model = load_from_args(args)
+        views, captions = compute_targets(data, model, templates=args.templates, batch_size=args.batch_size)
     print(f"wrote targets for {data.num_objects} objects: {views} view and {captions} caption embeddings")
     return 0
 
@@ -72,7 +100,15 @@ def cmd_gaussians(args: argparse.Namespace) -> int:
     from .layout import DataFolder
 
     settings = FuseSettings(max_points=args.points, voxel_fraction=args.voxel, seed=args.seed)
-    path = write_gaussians(DataFolder(args.data), Path(args.renders), settings)
+    if args.ray:  # the RGB-D source
+        from ddclip_core.cluster import connect
+
+        from .ray_gaussians import write_gaussians_ray
+
+        connect(args.ray)
+        path = write_gaussians_ray(DataFolder(args.data), Path(args.renders), settings)
+    else:
+        path = write_gaussians(DataFolder(args.data), Path(args.renders), settings)
     print(f"wrote {path}")
     return 0
 
@@ -183,6 +219,7 @@ def register(commands: Any) -> None:
         choices=["tiny", "egl"],
         help="tiny: TinyRenderer on CPU (default); egl: pybullet's OpenGL renderer over EGL, for GPU machines",
     )
+    add_ray_argument(render)
     render.set_defaults(func=cmd_render)
 
     pack = actions.add_parser(
@@ -195,6 +232,7 @@ def register(commands: Any) -> None:
     pack.add_argument("--captions", metavar="FILE", help="captions: JSON {uid: [captions]} or CSV uid,caption")
     pack.add_argument("--val-fraction", type=float, default=0.0, help="fraction of objects held out (default: 0)")
     pack.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    add_ray_argument(pack)
     pack.set_defaults(func=cmd_pack)
 
     targets = actions.add_parser(
@@ -207,6 +245,7 @@ def register(commands: Any) -> None:
     targets.add_argument("--templates", default="simple", help="templates for category captions (default: simple)")
     targets.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
     add_model_args(targets)
+    add_ray_argument(targets)
     targets.set_defaults(func=cmd_targets)
 
     demo = actions.add_parser(
@@ -237,6 +276,7 @@ def register(commands: Any) -> None:
     gaussians.add_argument("--points", type=int, default=4096, help="Gaussians per object at most (default: 4096)")
     gaussians.add_argument("--voxel", type=float, default=1 / 128, help="voxel edge / bbox diagonal (default: 1/128)")
     gaussians.add_argument("--seed", type=int, default=0, help="seed of the point subset (default: 0)")
+    add_ray_argument(gaussians)
     gaussians.set_defaults(func=cmd_gaussians)
 
     train = commands.add_parser(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .layout import IMAGE_TARGETS, IMAGES, TEXT_TARGETS, DataError, DataFolder, read_text_targets
+from .layout import IMAGE_TARGETS, IMAGES, TEXT_TARGETS, DataError, DataFolder, check_shards, read_text_targets
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class FrozenTargets:
         for name in (IMAGE_TARGETS, TEXT_TARGETS):
             if not data.path(name).is_file():
                 raise DataError(f"{data.root}: no {name} (run `ddclip data targets` first)")
+        check_shards(data.path(IMAGE_TARGETS))
         with h5py.File(data.path(IMAGE_TARGETS), "r") as f:
             if "img_feat" not in f:
                 raise DataError(f"{data.path(IMAGE_TARGETS)}: no dataset 'img_feat'")

@@ -21,6 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .shards import missing_sources
+
 IMAGES = "mv_images.h5"
 UID_MAP = "model_to_idx.json"
 IMAGE_TARGETS = "image_embeddings.h5"
@@ -58,6 +60,7 @@ class DataFolder:
             shape = f["imgs"].shape
         if len(shape) != 5 or shape[2] != 3 or f"{shape[3]}x{shape[4]}" != "224x224":
             raise DataError(f"{images}: imgs has shape {shape}, expected (N, V, 3, 224, 224)")
+        check_shards(images)
         self.num_objects, self.num_views = int(shape[0]), int(shape[1])
         self.uids = self._read_uids()
         self.objects = self._read_objects()
@@ -109,6 +112,13 @@ class DataFolder:
         return self.root / name
 
 
+def check_shards(path: Path) -> None:
+    """A file written as shards (``--ray``) reads a missing shard as zeros without an error: refuse it."""
+    missing = missing_sources(path)
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of its shard files are missing (e.g. {missing[0]}); rerun the step")
+
+
 def write_objects(root: Path, objects: list[ObjectInfo]) -> None:
     with (root / OBJECTS).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["uid", "name", "category", "split"])
@@ -121,6 +131,7 @@ def read_text_targets(path: Path, num_objects: int) -> tuple[np.ndarray, np.ndar
     """(text_feat (T, D), text_offsets (N + 1,)) checked against the number of objects."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (run `ddclip data targets` first)")
+    check_shards(path)
     with h5py.File(path, "r") as f:
         for key in ("text_feat", "text_offsets"):
             if key not in f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -48,6 +49,50 @@ def assign_splits(uids: list[str], val_fraction: float, seed: int) -> dict[str, 
     return {uids[i]: ("val" if rank < num_val else "train") for rank, i in enumerate(order)}
 
 
+@dataclass
+class PackPlan:
+    """What a pack writes: the rendered folders in row order, their uids, metas and splits."""
+
+    folders: list[Path]
+    uids: list[str]
+    metas: list[dict]
+    num_views: int
+    splits: dict[str, str]
+
+
+def plan_pack(
+    renders: Path, splits: dict[str, str] | None = None, val_fraction: float = 0.0, seed: int = 0
+) -> PackPlan:
+    """Rows (sorted by uid), views and splits of a pack of ``renders``; checked before anything is written."""
+    folders = rendered_objects(renders)
+    if not folders:
+        raise DataError(f"{renders}: no rendered objects (run `ddclip data render` first)")
+    metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
+    uids = [folder.name for folder in folders]
+    views = {meta["views"] for meta in metas}
+    if len(views) != 1:
+        raise DataError(f"{renders}: objects have different numbers of views {sorted(views)}; render them alike")
+    splits = splits or assign_splits(uids, val_fraction, seed)
+    bad = {s for s in splits.values() if s not in SPLITS}
+    if bad:
+        raise ValueError(f"unknown splits {sorted(bad)}; use {SPLITS}")
+    return PackPlan(folders, uids, metas, views.pop(), splits)
+
+
+def create_images(f: h5py.File, rows: int, num_views: int) -> h5py.Dataset:
+    return f.create_dataset(
+        "imgs", shape=(rows, num_views, 3, 224, 224), dtype=np.uint8, chunks=(1, num_views, 3, 224, 224)
+    )
+
+
+def read_views(folder: Path, num_views: int) -> np.ndarray:
+    """(views, 3, 224, 224) uint8 of one rendered object, from its strip."""
+    strip = np.asarray(Image.open(folder / "views.png").convert("RGB"))
+    if strip.shape != (224 * num_views, 224, 3):
+        raise DataError(f"{folder}/views.png: shape {strip.shape}, expected {(224 * num_views, 224, 3)}")
+    return strip.reshape(num_views, 224, 224, 3).transpose(0, 3, 1, 2)
+
+
 def pack(
     renders: Path,
     out: Path,
@@ -63,41 +108,30 @@ def pack(
     splits: uid -> train/val/test (default: a seeded random ``val_fraction`` of objects is val).
     Returns the number of objects packed.
     """
-    folders = rendered_objects(renders)
-    if not folders:
-        raise DataError(f"{renders}: no rendered objects (run `ddclip data render` first)")
-    metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
-    uids = [folder.name for folder in folders]
-    views = {meta["views"] for meta in metas}
-    if len(views) != 1:
-        raise DataError(f"{renders}: objects have different numbers of views {sorted(views)}; render them alike")
-    num_views = views.pop()
-    splits = splits or assign_splits(uids, val_fraction, seed)
-    bad = {s for s in splits.values() if s not in SPLITS}
-    if bad:
-        raise ValueError(f"unknown splits {sorted(bad)}; use {SPLITS}")
+    plan = plan_pack(renders, splits, val_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (IMAGES + ".tmp")
     with h5py.File(tmp, "w") as f:
-        imgs = f.create_dataset(
-            "imgs", shape=(len(folders), num_views, 3, 224, 224), dtype=np.uint8, chunks=(1, num_views, 3, 224, 224)
-        )
-        for row, folder in enumerate(tqdm(folders, desc="pack", unit="obj", disable=not progress)):
-            strip = np.asarray(Image.open(folder / "views.png").convert("RGB"))
-            if strip.shape != (224 * num_views, 224, 3):
-                raise DataError(f"{folder}/views.png: shape {strip.shape}, expected {(224 * num_views, 224, 3)}")
-            imgs[row] = strip.reshape(num_views, 224, 224, 3).transpose(0, 3, 1, 2)
+        imgs = create_images(f, len(plan.folders), plan.num_views)
+        for row, folder in enumerate(tqdm(plan.folders, desc="pack", unit="obj", disable=not progress)):
+            imgs[row] = read_views(folder, plan.num_views)
     tmp.replace(out / IMAGES)
+    write_index(out, plan, captions)
+    return len(plan.uids)
+
+
+def write_index(out: Path, plan: PackPlan, captions: dict[str, list[str]] | None) -> None:
+    """model_to_idx.json, objects.csv and captions.json of a pack (everything beside the images)."""
+    uids = plan.uids
     (out / UID_MAP).write_text(json.dumps({uid: row for row, uid in enumerate(uids)}, indent=0))
     objects = []
-    for uid, meta in zip(uids, metas, strict=True):
+    for uid, meta in zip(uids, plan.metas, strict=True):
         source = meta.get("object", {})
         name = source.get("name", "")
-        objects.append(ObjectInfo(uid, name, source.get("category") or name, splits.get(uid, "train")))
+        objects.append(ObjectInfo(uid, name, source.get("category") or name, plan.splits.get(uid, "train")))
     write_objects(out, objects)
     if captions:
         missing = [uid for uid in uids if not captions.get(uid)]
         if missing:
             log.warning("%d objects have no caption (e.g. %s); targets use their category", len(missing), missing[0])
         (out / CAPTIONS).write_text(json.dumps({uid: captions[uid] for uid in uids if captions.get(uid)}, indent=1))
-    return len(uids)

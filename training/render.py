@@ -127,39 +127,50 @@ def render_all(
     settings = settings or RenderSettings()
     out.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
+    todo = pending(objects, out, settings, report)
+    start = time.perf_counter()
+    jobs = [(obj, out, settings) for obj in todo]
+    with tqdm(total=len(jobs), desc="render", unit="obj", disable=not progress) as bar:
+        for uid, error in _run(jobs, workers):
+            bar.update()
+            record(report, out, uid, error)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def pending(objects: Sequence[MeshObject], out: Path, settings: RenderSettings, report: RenderReport) -> list:
+    """The objects not rendered yet; the finished ones are counted as skipped."""
     todo = []
     for obj in objects:
         if is_done(out, obj.uid, settings.depth):
             report.skipped += 1
         else:
             todo.append(obj)
-    start = time.perf_counter()
-    jobs = [(obj, out, settings) for obj in todo]
-    with tqdm(total=len(jobs), desc="render", unit="obj", disable=not progress) as bar:
-        for uid, error in _run(jobs, workers):
-            bar.update()
-            if error is None:
-                report.rendered += 1
-                continue
-            report.failed += 1
-            report.failures.append(uid)
-            log.warning("render failed for %s: %s", uid, error.splitlines()[-1])
-            with (out / "failures.jsonl").open("a") as f:
-                f.write(json.dumps({"uid": uid, "error": error, "time": time.time()}) + "\n")
-    report.seconds = time.perf_counter() - start
-    return report
+    return todo
+
+
+def record(report: RenderReport, out: Path, uid: str, error: str | None) -> None:
+    """Count one finished object; a failure is logged and appended to ``out/failures.jsonl``."""
+    if error is None:
+        report.rendered += 1
+        return
+    report.failed += 1
+    report.failures.append(uid)
+    log.warning("render failed for %s: %s", uid, error.splitlines()[-1])
+    with (out / "failures.jsonl").open("a") as f:
+        f.write(json.dumps({"uid": uid, "error": error, "time": time.time()}) + "\n")
 
 
 def _run(jobs: list, workers: int) -> Iterable[tuple[str, str | None]]:
     renderer = jobs[0][2].renderer if jobs else "tiny"
     if workers <= 1 or len(jobs) <= 1:
         _connect(renderer)
-        yield from map(_render_job, jobs)
+        yield from map(render_job, jobs)
         return
     # spawn: pybullet's client state must not be shared through fork, and torch may be loaded.
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_connect, initargs=(renderer,)) as pool:
-        yield from pool.imap_unordered(_render_job, jobs)
+        yield from pool.imap_unordered(render_job, jobs)
 
 
 _egl_plugin: list[int] = []  # loaded once per process
@@ -180,7 +191,7 @@ def _connect(renderer: str = "tiny") -> None:
         _egl_plugin.append(plugin)
 
 
-def _render_job(job: tuple[MeshObject, Path, RenderSettings]) -> tuple[str, str | None]:
+def render_job(job: tuple[MeshObject, Path, RenderSettings]) -> tuple[str, str | None]:
     obj, out, settings = job
     try:
         views, cameras, depths = render_object(obj, settings)

@@ -40,6 +40,30 @@ def object_captions(data: DataFolder, templates: str = "simple") -> list[list[st
 
 
 @torch.inference_mode()
+def image_embeddings(model: DuoduoCLIP, imgs: np.ndarray) -> np.ndarray:
+    """(b, V, 3, S, S) uint8 views -> (b, V, D) float32 frozen-CLIP embeddings, each view alone."""
+    plain = Preprocessor(PreprocessConfig(crop_size=model.config.preprocess.image_size))
+    b, views = imgs.shape[:2]
+    pixels = plain.from_uint8(torch.from_numpy(imgs).to(model.device).flatten(0, 1).permute(0, 2, 3, 1))
+    embeddings = model.encode_views(pixels.unsqueeze(1), normalize=True)
+    return embeddings.reshape(b, views, -1).float().cpu().numpy()
+
+
+def flat_captions(captions: list[list[str]]) -> tuple[list[str], np.ndarray]:
+    """All captions in row order and the offsets of each object's (text_offsets)."""
+    flat = [text for texts in captions for text in texts]
+    return flat, np.concatenate([[0], np.cumsum([len(texts) for texts in captions])]).astype(np.int64)
+
+
+def write_text_index(dst: h5py.File, flat: list[str], offsets: np.ndarray, weights_id: str, templates: str) -> None:
+    """Everything of text_embeddings.h5 beside text_feat."""
+    dst.create_dataset("text_offsets", data=offsets)
+    dst.create_dataset("captions", data=np.array(flat, dtype=h5py.string_dtype()))
+    dst.attrs["weights_id"] = weights_id
+    dst.attrs["templates"] = templates
+
+
+@torch.inference_mode()
 def compute_targets(
     data: DataFolder,
     model: DuoduoCLIP,
@@ -55,31 +79,22 @@ def compute_targets(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    plain = Preprocessor(PreprocessConfig(crop_size=model.config.preprocess.image_size))
     dim, views = model.embed_dim, data.num_views
     out = data.path(IMAGE_TARGETS)
     with h5py.File(data.path(IMAGES), "r") as src, h5py.File(out.with_suffix(".tmp"), "w") as dst:
         feats = dst.create_dataset("img_feat", shape=(data.num_objects, views, dim), dtype=dtype)
         for start in tqdm(range(0, data.num_objects, batch_size), desc="image targets", disable=not progress):
-            imgs = torch.from_numpy(src["imgs"][start : start + batch_size]).to(model.device)  # (b, V, 3, S, S)
-            b = imgs.shape[0]
-            pixels = plain.from_uint8(imgs.flatten(0, 1).permute(0, 2, 3, 1))
-            embeddings = model.encode_views(pixels.unsqueeze(1), normalize=True)
-            feats[start : start + b] = embeddings.reshape(b, views, dim).cpu().numpy().astype(dtype)
+            embeddings = image_embeddings(model, src["imgs"][start : start + batch_size])
+            feats[start : start + len(embeddings)] = embeddings.astype(dtype)
         dst.attrs["weights_id"] = model.weights_id
     out.with_suffix(".tmp").replace(out)
 
-    captions = object_captions(data, templates)
-    flat = [text for texts in captions for text in texts]
-    offsets = np.concatenate([[0], np.cumsum([len(texts) for texts in captions])]).astype(np.int64)
+    flat, offsets = flat_captions(object_captions(data, templates))
     text = model.encode_text(flat, batch_size=256).cpu().numpy().astype(dtype)
     out = data.path(TEXT_TARGETS)
     with h5py.File(out.with_suffix(".tmp"), "w") as dst:
         dst.create_dataset("text_feat", data=text)
-        dst.create_dataset("text_offsets", data=offsets)
-        dst.create_dataset("captions", data=np.array(flat, dtype=h5py.string_dtype()))
-        dst.attrs["weights_id"] = model.weights_id
-        dst.attrs["templates"] = templates
+        write_text_index(dst, flat, offsets, model.weights_id, templates)
     out.with_suffix(".tmp").replace(out)
     log.info("targets: %d views, %d captions, weights %s", data.num_objects * views, len(flat), model.weights_id)
     return data.num_objects * views, len(flat)

@@ -15,6 +15,8 @@ from ..gaussians import CloudEmbedder, load_gs_encoder
 from ..hub import default_weights
 from ..labels import LabelSet
 from ..memory_store import MemoryInUse
+from ..model import DuoduoCLIP
+from ..precision import probe_views
 from ..stamped import Stamp
 from .clouds import TrackClouds
 from .engine import Perception
@@ -41,7 +43,9 @@ def open_perception(
         raise StartupError(NO_WEIGHTS)
     model = _step(
         "weights",
-        lambda: load_model(weights, device=config.device, precision=config.precision, backend=config.backend),
+        lambda: _warm(
+            load_model(weights, device=config.device, precision=config.precision, backend=config.backend)
+        ),
     )
     bank = _step("bank", lambda: EmbeddingBank.load(config.bank, weights_id=model)) if config.bank else None
     labels = _step("labels", lambda: LabelSet(config.labels, templates=config.templates)) if config.labels else None
@@ -52,6 +56,13 @@ def open_perception(
             model, config, settings, bank=bank, labels=labels, clouds=clouds, on_results=on_results, clock=clock
         ),
     )
+
+
+def _warm(model: DuoduoCLIP) -> DuoduoCLIP:
+    """One encode before the first track: weights are packed and buffers allocated at start-up, not in
+    the first result's latency."""
+    model.encode_views(probe_views()[:2])
+    return model
 
 
 def _clouds(config: PerceptionConfig, model) -> TrackClouds:

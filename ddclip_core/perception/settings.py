@@ -36,7 +36,7 @@ class PerceptionConfig:
     weights: str = ""  # published .ckpt, OpenCLIP file or ddclip export; "" = $DDCLIP_WEIGHTS / the download
     allow_random_weights: bool = False  # without weights, refuse to start unless this is set
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # fastest at parity with fp32 on this machine, measured at start-up
     backend: str = "torch"  # "onnxruntime": weights is an ONNX export folder (ddclip weights export ... --onnx)
     bank: str = ""  # an EmbeddingBank folder to match against; "" = none
     labels: str = ""  # label set ("lvis" or a file); "" = none

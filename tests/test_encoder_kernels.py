@@ -1,0 +1,138 @@
+"""The CPU inference path with pre-packed oneDNN weights (``_prepacked``) and precision="auto".
+
+Every check compares the pre-packed path with the plain modules (``DDCLIP_CPU_PREPACK=0``) on the real
+ViT-B-32 shapes: what the node and the benchmarks run must give the numbers the network defines.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddclip_core import load_model, precision, save_export
+from ddclip_core._prepacked import PrepackedVisual, packing_available
+from tests.conftest import make_tiny, random_views
+
+CPU = torch.device("cpu")
+needs_onednn = pytest.mark.skipif(not packing_available(CPU, "fp32"), reason="PyTorch built without oneDNN")
+
+
+def objects(counts, seed=0):
+    return [random_views(count, seed=seed + i) for i, count in enumerate(counts)]
+
+
+def plain(model, monkeypatch, fn):
+    monkeypatch.setenv("DDCLIP_CPU_PREPACK", "0")
+    try:
+        return fn()
+    finally:
+        monkeypatch.delenv("DDCLIP_CPU_PREPACK")
+
+
+@needs_onednn
+def test_prepacked_fp32_equals_the_modules_on_mixed_view_counts(vit_b32, monkeypatch):
+    batch = objects([1, 5, 12, 3])
+    vit_b32.set_precision("fp32")
+    assert vit_b32._inference_weights() is not None, "the pre-packed path must be the one under test"
+    fast = vit_b32.encode_views(batch)
+    reference = plain(vit_b32, monkeypatch, lambda: vit_b32.encode_views(batch))
+    assert (fast - reference).abs().max().item() <= 1e-5
+    # the two halves (what the view cache calls) agree with the whole, and with the plain halves
+    views = [view for obj in batch for view in obj]
+    tokens = vit_b32.view_tokens(views)
+    plain_tokens = plain(vit_b32, monkeypatch, lambda: vit_b32.view_tokens(views))
+    assert (tokens - plain_tokens).abs().max().item() <= 1e-4 * plain_tokens.abs().max().item()
+    halves = vit_b32.embed_view_tokens(tokens, [1, 5, 12, 3])
+    assert (halves - fast).abs().max().item() <= 1e-6
+
+
+@needs_onednn
+def test_prepacked_is_permutation_invariant_and_padding_free(vit_b32):
+    vit_b32.set_precision("fp32")
+    views = random_views(6, seed=9)
+    together = vit_b32.encode_views([views, views[:2]])
+    assert (vit_b32.encode_views(views[::-1]) - together[0]).abs().max().item() <= 1e-5
+    assert (vit_b32.encode_views(views[:2]) - together[1]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(not packing_available(CPU, "bf16"), reason="no oneDNN bf16 kernels on this CPU")
+def test_prepacked_bf16_stays_at_parity_with_fp32(vit_b32, monkeypatch):
+    batch = objects([1, 12, 4], seed=20)
+    reference = vit_b32.set_precision("fp32").encode_views(batch)
+    try:
+        half = vit_b32.set_precision("bf16").encode_views(batch)
+        assert vit_b32._inference_weights().dtype == torch.bfloat16
+    finally:
+        vit_b32.set_precision("fp32")
+    assert (half * reference).sum(-1).min().item() >= 0.999
+
+
+@needs_onednn
+def test_packed_weights_follow_in_place_updates_and_new_weights(monkeypatch):
+    model = make_tiny()
+    views = random_views(4, seed=3)
+    before = model.encode_views(views)
+    with torch.no_grad():  # an optimiser step changes weights in place
+        model.clip.visual.transformer.resblocks[3].attn.in_proj_weight.mul_(1.5)
+    after = model.encode_views(views)
+    assert (after - before).abs().max().item() > 1e-3
+    assert (after - plain(model, monkeypatch, lambda: model.encode_views(views))).abs().max().item() <= 1e-5
+    model.load_state_dict(make_tiny(seed=4).state_dict())  # new tensors
+    expected = plain(model, monkeypatch, lambda: model.encode_views(views))
+    assert (model.encode_views(views) - expected).abs().max().item() <= 1e-5
+
+
+@needs_onednn
+def test_prepacked_text_tower_equals_the_modules(vit_b32, monkeypatch):
+    texts = ["a red mug", "something to sit on", "a white couch with two cushions and a blanket"]
+    fast = vit_b32.set_precision("fp32").encode_text(texts)
+    assert vit_b32._prepacked_text.get(vit_b32.clip, CPU, "fp32") is not None
+    reference = plain(vit_b32, monkeypatch, lambda: vit_b32.encode_text(texts))
+    assert (fast - reference).abs().max().item() <= 1e-5
+    if packing_available(CPU, "bf16"):
+        try:
+            half = vit_b32.set_precision("bf16").encode_text(texts)
+        finally:
+            vit_b32.set_precision("fp32")
+        assert (half * reference).sum(-1).min().item() >= 0.999
+
+
+def test_architectures_the_packed_path_cannot_reproduce_use_the_modules():
+    model = make_tiny()
+    assert PrepackedVisual.supports(model.clip.visual)
+    block = model.clip.visual.transformer.resblocks[0]
+    block.ls_1 = torch.nn.Linear(1, 1)  # stands in for a LayerScale: not reproduced, so not packed
+    assert not PrepackedVisual.supports(model.clip.visual)
+    assert model._inference_weights() is None
+
+
+def test_gradients_still_flow_through_forward():
+    model = make_tiny()
+    model.freeze_for_finetuning()
+    pixels = torch.randn(2, 3, 3, 224, 224)
+    model(pixels).sum().backward()
+    grads = [p.grad for _, p in model.trainable_parameters()]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_auto_precision_measures_and_explains_its_choice(tmp_path):
+    weights = save_export(make_tiny(), tmp_path / "tiny")
+    model = load_model(weights, device="cpu", precision="auto")
+    assert model.precision in ("fp32", "bf16")
+    assert model.precision_reason.startswith(f"auto: {model.precision} on this CPU")
+    if precision.candidates(CPU):
+        assert "cosine" in model.precision_reason
+    assert load_model(weights, device="cpu", precision="fp32").precision_reason == "requested"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_model(weights, device="cpu", precision="int4")
+
+
+def test_auto_keeps_fp32_without_16_bit_kernels_and_restores_the_precision(monkeypatch):
+    model = make_tiny()
+    monkeypatch.setattr(precision, "candidates", lambda device: [])
+    choice = precision.choose_precision(model)
+    assert choice.precision == "fp32" and "no 16-bit kernels" in choice.reason
+    monkeypatch.undo()
+    model.set_precision("fp32")
+    precision.choose_precision(model)
+    assert model.precision == "fp32"  # probing leaves the model as it was
