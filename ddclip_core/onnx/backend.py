@@ -49,6 +49,7 @@ class OnnxRuntimeCLIP:
         except (ValueError, TypeError, KeyError) as exc:
             raise OnnxExportError(f"{self.folder / CONFIG}: invalid model config: {exc}") from exc
         self.precision: str = self.export["precision"]
+        self.precision_reason = "fixed when the ONNX engine was exported"  # what the node logs beside it
         self.weights_id: str = self.export["weights_id"]
         self.weights_aliases: tuple[str, ...] = tuple(self.export.get("weights_aliases", ()))
         source = self.export.get("weights_source")
