@@ -44,6 +44,9 @@ setup(
         "cluster": ["ray[data]>=2.40"],
         # GS-CLIP refinement: gsplat's reference projection (CPU) and its CUDA kernels (GPU, JIT-compiled)
         "gaussians": ["gsplat>=1.4,<1.6"],
+        # ddclip_core/onnx: ONNX export (torch's exporter needs onnxscript) and the ONNX Runtime backend (CPU;
+        # GPU execution providers come with onnxruntime-gpu instead)
+        "onnx": ["onnx>=1.17", "onnxscript>=0.2", "onnx-ir>=0.1", "onnxruntime>=1.22"],
     },
     entry_points={
         "console_scripts": [

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .cli_bank import register as register_bank
-from .cli_common import add_model_args, load_from_args, objects_from_args
+from .cli_common import add_model_args, image_files, load_from_args, objects_from_args
 from .cli_memory import register as register_memory
 from .hub import PUBLISHED
 
@@ -70,9 +71,30 @@ def cmd_weights_export(args: argparse.Namespace) -> int:
 
     args.weights = args.source
     model = load_from_args(args)
+    if args.onnx:
+        from .onnx.export import export_onnx
+
+        calibration = _calibration_views(Path(args.calibration)) if args.calibration else None
+        folder = export_onnx(model, args.out, precision=args.onnx_precision, calibration=calibration)
+        check = json.loads((folder / "config.json").read_text())["check"]
+        print(f"exported {args.source} -> {folder} as ONNX {args.onnx_precision} (weights id {model.weights_id})")
+        views, text = check["views_min_cosine"], check["text_min_cosine"]
+        print(f"  vs PyTorch fp32: views cosine >= {views:.6f}, text >= {text:.6f}")
+        return 0
     folder = save_export(model, args.out)
     print(f"exported {args.source} -> {folder} (weights id {model.weights_id})")
     return 0
+
+
+def _calibration_views(folder: Path) -> list[list[np.ndarray]]:
+    from .images import read_image
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--calibration {folder}: no such folder")
+    objects = [[read_image(path) for path in image_files(sub)] for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    if not objects:
+        raise ValueError(f"--calibration {folder}: no object folders in it (one folder of views per object)")
+    return objects
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -200,5 +222,22 @@ def register(commands: Any) -> None:
     )
     export.add_argument("source", help="weight file to convert")
     export.add_argument("out", help="output folder")
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help="write ONNX graphs (per-view part, cross-view part, text) + config.json for backend onnxruntime",
+    )
+    export.add_argument(
+        "--onnx-precision",
+        default="fp32",
+        choices=["fp32", "fp16", "int8-dynamic", "int8-static"],
+        help="with --onnx: engine precision (fp16 is meant for CUDA/TensorRT; int8 for CPUs; default fp32)",
+    )
+    export.add_argument(
+        "--calibration",
+        metavar="FOLDER",
+        help="with --onnx-precision int8-static: a folder of folders, each the views of one object "
+        "(default: the shipped example renders)",
+    )
     add_model_args(export)
     export.set_defaults(func=cmd_weights_export)

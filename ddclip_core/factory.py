@@ -12,6 +12,7 @@ import torch
 from ._runtime import check_precision, resolve_device
 from .config import DEFAULT_ARCH, DuoduoConfig
 from .model import DuoduoCLIP
+from .onnx.files import is_onnx_export
 from .weights import CheckpointError, WeightFile, check_state_dict, read_weights
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ def load_model(
     layers_threshold: int | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
+    backend: str = "torch",
+    providers: list | None = None,
 ) -> DuoduoCLIP:
     """Build a Duoduo CLIP model, ready for inference (eval mode).
 
@@ -52,7 +55,28 @@ def load_model(
             records, else 6 (the published model). Equal to the number of blocks: plain CLIP.
         arch: open_clip architecture name when the file does not record one (default ViT-B-32).
         trust_pickle: allow arbitrary pickled objects in torch checkpoints. Only for files you trust.
+        backend: "torch" (this model), or "onnxruntime": ``weights`` is then an ONNX export folder
+            (``ddclip weights export SRC OUT --onnx``), run by ONNX Runtime behind the same inference API
+            (``ddclip_core.onnx.backend.OnnxRuntimeCLIP``); its precision is the export's.
+        providers: onnxruntime only: execution providers, best first (default: from ``device``).
     """
+    if backend == "onnxruntime":
+        from .onnx.backend import open_engine
+
+        return open_engine(  # type: ignore[return-value] - the same inference API, not the nn.Module
+            weights,
+            device=str(device),
+            precision=precision,
+            layers_threshold=layers_threshold,
+            arch=arch,
+            providers=providers,
+        )
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    if providers is not None:
+        raise ValueError("providers only apply to backend='onnxruntime'")
+    if weights is not None and is_onnx_export(weights):
+        raise CheckpointError(f"{weights} is an ONNX export: load it with backend='onnxruntime'")
     precision = check_precision(precision, allow_auto=True)
     target = resolve_device(device)
     if weights is None:

@@ -23,6 +23,7 @@ from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tok
 from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
+from .encode_inputs import check_preprocessed, checked_texts, view_counts
 from .identity import WeightsIdentity
 from .images import as_objects
 from .precision import choose_precision
@@ -119,27 +120,13 @@ class DuoduoCLIP(nn.Module):
     def _forward(
         self, pixels: torch.Tensor, view_mask: torch.Tensor | None, prepacked: PrepackedVisual | None
     ) -> torch.Tensor:
-        size = self.config.preprocess.image_size
-        if pixels.ndim != 5 or pixels.shape[2] != 3 or pixels.shape[-2:] != (size, size):
-            raise ValueError(
-                f"expected preprocessed views of shape (B, F, 3, {size}, {size}), got {tuple(pixels.shape)}"
-            )
-        if not pixels.is_floating_point():
-            raise ValueError(
-                f"preprocessed views must be a float tensor, got {pixels.dtype}; pass uint8 images as numpy"
-            )
+        check_preprocessed(pixels, self.config.preprocess.image_size)
         batch, frames = pixels.shape[:2]
         if view_mask is None:
             return encode_packed_views(
                 self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold, prepacked
             )
-        view_mask = torch.as_tensor(view_mask, device=pixels.device)
-        if view_mask.shape != (batch, frames) or view_mask.dtype != torch.bool:
-            got = f"{view_mask.dtype} {tuple(view_mask.shape)}"
-            raise ValueError(f"view_mask must be a bool tensor of shape {(batch, frames)}, got {got}")
-        counts = view_mask.sum(dim=1).tolist()
-        if min(counts) < 1:
-            raise ValueError(f"view_mask leaves objects {[i for i, c in enumerate(counts) if c < 1]} with no views")
+        view_mask, counts = view_counts(view_mask, batch, frames, pixels.device)
         return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold, prepacked)
 
     # ------------------------------------------------------------------ inference API
@@ -221,15 +208,7 @@ class DuoduoCLIP(nn.Module):
 
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings (float32, model device)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not texts:
-            raise ValueError("encode_text needs a non-empty string or list of strings")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str")
-            if not text.strip():
-                raise ValueError(f"text {i} is empty")
+        texts = checked_texts(texts)
         out = []
         prepacked = self._prepacked_text.get(self.clip, self.device, self.precision)
         with torch.inference_mode(), self._autocast(prepacked):

@@ -29,6 +29,7 @@ DESCRIPTIONS = {
     "allow_random_weights": "start without weights, with RANDOM ones whose names and scores mean nothing (tests)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "auto (the fastest whose embeddings match fp32, measured at start-up), fp32, fp16 or bf16",
+    "backend": "torch, or onnxruntime to run an ONNX export folder given as weights (ddclip weights export --onnx)",
     "bank": "embedding bank folder to match objects against (ddclip bank ...)",
     "labels": "label set for zero-shot labels: lvis or a .txt/.csv/.json file",
     "templates": "prompt templates for the labels: openai, simple, none or a file",
@@ -74,6 +75,7 @@ FLOAT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], float)}
 CHOICES = {
     "image_transport": ("raw", "compressed"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
+    "backend": ("torch", "onnxruntime"),
     "memory_sync": ("normal", "full"),
     "view_cache_storage": ("fp32", "fp16", "bf16"),
 }

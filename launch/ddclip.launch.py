@@ -19,6 +19,7 @@ OVERRIDES = {
     "bank": "embedding bank folder",
     "labels": "label set: lvis or a label file",
     "device": "auto, cpu, cuda, cuda:N",
+    "backend": "torch, or onnxruntime with an ONNX export folder as weights",
     "memory_path": "folder to keep the object memory in",
     "gs_encoder": "GS-CLIP encoder (gs_encoder.safetensors): enables point clouds on ddclip/points",
     "image_transport": "full frames from: raw (image) or compressed (image/compressed)",

@@ -21,7 +21,7 @@ pip() {
 pip install --upgrade pip setuptools wheel
 # torch unpinned: the registry's current build; torchvision from the same registry matches it.
 echo "[setup] installing ddclip and its dependencies (first run: a few minutes)"
-pip install -e ".[test,download,train,cluster,gaussians]"
+pip install -e ".[test,download,train,cluster,gaussians,onnx]"
 touch "$stamp"
 bash scripts/setup_ros.sh
 echo "[setup] done: $(.venv/bin/python -c 'import torch, open_clip; print("torch", torch.__version__, "open_clip", open_clip.__version__)')"

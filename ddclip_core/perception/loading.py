@@ -41,7 +41,12 @@ def open_perception(
     weights = config.weights or default_weights()
     if weights is None and not config.allow_random_weights:
         raise StartupError(NO_WEIGHTS)
-    model = _step("weights", lambda: _warm(load_model(weights, device=config.device, precision=config.precision)))
+    model = _step(
+        "weights",
+        lambda: _warm(
+            load_model(weights, device=config.device, precision=config.precision, backend=config.backend)
+        ),
+    )
     bank = _step("bank", lambda: EmbeddingBank.load(config.bank, weights_id=model)) if config.bank else None
     labels = _step("labels", lambda: LabelSet(config.labels, templates=config.templates)) if config.labels else None
     clouds = _step("gs_encoder", lambda: _clouds(config, model)) if config.gs_encoder else None

@@ -37,6 +37,7 @@ class PerceptionConfig:
     allow_random_weights: bool = False  # without weights, refuse to start unless this is set
     device: str = "auto"
     precision: str = "auto"  # fastest at parity with fp32 on this machine, measured at start-up
+    backend: str = "torch"  # "onnxruntime": weights is an ONNX export folder (ddclip weights export ... --onnx)
     bank: str = ""  # an EmbeddingBank folder to match against; "" = none
     labels: str = ""  # label set ("lvis" or a file); "" = none
     templates: str = "openai"
@@ -58,6 +59,8 @@ class PerceptionConfig:
         check_ranges(self)
         if self.view_cache_storage not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"view_cache_storage must be fp32, fp16 or bf16, got {self.view_cache_storage!r}")
+        if self.backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be torch or onnxruntime, got {self.backend!r}")
         if self.memory_sync not in ("normal", "full"):
             raise ValueError(f"memory_sync must be normal or full, got {self.memory_sync!r}")
 

@@ -1,0 +1,44 @@
+"""The input rules every encoder shares (the PyTorch model and the ONNX Runtime engine): texts to embed,
+and preprocessed views with their optional mask of real views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def checked_texts(texts: Any) -> list[str]:
+    """A string or a non-empty list of non-blank strings -> the list; anything else a named error."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise ValueError("encode_text needs a non-empty string or list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is {type(text).__name__}, not str")
+        if not text.strip():
+            raise ValueError(f"text {i} is empty")
+    return list(texts)
+
+
+def check_preprocessed(pixels: torch.Tensor, image_size: int) -> None:
+    """Preprocessed views must be a float (B, F, 3, S, S) tensor."""
+    if pixels.ndim != 5 or pixels.shape[2] != 3 or pixels.shape[-2:] != (image_size, image_size):
+        raise ValueError(
+            f"expected preprocessed views of shape (B, F, 3, {image_size}, {image_size}), got {tuple(pixels.shape)}"
+        )
+    if not pixels.is_floating_point():
+        raise ValueError(f"preprocessed views must be a float tensor, got {pixels.dtype}; pass uint8 images as numpy")
+
+
+def view_counts(view_mask: Any, batch: int, frames: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """A (B, F) bool mask of real views -> (the mask as a tensor on ``device``, views per object >= 1)."""
+    view_mask = torch.as_tensor(view_mask, device=device)
+    if view_mask.shape != (batch, frames) or view_mask.dtype != torch.bool:
+        got = f"{view_mask.dtype} {tuple(view_mask.shape)}"
+        raise ValueError(f"view_mask must be a bool tensor of shape {(batch, frames)}, got {got}")
+    counts = view_mask.sum(dim=1).tolist()
+    if min(counts) < 1:
+        raise ValueError(f"view_mask leaves objects {[i for i, c in enumerate(counts) if c < 1]} with no views")
+    return view_mask, counts
