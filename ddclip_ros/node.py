@@ -357,7 +357,7 @@ def main(args: list[str] | None = None) -> int:
             spinner.start()
             node.engine.run_worker()
         else:
-            executor.spin()
+            _spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -377,13 +377,24 @@ def main(args: list[str] | None = None) -> int:
 def _spin(executor: MultiThreadedExecutor, engine: Any, failure: list[BaseException]) -> None:
     """The ROS side on its own thread; when it ends (a signal shut the context down), the encoder stops."""
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        _spin_until_shutdown(executor)
     except BaseException as exc:  # re-raised in main: the node must not exit 0 after a crash
         failure.append(exc)
     finally:
         engine.worker.stop()
+
+
+def _spin_until_shutdown(executor: MultiThreadedExecutor) -> None:
+    """Spin until a signal shuts the context down. A signal can land while the executor builds its wait
+    set, which then fails on the invalid context (RCLError) rather than raising ExternalShutdownException:
+    that is the same clean shutdown, not a crash."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if executor.context.ok():
+            raise
 
 
 if __name__ == "__main__":
