@@ -14,6 +14,11 @@ from torch import nn
 
 from ._prepacked import PrepackedVisual
 
+# The pre-packed CPU path runs at most this many views at a time (~2400 tokens): their activations then
+# stay in the caches between matmuls. 16 objects x 12 views ran 1.2x faster in chunks of 48 views than
+# in one pass on the development machine (2 cores, AVX-512); results are the same either way.
+CPU_CHUNK_VIEWS = 48
+
 
 class ViewGroups:
     """Which packed views belong to which object, and how to lay them out side by side."""
@@ -110,6 +115,9 @@ def per_view_tokens(
     inference on CPU (``_prepacked``), used instead of the modules.
     """
     if prepacked is not None:
+        if len(pixels) > CPU_CHUNK_VIEWS:
+            parts = pixels.split(CPU_CHUNK_VIEWS)
+            return torch.cat([per_view_tokens(visual, part, layers_threshold, prepacked) for part in parts])
         x = prepacked.embed(pixels)
         for block in prepacked.blocks[:layers_threshold]:
             x = block(x)
@@ -131,6 +139,13 @@ def cross_view_embeddings(
     from the threshold on attend across the views of one object; then CLS -> ln_post -> mean -> proj."""
     if tokens.shape[0] != sum(view_counts):
         raise ValueError(f"{tokens.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
+    if prepacked is not None and len(tokens) > CPU_CHUNK_VIEWS and len(view_counts) > 1:
+        return torch.cat(
+            [
+                cross_view_embeddings(visual, tokens[first:last], view_counts[start:stop], layers_threshold, prepacked)
+                for start, stop, first, last in object_chunks(view_counts, CPU_CHUNK_VIEWS)
+            ]
+        )
     groups = ViewGroups(view_counts, tokens.device)
     x = tokens
     if prepacked is not None:
@@ -156,5 +171,26 @@ def encode_packed_views(
     if pixels.shape[0] != sum(view_counts):
         raise ValueError(f"{pixels.shape[0]} views given but view counts {view_counts} sum to {sum(view_counts)}")
     ViewGroups(view_counts, pixels.device)  # checks the counts before any work
+    if prepacked is not None and len(pixels) > CPU_CHUNK_VIEWS and len(view_counts) > 1:
+        # both halves chunk by chunk, so that a chunk's tokens are still in cache for its second half
+        return torch.cat(
+            [
+                encode_packed_views(visual, pixels[first:last], view_counts[start:stop], layers_threshold, prepacked)
+                for start, stop, first, last in object_chunks(view_counts, CPU_CHUNK_VIEWS)
+            ]
+        )
     tokens = per_view_tokens(visual, pixels, layers_threshold, prepacked)
     return cross_view_embeddings(visual, tokens, view_counts, layers_threshold, prepacked)
+
+
+def object_chunks(view_counts: list[int], max_views: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive objects with at most ``max_views`` views together (an object with more stands alone):
+    (first object, end object, first view, end view) of each chunk."""
+    chunks, start, first, views = [], 0, 0, 0
+    for index, count in enumerate(view_counts):
+        if views and views + count > max_views:
+            chunks.append((start, index, first, first + views))
+            start, first, views = index, first + views, 0
+        views += count
+    chunks.append((start, len(view_counts), first, first + views))
+    return chunks

@@ -47,6 +47,28 @@ def test_prepacked_fp32_equals_the_modules_on_mixed_view_counts(vit_b32, monkeyp
 
 
 @needs_onednn
+def test_chunks_of_objects_give_what_one_pass_gives(monkeypatch):
+    from ddclip_core import _multiview
+
+    model = make_tiny()
+    batch = objects([1, 5, 7, 2, 3], seed=40)
+    whole = model.encode_views(batch)
+    views = [view for obj in batch for view in obj]
+    tokens = model.view_tokens(views)
+    monkeypatch.setattr(_multiview, "CPU_CHUNK_VIEWS", 4)  # chunks of 1 object, 2 objects, and 7 views alone
+    assert _multiview.object_chunks([1, 5, 7, 2, 3], 4) == [
+        (0, 1, 0, 1),
+        (1, 2, 1, 6),
+        (2, 3, 6, 13),
+        (3, 4, 13, 15),
+        (4, 5, 15, 18),
+    ]
+    assert (model.encode_views(batch) - whole).abs().max().item() <= 1e-6
+    assert (model.view_tokens(views) - tokens).abs().max().item() <= 1e-5
+    assert (model.embed_view_tokens(tokens, [1, 5, 7, 2, 3]) - whole).abs().max().item() <= 1e-5
+
+
+@needs_onednn
 def test_prepacked_is_permutation_invariant_and_padding_free(vit_b32):
     vit_b32.set_precision("fp32")
     views = random_views(6, seed=9)
