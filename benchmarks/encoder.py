@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import load_model
 from ddclip_core._prepacked import packing_available
+from ddclip_core.precision import candidates
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,12 +70,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
 
 
-def default_half(device: torch.device) -> str | None:
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if packing_available(device, "bf16") else None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -92,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")
         model = load_model(args.weights, device=args.device, precision="fp32")
     device = model.device
-    half = None if args.half == "none" else args.half or default_half(device)
+    half = None if args.half == "none" else args.half or next(iter(candidates(device)), None)
     # its own copy: each model keeps pre-packed weights for one precision at a time
     half_model = copy.deepcopy(model).set_precision(half) if half else None
     published = None

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+
+from .images import as_objects
 
 
 def checked_texts(texts: Any) -> list[str]:
@@ -20,6 +23,20 @@ def checked_texts(texts: Any) -> list[str]:
         if not text.strip():
             raise ValueError(f"text {i} is empty")
     return list(texts)
+
+
+def view_batches(
+    views: Any, num_views: int | None, view_mask: Any, batch_size: int
+) -> list[tuple[list[np.ndarray], list[int]]]:
+    """Views in any accepted form (not a tensor) -> batches of ``batch_size`` objects, each as (their views
+    one after another, views per object): what one padded forward pass takes."""
+    if view_mask is not None:
+        raise ValueError("view_mask only applies to preprocessed tensor input")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    objects = as_objects(views, num_views)
+    chunks = (objects[start : start + batch_size] for start in range(0, len(objects), batch_size))
+    return [([view for obj in chunk for view in obj], [len(obj) for obj in chunk]) for chunk in chunks]
 
 
 def check_preprocessed(pixels: torch.Tensor, image_size: int) -> None:

@@ -23,9 +23,8 @@ from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tok
 from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
-from .encode_inputs import check_preprocessed, checked_texts, view_counts
+from .encode_inputs import check_preprocessed, checked_texts, view_batches, view_counts
 from .identity import WeightsIdentity
-from .images import as_objects
 from .precision import choose_precision
 from .preprocess import CropMode, Preprocessor, ResizeMode
 
@@ -150,18 +149,12 @@ class DuoduoCLIP(nn.Module):
         """
         if isinstance(views, torch.Tensor):
             return self._encode_tensor(views, view_mask, normalize)
-        if view_mask is not None:
-            raise ValueError("view_mask only applies to preprocessed tensor input")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        objects = as_objects(views, num_views)
+        batches = view_batches(views, num_views, view_mask, batch_size)
         out = []
         prepacked = self._inference_weights()
         with torch.inference_mode(), self._autocast(prepacked):
-            for start in range(0, len(objects), batch_size):
-                chunk = objects[start : start + batch_size]
-                pixels = self.preprocessor([v for obj in chunk for v in obj], self.device)
-                counts = [len(o) for o in chunk]
+            for flat, counts in batches:
+                pixels = self.preprocessor(flat, self.device)
                 out.append(encode_packed_views(self.clip.visual, pixels, counts, self.layers_threshold, prepacked))
         return self._finish(torch.cat(out), normalize)
 

@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DuoduoConfig
-from ..encode_inputs import check_preprocessed, checked_texts, view_counts
+from ..encode_inputs import check_preprocessed, checked_texts, view_batches, view_counts
 from ..identity import WeightsIdentity
-from ..images import as_objects
 from ..preprocess import CropMode, Preprocessor, ResizeMode
 from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, OnnxExportError, file_sha256
 from .providers import Provider, resolve_providers
@@ -119,16 +118,10 @@ class OnnxRuntimeCLIP:
         if isinstance(views, torch.Tensor):
             pixels, counts = self._packed_tensor(views, view_mask)
             return _finish(self._embed(pixels, counts), normalize)
-        if view_mask is not None:
-            raise ValueError("view_mask only applies to preprocessed tensor input")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        objects = as_objects(views, num_views)
-        out = []
-        for start in range(0, len(objects), batch_size):
-            chunk = objects[start : start + batch_size]
-            pixels = self.preprocessor([v for obj in chunk for v in obj]).numpy()
-            out.append(self._embed(pixels, [len(obj) for obj in chunk]))
+        out = [
+            self._embed(self.preprocessor(flat).numpy(), counts)
+            for flat, counts in view_batches(views, num_views, view_mask, batch_size)
+        ]
         return _finish(np.concatenate(out), normalize)
 
     def view_tokens(self, views: list[np.ndarray]) -> torch.Tensor:

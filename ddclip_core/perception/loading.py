@@ -43,9 +43,7 @@ def open_perception(
         raise StartupError(NO_WEIGHTS)
     model = _step(
         "weights",
-        lambda: _warm(
-            load_model(weights, device=config.device, precision=config.precision, backend=config.backend)
-        ),
+        lambda: _warm(load_model(weights, device=config.device, precision=config.precision, backend=config.backend)),
     )
     bank = _step("bank", lambda: EmbeddingBank.load(config.bank, weights_id=model)) if config.bank else None
     labels = _step("labels", lambda: LabelSet(config.labels, templates=config.templates)) if config.labels else None
