@@ -49,6 +49,16 @@ def check_preprocessed(pixels: torch.Tensor, image_size: int) -> None:
         raise ValueError(f"preprocessed views must be a float tensor, got {pixels.dtype}; pass uint8 images as numpy")
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in a float tensor. One reading pass and no temporary as large as the input (which
+    ``isfinite(x).all()`` makes, and whose page faults cost more than the encoder's first block at 16 x 12):
+    NaN propagates to both extremes, an infinity is one of them."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 def view_counts(view_mask: Any, batch: int, frames: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
     """A (B, F) bool mask of real views -> (the mask as a tensor on ``device``, views per object >= 1)."""
     view_mask = torch.as_tensor(view_mask, device=device)

@@ -23,7 +23,7 @@ from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tok
 from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
 from .config import DuoduoConfig
-from .encode_inputs import check_preprocessed, checked_texts, view_batches, view_counts
+from .encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
 from .identity import WeightsIdentity
 from .precision import choose_precision
 from .preprocess import CropMode, Preprocessor, ResizeMode
@@ -188,7 +188,7 @@ class DuoduoCLIP(nn.Module):
         return contextlib.nullcontext() if prepacked is not None else autocast(self.device, self.precision)
 
     def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
-        if pixels.is_floating_point() and not torch.isfinite(pixels).all():
+        if pixels.is_floating_point() and not all_finite(pixels):
             raise ValueError("preprocessed views contain NaN or infinity")
         pixels = pixels.to(self.device)
         view_mask = None if view_mask is None else view_mask.to(self.device)

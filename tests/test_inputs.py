@@ -148,8 +148,11 @@ def test_bad_files_give_clear_errors(tiny_model, tmp_path):
 def test_bad_tensors_give_clear_errors(tiny_model):
     with pytest.raises(ValueError, match=r"expected preprocessed views of shape \(B, F, 3, 224, 224\)"):
         tiny_model.encode_views(torch.zeros(2, 3, 224, 224))
-    with pytest.raises(ValueError, match="NaN"):
-        tiny_model.encode_views(torch.full((1, 1, 3, 224, 224), float("nan")))
+    for bad in (float("nan"), float("inf"), -float("inf")):  # one bad value among valid ones is enough
+        pixels = torch.zeros(2, 2, 3, 224, 224)
+        pixels[1, 0, 2, 100, 7] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            tiny_model.encode_views(pixels)
     with pytest.raises(ValueError, match="float tensor"):
         tiny_model.encode_views(torch.zeros(1, 1, 3, 224, 224, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"leaves objects \[1\] with no views"):

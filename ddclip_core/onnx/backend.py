@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DuoduoConfig
-from ..encode_inputs import check_preprocessed, checked_texts, view_batches, view_counts
+from ..encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
 from ..identity import WeightsIdentity
 from ..preprocess import CropMode, Preprocessor, ResizeMode
 from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, OnnxExportError, file_sha256
@@ -177,7 +177,7 @@ class OnnxRuntimeCLIP:
 
     def _packed_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None) -> tuple[np.ndarray, list[int]]:
         check_preprocessed(pixels, self.config.preprocess.image_size)
-        if not torch.isfinite(pixels).all():
+        if not all_finite(pixels):
             raise ValueError("preprocessed views contain NaN or infinity")
         batch, frames = pixels.shape[:2]
         pixels = pixels.detach().to("cpu", torch.float32)
