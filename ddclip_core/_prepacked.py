@@ -78,6 +78,14 @@ def _matmul_attention(
     return out
 
 
+def _half_attention() -> Any:
+    """The faster 16-bit attention on this CPU. With AMX tiles, PyTorch's fused (flash) kernel runs bf16 on
+    them and beats two matmuls and a softmax 1.3-1.45x (Xeon, 2 cores); without, it runs bf16 at fp32's
+    speed and ``_matmul_attention`` is ~1.3x faster (EPYC, AVX512-BF16)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return F.scaled_dot_product_attention if amx() else _matmul_attention
+
+
 def _norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
@@ -95,6 +103,7 @@ class _Block:
         self.proj = _Linear.pack(block.mlp.c_proj.weight, block.mlp.c_proj.bias, dtype)
         self.fused_gelu = type(block.mlp.gelu) is nn.GELU and block.mlp.gelu.approximate == "none"
         self.activation = block.mlp.gelu
+        self.attention = F.scaled_dot_product_attention if dtype == torch.float32 else _half_attention()
 
     def __call__(self, x: torch.Tensor, groups=None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, L, D) float32 packed views; groups as in ``_multiview.run_block``; or a boolean
@@ -107,7 +116,7 @@ class _Block:
         q, k, v = self.qkv(h.reshape(s * t, d)).view(s, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if groups is not None:
             mask = groups.key_mask(length)
-        attention = F.scaled_dot_product_attention if self.dtype == torch.float32 else _matmul_attention
+        attention = self.attention
         h = attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(s * t, d)
         if groups is not None:
             h = groups.packed(h.view(s, t, d), length).reshape(n * length, d)
