@@ -21,18 +21,20 @@ from ddclip.msg import ObjectMatches, ObjectPoints, ObjectView, ShapeEmbedding, 
 from ddclip.srv import Enroll, Forget, Query
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
 from ddclip_core.perception import ObjectResult, QueryRequest, RequestError, open_perception
+from ddclip_core.perception.worker import single_threaded_torch
 from ddclip_core.stamped import Stamp
 
 from .annotate import draw_detections
+from .executors import GroupExecutor
 from .image_conversion import ImageTooLarge, apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
 from .markers import memory_markers
 from .messages import (
@@ -75,7 +77,9 @@ class DDClipNode(Node):
         depths = {"views": reliable_depth(adapter, adapter.max_view_pixels)}
         depths["frames"] = reliable_depth(adapter, adapter.max_pixels)
         reliable = {k: QoSProfile(depth=d, reliability=ReliabilityPolicy.RELIABLE) for k, d in depths.items()}
-        inputs, services = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
+        # Services run on an executor of their own (``executors``): everything else on the main one.
+        inputs, services = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self.service_group = services
         self.embedding_pub = self.create_publisher(ShapeEmbedding, "ddclip/embeddings", 10)
         self.matches_pub = self.create_publisher(ObjectMatches, "ddclip/matches", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -343,15 +347,19 @@ def _bound(stamp: Any) -> Stamp | None:
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     exit_with_parent()
-    node, executor, spinner, failure = None, None, None, []
+    node, executor, service_executor, spinner, servers, failure = None, None, None, None, None, []
     try:
         try:
             node = DDClipNode()
         except Exception as exc:  # a fatal start-up error: one line, no traceback
             rclpy.logging.get_logger("ddclip").fatal(f"cannot start: {exc}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = GroupExecutor(excluding=(node.service_group,))
         executor.add_node(node)
+        service_executor = GroupExecutor(only=(node.service_group,))
+        service_executor.serve(node)
+        servers = threading.Thread(target=_spin, args=(service_executor, None, failure), daemon=True)
+        servers.start()
         if node.p.adapter.main_thread_encoder:
             spinner = threading.Thread(target=_spin, args=(executor, node.engine, failure), daemon=True)
             spinner.start()
@@ -363,9 +371,10 @@ def main(args: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node.close()
-        if spinner is not None:
-            executor.shutdown(timeout_sec=5.0)
-            spinner.join(timeout=5.0)
+        for thread, spun in ((spinner, executor), (servers, service_executor)):
+            if thread is not None:
+                spun.shutdown(timeout_sec=5.0)
+                thread.join(timeout=5.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -374,17 +383,20 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-def _spin(executor: MultiThreadedExecutor, engine: Any, failure: list[BaseException]) -> None:
-    """The ROS side on its own thread; when it ends (a signal shut the context down), the encoder stops."""
+def _spin(executor: GroupExecutor, engine: Any, failure: list[BaseException]) -> None:
+    """An executor on its own thread; when the inputs' one ends (a signal shut the context down), the
+    encoder stops."""
+    single_threaded_torch()  # services' and callbacks' torch work must not slow the encoder down
     try:
         _spin_until_shutdown(executor)
     except BaseException as exc:  # re-raised in main: the node must not exit 0 after a crash
         failure.append(exc)
     finally:
-        engine.worker.stop()
+        if engine is not None:
+            engine.worker.stop()
 
 
-def _spin_until_shutdown(executor: MultiThreadedExecutor) -> None:
+def _spin_until_shutdown(executor: GroupExecutor) -> None:
     """Spin until a signal shuts the context down. A signal can land while the executor builds its wait
     set, which then fails on the invalid context (RCLError) rather than raising ExternalShutdownException:
     that is the same clean shutdown, not a crash."""

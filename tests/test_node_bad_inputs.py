@@ -106,9 +106,9 @@ def test_images_over_max_pixels_are_refused_counted_and_the_node_keeps_serving(t
 
 def test_a_flood_faster_than_the_model_is_dropped_counted_and_queries_still_answered(tmp_path):
     # One job queued at most and one track per forward pass: the encoder cannot keep up with a burst.
-    # The encoder on the main thread, so that shutdown path is tested too (the other test has the default).
+    # The encoder on a thread of its own, so that shutdown path is tested too (the other test has the default).
     params = {**node_params(tmp_path), "min_views": "1", "queue_size": "1", "max_batch": "1"}
-    params["main_thread_encoder"] = "true"
+    params["main_thread_encoder"] = "false"
     process = launch(params, ros_env(tmp_path))
     tracks = 300
     rclpy.init()

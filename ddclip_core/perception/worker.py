@@ -1,8 +1,9 @@
 """One inference thread fed by a bounded queue: callbacks never wait for the model.
 
 Jobs of several tracks are batched into one forward pass (objects with different view counts go
-through the encoder together). A newer job for a track replaces its queued older one; when the
-queue is full the oldest job is dropped and counted. ``discard`` takes queued jobs back (a track was
+through the encoder together). A newer job for a track replaces its queued older one and keeps its
+place in the queue (a track whose views keep coming is not sent to the back); when the queue is full
+the oldest job is dropped and counted. ``discard`` takes queued jobs back (a track was
 forgotten). Every job carries a sequence number, so whoever delivers results can tell whether a
 job was submitted before or after something happened to its track.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..stamped import Header, Pose
 
@@ -36,6 +38,14 @@ class EncodeJob:
     seq: int = field(default_factory=lambda: next(_sequence))
     first: Header | None = None  # the track's first view, when known (when the object was first seen)
     keys: list[int] | None = None  # the buffer's key of each view (their tokens are cached); None: no cache
+
+
+def single_threaded_torch() -> None:
+    """Run this thread's torch work on this thread alone, with no OpenMP team of its own: for threads beside
+    the encoder's (ROS callbacks, services). An OpenMP team is per thread and lives as long as its thread;
+    with more teams than cores, OpenMP stops letting idle workers spin, and every parallel region of the
+    encoder then waits for its workers to wake (the encoder ran 1.3-1.6x slower in bf16, 2 cores)."""
+    torch.set_num_threads(1)  # this thread's OpenMP and MKL settings (and the default of later threads)
 
 
 def next_sequence() -> int:
@@ -77,6 +87,7 @@ class EncodeWorker:
         self._stop = False
         self.stats = WorkerStats()
         self.on_failure: Callable[[BaseException], None] | None = None
+        self.threads = torch.get_num_threads()  # the encoder's, set on whichever thread runs it
         self._thread = threading.Thread(target=self.run, name="ddclip-encoder", daemon=True)
 
     def start(self) -> None:
@@ -113,7 +124,6 @@ class EncodeWorker:
                 return False
             accepted = True
             if job.track_id in self._jobs:
-                del self._jobs[job.track_id]
                 self.stats.replaced_jobs += 1
             elif len(self._jobs) >= self.queue_size:
                 self._jobs.popitem(last=False)
@@ -122,6 +132,11 @@ class EncodeWorker:
             self._jobs[job.track_id] = job
             self._ready.notify()
             return accepted
+
+    def queued(self, track_id: str) -> bool:
+        """Whether a job of this track waits in the queue (taken jobs are not queued)."""
+        with self._ready:
+            return track_id in self._jobs
 
     def discard(self, track_ids: Iterable[str] | None = None) -> int:
         """Take queued jobs of these tracks (all when None) back; returns how many."""
@@ -144,6 +159,7 @@ class EncodeWorker:
 
     def run(self) -> None:
         """Encode and deliver jobs until ``stop``."""
+        torch.set_num_threads(self.threads)  # a new thread may have inherited another thread's choice
         while True:
             batch = self._take_batch()
             if not batch:

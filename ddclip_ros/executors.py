@@ -1,0 +1,57 @@
+"""The node's two single-threaded executors: inputs on one thread, services on another.
+
+rclpy's MultiThreadedExecutor busy-waits while a mutually exclusive callback group is running and
+its subscription has more messages: each wake-up makes a handler that finds the group busy, gives
+up and wakes the executor again. Under a stream of views (16 tracks x 30 Hz) that loop held the GIL
+so much that it took 63 of 480 messages a second and a compute thread beside it ran at 4 % of its
+speed (measured: benchmarks/executor.py); a SingleThreadedExecutor took all 480 and left 82 %.
+
+So the node runs two SingleThreadedExecutors on the same node, each waiting only on its own callbacks
+(``can_execute``, which rclpy's executors use to build their wait sets): the node's own executor for
+inputs, timers and parameters, and one that ``serve``s its services, so that an enrolment that encodes
+images for a second does not hold up the views, and views never wait behind a query.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rclpy.callback_groups import CallbackGroup
+from rclpy.executors import SingleThreadedExecutor
+
+
+class GroupExecutor(SingleThreadedExecutor):
+    """A SingleThreadedExecutor for the callbacks of some callback groups of its nodes (``only``), or of
+    all groups but some (``excluding``)."""
+
+    def __init__(
+        self,
+        *,
+        only: tuple[CallbackGroup, ...] = (),
+        excluding: tuple[CallbackGroup, ...] = (),
+        context: Any = None,
+    ) -> None:
+        if bool(only) == bool(excluding):
+            raise ValueError("give the callback groups to run (only) or those not to run (excluding)")
+        super().__init__(context=context)
+        self._only, self._excluding = only, excluding
+        self._served: list[Any] = []
+
+    def serve(self, node: Any) -> None:
+        """Wait on this node's callbacks of our groups without making this the node's executor: rclpy
+        gives a node one executor, and ``add_node`` on a second one takes it from the first."""
+        self._served.append(node)
+        self.wake()
+
+    def get_nodes(self) -> list[Any]:
+        return [*super().get_nodes(), *self._served]
+
+    def shutdown(self, timeout_sec: float | None = None) -> bool:
+        done = super().shutdown(timeout_sec)
+        self._served = []
+        return done
+
+    def can_execute(self, entity: Any) -> bool:
+        group = entity.callback_group
+        mine = any(group is g for g in self._only) if self._only else not any(group is g for g in self._excluding)
+        return mine and super().can_execute(entity)
