@@ -3,8 +3,13 @@
 ROS-free: the node feeds it views and asks which tracks are due. Each track keeps at most
 ``max_views`` views chosen to be diverse (a new view replaces the most redundant kept view only if
 it adds more diversity than that view did), so 12 views of an object seen from all sides beat 12
-near-identical frames of the last second. Memory is bounded: views are downsized, tracks beyond
-``max_tracks`` are evicted least-recently-seen first, and tracks unseen for ``max_age_s`` go.
+near-identical frames of the last second. While a full track waits for the encoder (its encode is
+queued), a new view takes the place of its newest view, which no encode has run yet, instead of
+displacing views already encoded: when the encoder falls behind, a re-encode still costs what
+``reencode_after`` says (the per-view blocks of that many views, with the view cache) and its result
+is as fresh as the input. A track that is not full keeps every new view (a burst of views all count).
+Memory is bounded: views are downsized, tracks beyond ``max_tracks`` are evicted least-recently-seen
+first, and tracks unseen for ``max_age_s`` go.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Track:
     pose: Any = None
     ended: bool = False
     changes: int = 0  # views accepted since the last encode
+    refreshed: bool = False  # its newest view was replaced while it waited for the encoder: encode again
     encoded_views: int = 0  # views in the last encode (0: never encoded)
     views_seen: int = 0
 
@@ -105,8 +111,11 @@ class TrackBuffer:
     def view_counts(self) -> list[int]:
         return [len(track.views) for track in self._tracks.values()]
 
-    def add(self, track_id: str, view: np.ndarray, now: float, *, stamp: Any = None, pose: Any = None) -> bool:
-        """Offer a view (H, W, 3 uint8); returns whether it was kept."""
+    def add(
+        self, track_id: str, view: np.ndarray, now: float, *, stamp: Any = None, pose: Any = None, waiting: bool = False
+    ) -> bool:
+        """Offer a view (H, W, 3 uint8); returns whether it was kept. ``waiting``: the track's encode is
+        queued and not started, so a full track's newest view is replaced (see the module's doc)."""
         if view.ndim != 3 or view.shape[2] != 3 or view.dtype != np.uint8 or 0 in view.shape:
             raise ValueError(f"a view must be a non-empty (H, W, 3) uint8 array, got {view.dtype} {view.shape}")
         track = self._tracks.get(track_id)
@@ -121,12 +130,24 @@ class TrackBuffer:
             track.pose = pose
         view = downsize(view, self.policy.max_side)
         descriptor = _descriptor(view)
-        kept = self._keep(track, view, descriptor)
-        if kept:
-            track.changes += 1
+        if waiting and len(track.views) >= self.policy.max_views:
+            kept = self._refresh(track, view, descriptor)
         else:
+            kept = self._keep(track, view, descriptor)
+            track.changes += kept
+        if not kept:
             self.rejected_views += 1
         return kept
+
+    def _refresh(self, track: Track, view: np.ndarray, descriptor: np.ndarray) -> bool:
+        newest = int(np.argmax(track.keys))  # keys grow: the newest view, in the queued encode only
+        others = [d for i, d in enumerate(track.descriptors) if i != newest]
+        if others and float((1.0 - np.stack(others) @ descriptor).min()) < self.policy.min_novelty:
+            return False
+        track.views[newest], track.descriptors[newest] = view, descriptor
+        track.keys[newest] = next(self._keys)
+        track.refreshed = True
+        return True
 
     def _keep(self, track: Track, view: np.ndarray, descriptor: np.ndarray) -> bool:
         if track.descriptors:
@@ -171,6 +192,10 @@ class TrackBuffer:
         ready = []
         p = self.policy
         for track in candidates:
+            if track.refreshed:  # its queued encode is replaced by one with the newer view, in the same place
+                track.refreshed = False
+                ready.append(track)
+                continue
             if not track.views or track.changes == 0:
                 continue
             first = track.encoded_views == 0 and len(track.views) >= p.min_views

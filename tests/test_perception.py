@@ -177,6 +177,37 @@ def test_forget_all_is_a_reset_even_with_work_queued_and_in_flight(published):
     run.engine.close()
 
 
+def test_under_overload_a_queued_track_keeps_its_place_and_its_newest_view(published):
+    """Overload: views of a full track whose encode waits in the queue used to displace encoded views
+    (each re-encode then ran them all) and sent the track to the back of the queue at every view."""
+    run = Run(published, max_batch=1, max_views=2, timeout_s=100.0, view_cache_storage="fp32")
+    gate, entered = threading.Event(), threading.Event()
+    encode = run.engine.model.view_tokens
+
+    def slow(*args, **kwargs):
+        entered.set()
+        gate.wait(30)
+        return encode(*args, **kwargs)
+
+    run.engine.model.view_tokens = slow
+    run.show("busy", 40, count=2, end=False)
+    assert entered.wait(30)  # the encoder is busy with "busy"
+    views = list(random_views(5, size=96, seed=43))
+    run.engine.add_view("a", views[0])
+    run.engine.add_view("a", views[1])  # due: queued
+    run.show("b", 44, count=2, end=False)  # queued behind "a"
+    for view in views[2:]:  # "a" waits: each view takes the place of its newest
+        assert run.engine.add_view("a", view)
+    assert run.engine.worker.depth == 2 and run.engine.worker.stats.replaced_jobs == 3
+    gate.set()
+    run.wait(lambda: len(run.results) == 3)
+    assert [r.track_id for r in run.results] == ["busy", "a", "b"]  # "a" kept its place
+    run.engine.model.view_tokens = encode
+    expected = run.engine.model.encode_views([views[0], views[4]]).numpy()[0]
+    np.testing.assert_allclose(run.results[1].embedding, expected, atol=1e-5)
+    run.engine.close()
+
+
 def test_fused_embeddings_name_their_fusion_and_other_fusions_are_refused(published, tmp_path):
     """Defect 7: a memory made with another fusion (or none) must be refused, not mixed."""
     model = load_model(published["checkpoint"], device="cpu")

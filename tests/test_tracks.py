@@ -66,6 +66,35 @@ def test_encode_triggers():
     assert [t.track_id for t in buffer.due(3.3)] == ["t"]  # track end
 
 
+def test_a_track_waiting_for_the_encoder_swaps_its_newest_view_instead_of_adding():
+    """Under overload a full track's queued re-encode must not grow: each new view takes the newest (not
+    yet encoded) view's place, so the encode still has reencode_after new views, the freshest among them."""
+    buffer = TrackBuffer(TrackPolicy(max_views=6, min_views=2, reencode_after=2, timeout_s=100.0))
+    for seed in range(4):
+        buffer.add("t", pattern(seed), seed)
+    (track,) = buffer.due(4.0)  # 4 views, in an encode now queued
+    encoded = list(track.keys)
+    buffer.add("t", pattern(4), 5.0)
+    buffer.add("t", pattern(5), 5.1)
+    (track,) = buffer.due(5.2)  # 2 new views: queued re-encode
+    queued = list(track.keys)
+    for seed in range(6, 10):  # the encoder is busy: these arrive while that re-encode waits
+        assert buffer.add("t", pattern(seed), 6.0 + seed, waiting=True)
+        (again,) = buffer.due(6.1 + seed)  # the queued encode is made again, with the new view
+        assert len(again.views) == 6 and np.array_equal(again.views[-1], pattern(seed))
+        assert len(set(again.keys) - set(encoded)) == 2  # still 2 views the encoder has not seen
+    assert again.keys[:5] == queued[:5] and again.keys[5] not in queued
+    assert not buffer.add("t", near_copy(pattern(0), 1), 20.0, waiting=True)  # near duplicates still rejected
+    assert buffer.due(20.1) == []
+    assert buffer.add("t", pattern(11), 21.0)  # no longer waiting: grows again towards the next re-encode
+    assert buffer.due(21.1) == []
+    buffer.add("burst", pattern(20), 30.0)
+    buffer.due(30.1)
+    for seed in range(21, 25):  # not full: every view counts, waiting or not (the track's last burst)
+        assert buffer.add("burst", pattern(seed), 31.0, waiting=True)
+    assert len(buffer.get("burst").views) == 5
+
+
 def test_due_for_given_tracks_looks_at_those_only():
     buffer = TrackBuffer(TrackPolicy(min_views=1, timeout_s=1.0, max_age_s=5.0))
     buffer.add("old", pattern(0), 0.0)

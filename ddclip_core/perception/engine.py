@@ -152,8 +152,11 @@ class Perception:
         """Offer one view (H, W, 3 uint8) of a track; returns whether it was kept. ValueError for bad input."""
         if not track_id:
             raise ValueError("empty track_id")
+        waiting = self.worker.queued(track_id)
         with self._lock:
-            kept = self.buffer.add(track_id, view, time.monotonic(), stamp=header or Header(), pose=pose)
+            kept = self.buffer.add(
+                track_id, view, time.monotonic(), stamp=header or Header(), pose=pose, waiting=waiting
+            )
             if ended:
                 self.buffer.end(track_id)
         self._schedule([track_id])  # a track that just became due goes to the encoder now, not at the next tick
@@ -178,8 +181,9 @@ class Perception:
         for box in boxes:
             try:
                 view = np.ascontiguousarray(crop(rgb, box))
+                waiting = self.worker.queued(box.track_id)
                 with self._lock:
-                    self.buffer.add(box.track_id, view, now, stamp=header)
+                    self.buffer.add(box.track_id, view, now, stamp=header, waiting=waiting)
             except ValueError as exc:
                 problems.append(str(exc))
                 self.health.bad_input(str(exc))
