@@ -31,6 +31,7 @@ os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="ddclip-bench-log-"
 
 import rclpy
 from ddclip.msg import ObjectMatches, ObjectView
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from ddclip_core import load_model
@@ -46,14 +47,16 @@ class Harness:
         overrides = {"weights": args.weights or "", "device": args.device, "reliable": "true", "timeout_s": "30.0"}
         overrides["precision"] = args.precision  # resolved in this process: the node runs what it is compared with
         overrides["allow_random_weights"] = "false" if args.weights else "true"  # timings only: no names read
-        if args.main_thread_encoder:
-            overrides["main_thread_encoder"] = "true"
+        if args.encoder_thread:
+            overrides["main_thread_encoder"] = "false"
         self.process = start_node({**overrides, **params}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.node = rclpy.create_node("ddclip_bench")
         self.arrivals: dict[tuple[str, int], float] = {}
         self.received = 0
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[float, float]] = []  # (arrival, ms) of stamped results
         self.node.create_subscription(ObjectMatches, "ddclip/matches", self._on_matches, 100)
+        self.diagnostics: dict[str, str] = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.publisher = self.node.create_publisher(ObjectView, "ddclip/views", RELIABLE)
         started = lambda: (  # noqa: E731
             self.process.poll() is not None
@@ -66,8 +69,12 @@ class Harness:
         self.received += 1
         if msg.header.stamp.sec:  # stamped with the wall time its newest view was sent (the stream)
             sent = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            self.latencies.append((time.time() - sent) * 1e3)
+            self.latencies.append((time.monotonic(), (time.time() - sent) * 1e3))
         self.arrivals.setdefault((msg.track_id, msg.num_views), time.perf_counter())
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            self.diagnostics.update({value.key: value.value for value in status.values})
 
     def publish(self, track: str, view: np.ndarray, ended: bool = False, stamp: bool = False) -> None:
         message = ObjectView(track_id=track, track_ended=ended)
@@ -106,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-seconds", type=float, default=600.0, help="flood duration (default: 600 = 10 min)")
     parser.add_argument("--flood-tracks", type=int, default=50, help="tracks the flood cycles over (default: 50)")
     parser.add_argument("--flood-hz", type=float, default=30.0, help="flood views per second (default: 30)")
-    parser.add_argument("--main-thread-encoder", action="store_true", help="the node's main_thread_encoder parameter")
+    parser.add_argument(
+        "--encoder-thread", action="store_true", help="main_thread_encoder:=false (the encoder on a thread of its own)"
+    )
     parser.add_argument(
         "--sections",
         default="latency,throughput,flood",
         help="comma-separated parts to run: latency, throughput, flood, stream (default: the first three)",
     )
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="stream duration per setting (default: 60)")
+    parser.add_argument("--stream-warmup", type=float, default=10.0, help="seconds before measuring (default: 10)")
     parser.add_argument("--stream-tracks", type=int, default=16, help="tracks in the stream (default: 16)")
     parser.add_argument("--stream-hz", type=float, default=30.0, help="views per second of each track (default: 30)")
     args = parser.parse_args(argv)
@@ -163,9 +173,8 @@ def latency(args: argparse.Namespace, model: object) -> None:
     print(f"latency last view -> matches: p50 {e2e[0]:.1f} ms, p99 {e2e[1]:.1f} ms")
     print(f"encoder alone:                p50 {enc[0]:.1f} ms, p99 {enc[1]:.1f} ms")
     print(f"encoder alone, other thread:  p50 {on_thread[0]:.1f} ms, p99 {on_thread[1]:.1f} ms")
-    # Against the encoder run the way the node runs it: OpenMP on the main thread spin-waits, on another
-    # thread it does not, and which is faster depends on whether other processes want the cores.
-    same, where = (enc[0], "main thread") if args.main_thread_encoder else (on_thread[0], "other thread")
+    # Against the encoder run where the node runs it (by default the main thread, where it is fastest).
+    same, where = (on_thread[0], "other thread") if args.encoder_thread else (enc[0], "main thread")
     overhead = e2e[0] - same
     print(
         f"overhead p50 over the encoder on the {where}, as the node runs it: {overhead:.1f} ms "
@@ -218,29 +227,42 @@ def flood(args: argparse.Namespace) -> None:
 def stream(args: argparse.Namespace) -> None:
     """16 tracks each sending a new view at 30 Hz (``--stream-hz``), re-encoded every 2 new views: results per
     second and view-to-result latency with the view cache on and off, in the same run."""
-    hz = args.stream_hz
+    hz, warmup = args.stream_hz, args.stream_warmup
     print(
-        f"\nstream: {args.stream_tracks} tracks x {hz:g} Hz, re-encode every 2 new views, {args.stream_seconds:.0f} s"
+        f"\nstream: {args.stream_tracks} tracks x {hz:g} Hz, re-encode every 2 new views, {args.stream_seconds:.0f} s "
+        f"measured after {warmup:.0f} s (tracks filling up to max_views)"
     )
     rows = {}
     for label, cache_mb in (("view cache on", "512"), ("view cache off", "0")):
         harness = Harness(args, max_batch="8", min_views="2", reencode_after="2", view_cache_mb=cache_mb)
         rng = np.random.default_rng(9)
-        per_track = 48  # distinct views per track, made once: a track never sends the same view twice in a row
+        # Every view new, as a camera moving round the object: from a pool made once, each sent rolled by an
+        # offset of its own (recycled views would settle into a buffer that no longer changes).
+        per_track = 48
         pool = rng.integers(0, 256, (args.stream_tracks * per_track, 224, 224, 3), dtype=np.uint8)
         start, sent = time.monotonic(), 0
-        while time.monotonic() - start < args.stream_seconds:
+        measured, received_before = start + warmup, None
+        while time.monotonic() - start < warmup + args.stream_seconds:
+            if received_before is None and time.monotonic() >= measured:
+                received_before, sent_before, counted = harness.received, sent, dict(harness.diagnostics)
             track, turn = sent % args.stream_tracks, sent // args.stream_tracks
-            harness.publish(f"s{track}", pool[track * per_track + turn % per_track], stamp=True)
+            view = np.roll(pool[track * per_track + turn % per_track], 7 + 13 * (turn // per_track), axis=1)
+            harness.publish(f"s{track}", view, stamp=True)
             sent += 1
             rclpy.spin_once(harness.node, timeout_sec=0)
             time.sleep(max(0.0, start + sent / (hz * args.stream_tracks) - time.monotonic()))
-        elapsed = time.monotonic() - start
-        received = harness.received
-        p50, p99 = np.percentile(harness.latencies, [50, 99]) if harness.latencies else (float("nan"),) * 2
+        elapsed = time.monotonic() - measured
+        received, sent = harness.received - received_before, sent - sent_before
+        latencies = [ms for arrival, ms in harness.latencies if arrival >= measured]
+        p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
         rows[label] = received / elapsed
+        # from /diagnostics (1 Hz): views run through the per-view blocks per encoded track, measured part
+        key, d = "views through the per-view blocks", harness.diagnostics
+        tracks = int(d.get("tracks encoded", 0)) - int(counted.get("tracks encoded", 0))
+        per_view = f", {(int(d[key]) - int(counted.get(key, 0))) / tracks:.1f} per-view encodes per result" if (
+            key in d and tracks) else ""  # fmt: skip
         print(f"  {label:<15} {sent / elapsed:6.0f} views/s sent, {received / elapsed:5.2f} results/s, "
-              f"view-to-result p50 {p50:7.0f} ms, p99 {p99:7.0f} ms")  # fmt: skip
+              f"view-to-result p50 {p50:7.0f} ms, p99 {p99:7.0f} ms{per_view}")  # fmt: skip
         harness.close()
     print(f"  results/s with the cache: {rows['view cache on'] / rows['view cache off']:.2f} x without (goal >= 1.6 x)")
 
