@@ -111,7 +111,12 @@ def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):
         assert engine.precision == precision and engine.weights_id == model.weights_id
         cosine = (engine.encode_views(objects) * reference).sum(-1)
         assert cosine.min() >= floor, (precision, cosine)
-        assert cosine.min() < 1 - 1e-7, f"{precision}: no drift at all, so not really {precision}"
+        if precision == "fp16":  # its weights are half floats (on a tiny model its drift can round to cosine 1)
+            for graph in ("per_view.onnx", "cross_view.onnx"):
+                types = {init.data_type for init in onnx.load(str(out / graph)).graph.initializer}
+                assert onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types, (graph, types)
+        else:
+            assert cosine.min() < 1 - 1e-7, f"{precision}: no drift at all, so not really {precision}"
         assert json.loads((out / "config.json").read_text())["check"]["views_min_cosine"] >= floor
     with pytest.raises(ValueError, match="precision is fixed at export"):
         load_model(tmp_path / "fp16", backend="onnxruntime", device="cpu", precision="bf16")
