@@ -3,7 +3,7 @@
 A publisher process sends 224 x 224 RGB images (reliable, as a replay does) at ``--hz`` (default 480: 16
 tracks x 30 Hz); this process takes them with one executor at a time while a compute thread runs
 matmuls (a stand-in for the encoder, which also needs the GIL between its ops). Printed per executor:
-messages received per second and the compute thread's speed as a share of its speed with no messages
+messages sent and received per second and the compute thread's speed as a share of its speed with no messages
 (measured first, in the same run). The node runs ``GroupExecutor`` (SingleThreadedExecutor); the
 MultiThreadedExecutor is what it ran before.
 
@@ -54,6 +54,7 @@ def publish(hz: float, seconds: float) -> None:
         publisher.publish(message)
         sent += 1
         time.sleep(max(0.0, start + sent / hz - time.monotonic()))
+    print(f"{sent / (time.monotonic() - start):.1f}", flush=True)  # what it managed to send, per second
     rclpy.try_shutdown()
 
 
@@ -84,7 +85,7 @@ class Compute:
         self._thread.join()
 
 
-def run(kind: str, args: argparse.Namespace, compute: Compute) -> tuple[float, float]:
+def run(kind: str, args: argparse.Namespace, compute: Compute) -> tuple[float, float, float]:
     node = rclpy.create_node(f"ddclip_bench_{kind.replace('-', '_')}")
     received = [0]
 
@@ -106,15 +107,16 @@ def run(kind: str, args: argparse.Namespace, compute: Compute) -> tuple[float, f
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    publisher = subprocess.Popen([sys.executable, __file__, "--publish", str(args.hz), str(args.seconds + 3)])
+    command = [sys.executable, __file__, "--publish", str(args.hz), str(args.seconds + 3)]
+    publisher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     time.sleep(2.5)  # discovery and the publisher's first second
     start = received[0]
     rate = compute.rate(args.seconds)
     got = (received[0] - start) / args.seconds
-    publisher.wait()
+    sent = float(publisher.communicate()[0].split()[-1])
     executor.shutdown(timeout_sec=5)
     node.destroy_node()
-    return got, rate
+    return sent, got, rate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     compute = Compute()
     idle = compute.rate(args.seconds)
     print(f"{args.hz:g} images/s offered (224 x 224 RGB, reliable); compute thread alone: {idle:.2f} rounds/s")
-    print(f"{'executor':>28} {'received/s':>11} {'compute':>9}")
+    print(f"{'executor':>28} {'sent/s':>8} {'received/s':>11} {'compute':>9}")
     for kind in ("multi-threaded", "single-threaded", "GroupExecutor (the node's)"):
-        got, rate = run(kind.split()[0], args, compute)
-        print(f"{kind:>28} {got:11.1f} {rate / idle * 100:8.0f}%")
+        sent, got, rate = run(kind.split()[0], args, compute)
+        print(f"{kind:>28} {sent:8.1f} {got:11.1f} {rate / idle * 100:8.0f}%")
     compute.stop()
     rclpy.try_shutdown()
     return 0

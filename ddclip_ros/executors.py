@@ -3,8 +3,8 @@
 rclpy's MultiThreadedExecutor busy-waits while a mutually exclusive callback group is running and
 its subscription has more messages: each wake-up makes a handler that finds the group busy, gives
 up and wakes the executor again. Under a stream of views (16 tracks x 30 Hz) that loop held the GIL
-so much that it took 63 of 480 messages a second and a compute thread beside it ran at 4 % of its
-speed (measured: benchmarks/executor.py); a SingleThreadedExecutor took all 480 and left 82 %.
+so much that it took 35-122 of 480 messages a second and a compute thread beside it ran at 1-29 % of
+its speed; single-threaded executors took 359-480 and left it 75-86 % (benchmarks/executor.py).
 
 So the node runs two SingleThreadedExecutors on the same node, each waiting only on its own callbacks
 (``can_execute``, which rclpy's executors use to build their wait sets): the node's own executor for

@@ -1,7 +1,8 @@
 """Perception: the whole object pipeline of the ddclip node, without ROS.
 
 Views (crops, or full frames + tracked boxes) and point clouds go in per track; tracks are buffered
-(TrackBuffer) and, when due, encoded on one worker thread fed by a bounded queue (EncodeWorker);
+(TrackBuffer) and, when due, encoded by one worker fed by a bounded queue (EncodeWorker, on a thread of
+its own or the caller's: the node runs it on its main thread, where OpenMP is fastest);
 each result is stored in the object memory, matched against the bank and the labels, and handed to
 ``on_results``. Queries, enrolment and forgetting are plain method calls. The ROS node only
 converts messages to these calls and results back to messages, so everything here is testable
