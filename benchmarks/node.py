@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,7 +33,9 @@ os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="ddclip-bench-log-"
 import rclpy
 from ddclip.msg import ObjectMatches, ObjectView
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 
 from ddclip_core import load_model
 from ddclip_ros.image_conversion import rgb_to_image
@@ -40,6 +43,21 @@ from ddclip_ros.node_process import start_node, stop_node
 from ddclip_ros.spin import spin_until
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+ECHO = "ddclip_bench/echo"
+
+
+def run_echo() -> None:
+    """The echo process: answers each track's last view on ``ECHO`` with the track id."""
+    node = rclpy.create_node("ddclip_bench_echo")
+    reply = node.create_publisher(String, ECHO, 100)
+
+    def on_view(msg: ObjectView) -> None:
+        if msg.track_ended:
+            reply.publish(String(data=msg.track_id))
+
+    node.create_subscription(ObjectView, "ddclip/views", on_view, RELIABLE)
+    with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):  # it is ended by SIGTERM
+        rclpy.spin(node)
 
 
 class Harness:
@@ -125,9 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-warmup", type=float, default=10.0, help="seconds before measuring (default: 10)")
     parser.add_argument("--stream-tracks", type=int, default=16, help="tracks in the stream (default: 16)")
     parser.add_argument("--stream-hz", type=float, default=30.0, help="views per second of each track (default: 30)")
+    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     rclpy.init()
+    if args.echo:
+        run_echo()
+        return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(args.weights, device=args.device, precision=args.precision)
@@ -149,11 +171,19 @@ def main(argv: list[str] | None = None) -> int:
 def latency(args: argparse.Namespace, model: object) -> None:
     """Last view published -> matches received, against the encoder alone."""
     harness = Harness(args, min_views=str(args.views), max_batch="16")
+    # DDS alone, in the same run: a plain subscriber in another process answers each track's last view
+    # with a short message (the burst's delivery there, plus one small message back).
+    delivered: dict[str, float] = {}
+    harness.node.create_subscription(String, ECHO, lambda m: delivered.setdefault(m.data, time.perf_counter()), 100)
+    echo = subprocess.Popen([sys.executable, __file__, "--echo"])
+    ready = lambda: harness.publisher.get_subscription_count() > 1 and harness.node.count_publishers(ECHO) > 0  # noqa: E731
+    if not spin_until(harness.node, ready, 60):
+        raise RuntimeError("the echo process did not start")
     for j, view in enumerate(views(args.views, seed=10_000)):  # one untimed track: first-use costs
         harness.publish("warm-up", view, ended=j == args.views - 1)
     harness.wait_for([("warm-up", args.views)])
     model.encode_views(views(args.views, seed=0))
-    latencies, encoder, threaded = [], [], []
+    latencies, encoder, threaded, transport = [], [], [], []
     for i in range(args.repeats):
         track_views = views(args.views, seed=i)
         for j, view in enumerate(track_views):
@@ -161,10 +191,12 @@ def latency(args: argparse.Namespace, model: object) -> None:
         sent = time.perf_counter()
         harness.wait_for([(f"lat-{i}", args.views)])
         latencies.append((harness.arrivals[(f"lat-{i}", args.views)] - sent) * 1e3)
+        spin_until(harness.node, lambda i=i: f"lat-{i}" in delivered, 10)
+        transport.append((delivered[f"lat-{i}"] - sent) * 1e3)
         start = time.perf_counter()
         model.encode_views(track_views)
         encoder.append((time.perf_counter() - start) * 1e3)
-        # The node's default encoder thread is not the main thread, where OpenMP behaves differently.
+        # With main_thread_encoder:=false the encoder has a thread of its own, where OpenMP is slower.
         thread = threading.Thread(target=lambda v=track_views: threaded.append(timed(model.encode_views, v)))
         thread.start()
         thread.join()
@@ -180,6 +212,10 @@ def latency(args: argparse.Namespace, model: object) -> None:
         f"overhead p50 over the encoder on the {where}, as the node runs it: {overhead:.1f} ms "
         f"({overhead / same * 100:.0f}%; goal <= 10% + 5 ms)"
     )
+    dds = float(np.percentile(transport, 50))
+    print(f"DDS alone: the {args.views} views to a plain subscriber in another process and a reply: p50 {dds:.1f} ms")
+    echo.terminate()
+    echo.wait()
     harness.close()
 
 
