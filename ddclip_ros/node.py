@@ -385,12 +385,14 @@ def main(args: list[str] | None = None) -> int:
 
 def _spin(executor: GroupExecutor, engine: Any, failure: list[BaseException]) -> None:
     """An executor on its own thread; when the inputs' one ends (a signal shut the context down), the
-    encoder stops."""
+    encoder stops. A crash of either ends the whole node, as it did with one executor: not a node that
+    runs on without its services or its inputs."""
     single_threaded_torch()  # services' and callbacks' torch work must not slow the encoder down
     try:
         _spin_until_shutdown(executor)
     except BaseException as exc:  # re-raised in main: the node must not exit 0 after a crash
         failure.append(exc)
+        executor.context.try_shutdown()  # wakes the other executor, which then ends as on a signal
     finally:
         if engine is not None:
             engine.worker.stop()
