@@ -176,6 +176,16 @@ def latency(args: argparse.Namespace, model: object) -> None:
     delivered: dict[str, float] = {}
     harness.node.create_subscription(String, ECHO, lambda m: delivered.setdefault(m.data, time.perf_counter()), 100)
     echo = subprocess.Popen([sys.executable, __file__, "--echo"])
+    try:
+        measure_latency(args, model, harness, delivered)
+    finally:
+        echo.terminate()
+        echo.wait()
+        harness.close()
+
+
+def measure_latency(args: argparse.Namespace, model: object, harness: Harness, delivered: dict[str, float]) -> None:
+    """The timed tracks of ``latency``; ``delivered``: when the echo process answered each track's last view."""
     ready = lambda: harness.publisher.get_subscription_count() > 1 and harness.node.count_publishers(ECHO) > 0  # noqa: E731
     if not spin_until(harness.node, ready, 60):
         raise RuntimeError("the echo process did not start")
@@ -214,9 +224,6 @@ def latency(args: argparse.Namespace, model: object) -> None:
     )
     dds = float(np.percentile(transport, 50))
     print(f"DDS alone: the {args.views} views to a plain subscriber in another process and a reply: p50 {dds:.1f} ms")
-    echo.terminate()
-    echo.wait()
-    harness.close()
 
 
 def throughput(args: argparse.Namespace) -> None:

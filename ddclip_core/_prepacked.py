@@ -116,8 +116,7 @@ class _Block:
         q, k, v = self.qkv(h.reshape(s * t, d)).view(s, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if groups is not None:
             mask = groups.key_mask(length)
-        attention = self.attention
-        h = attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(s * t, d)
+        h = self.attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(s * t, d)
         if groups is not None:
             h = groups.packed(h.view(s, t, d), length).reshape(n * length, d)
         x = x.reshape(n * length, d)

@@ -4,27 +4,17 @@ is busy, and each executor runs only its own callbacks."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: scripts/setup.sh installs ROS 2 from PyPI")
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ddclip_ros.executors import GroupExecutor  # noqa: E402
+from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.ros_node import ros_env  # noqa: E402
-
-
-def wait(condition, client: SingleThreadedExecutor, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        client.spin_once(timeout_sec=0.05)
-        if condition():
-            return True
-    return False
 
 
 def test_views_keep_coming_while_a_service_works_and_each_executor_runs_its_own(tmp_path):
@@ -57,25 +47,23 @@ def test_views_keep_coming_while_a_service_works_and_each_executor_runs_its_own(
     spinners = [threading.Thread(target=e.spin, name=n, daemon=True) for e, n in ((inputs, "in"), (servers, "srv"))]
     for spinner in spinners:
         spinner.start()
-    client = SingleThreadedExecutor()
-    client.add_node(client_node)
     try:
         publisher = client_node.create_publisher(String, "views", 10)
         enroll = client_node.create_client(Trigger, "enroll")
         assert enroll.wait_for_service(timeout_sec=20)
-        assert wait(lambda: publisher.get_subscription_count() > 0, client)
+        assert spin_until(client_node, lambda: publisher.get_subscription_count() > 0, 20)
         future = enroll.call_async(Trigger.Request())
-        assert wait(serving.is_set, client)  # the service is busy now
+        assert spin_until(client_node, serving.is_set, 20)  # the service is busy now
         for i in range(5):
             publisher.publish(String(data=f"view {i}"))
-        assert wait(lambda: len(received) == 5, client), received  # ... and the views still come in
+        assert spin_until(client_node, lambda: len(received) == 5, 20), received  # ... and the views still come in
         assert not future.done()
         release.set()
-        assert wait(future.done, client) and future.result().success
+        assert spin_until(client_node, future.done, 20) and future.result().success
         assert threads == {"service": "srv", "input": "in"}
     finally:
         release.set()
-        for executor in (inputs, servers, client):
+        for executor in (inputs, servers):
             executor.shutdown(timeout_sec=5)
         for spinner in spinners:
             spinner.join(timeout=5)
