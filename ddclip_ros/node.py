@@ -9,6 +9,7 @@ request answers ``success=false``. The node exits on a signal, or at start-up wi
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -369,6 +370,10 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        try:
+            _ignore_late_signals()
+        except KeyboardInterrupt:  # the signal's own, landing just now
+            _ignore_late_signals()
         if node is not None:
             node.close()
         for thread, spun in ((spinner, executor), (servers, service_executor)):
@@ -381,6 +386,15 @@ def main(args: list[str] | None = None) -> int:
     if failure:
         raise failure[0]
     return 0
+
+
+def _ignore_late_signals() -> None:
+    """Shutdown has begun. rclpy shuts the context down in the signal handler, in whichever thread the
+    signal lands, but CPython raises the signal's KeyboardInterrupt later, in the main thread: after the
+    executors have already ended, it landed in the middle of closing the memory. From here on a signal
+    (the first one's late KeyboardInterrupt, or another) is ignored; SIGKILL still ends the process."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def _spin(executor: GroupExecutor, engine: Any, failure: list[BaseException]) -> None:
