@@ -31,9 +31,9 @@ class GroupExecutor(SingleThreadedExecutor):
         excluding: tuple[CallbackGroup, ...] = (),
         context: Any = None,
     ) -> None:
+        super().__init__(context=context)  # first: a half-made executor fails in its __del__
         if bool(only) == bool(excluding):
             raise ValueError("give the callback groups to run (only) or those not to run (excluding)")
-        super().__init__(context=context)
         self._only, self._excluding = only, excluding
         self._served: list[Any] = []
 

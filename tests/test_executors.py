@@ -72,8 +72,13 @@ def test_views_keep_coming_while_a_service_works_and_each_executor_runs_its_own(
         rclpy.try_shutdown()
 
 
-def test_an_executor_needs_its_groups_one_way():
-    group = MutuallyExclusiveCallbackGroup()
-    for kwargs in ({}, {"only": (group,), "excluding": (group,)}):
-        with pytest.raises(ValueError, match="give the callback groups to run"):
-            GroupExecutor(**kwargs)
+def test_an_executor_needs_its_groups_one_way(tmp_path):
+    ros_env(tmp_path)
+    rclpy.init()
+    try:
+        group = MutuallyExclusiveCallbackGroup()
+        for kwargs in ({}, {"only": (group,), "excluding": (group,)}):
+            with pytest.raises(ValueError, match="give the callback groups to run"):
+                GroupExecutor(**kwargs)
+    finally:
+        rclpy.try_shutdown()
