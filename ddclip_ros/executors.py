@@ -1,4 +1,5 @@
-"""The node's two single-threaded executors: inputs on one thread, services on another.
+"""The node's two single-threaded executors (inputs on one thread, services on another) and how they
+are spun and shut down.
 
 rclpy's MultiThreadedExecutor busy-waits while a mutually exclusive callback group is running and
 its subscription has more messages: each wake-up makes a handler that finds the group busy, gives
@@ -14,10 +15,13 @@ images for a second does not hold up the views, and views never wait behind a qu
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from rclpy.callback_groups import CallbackGroup
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+from ddclip_core.perception.worker import single_threaded_torch
 
 
 class GroupExecutor(SingleThreadedExecutor):
@@ -55,3 +59,40 @@ class GroupExecutor(SingleThreadedExecutor):
         group = entity.callback_group
         mine = any(group is g for g in self._only) if self._only else not any(group is g for g in self._excluding)
         return mine and super().can_execute(entity)
+
+
+def ignore_late_signals() -> None:
+    """Shutdown has begun. rclpy shuts the context down in the signal handler, in whichever thread the
+    signal lands, but CPython raises the signal's KeyboardInterrupt later, in the main thread: after the
+    executors have already ended, it landed in the middle of closing the memory. From here on a signal
+    (the first one's late KeyboardInterrupt, or another) is ignored; SIGKILL still ends the process."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
+def spin_on_thread(executor: GroupExecutor, worker: Any, failure: list[BaseException]) -> None:
+    """An executor on a thread beside the encoder's; when it ends (a signal shut the context down), the
+    encoder ``worker`` (if given) stops. A crash of any executor ends the whole node, as it did with one
+    executor: not a node that runs on without its services or its inputs."""
+    single_threaded_torch()  # services' and callbacks' torch work must not slow the encoder down
+    try:
+        spin_until_shutdown(executor)
+    except BaseException as exc:  # re-raised in main: the node must not exit 0 after a crash
+        failure.append(exc)
+        executor.context.try_shutdown()  # wakes the other executor, which then ends as on a signal
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def spin_until_shutdown(executor: GroupExecutor) -> None:
+    """Spin until a signal shuts the context down. A signal can land while the executor builds its wait
+    set, which then fails on the invalid context (RCLError) rather than raising ExternalShutdownException:
+    that is the same clean shutdown, not a crash."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if executor.context.ok():
+            raise

@@ -9,7 +9,6 @@ request answers ``success=false``. The node exits on a signal, or at start-up wi
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -31,11 +30,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
 from ddclip_core.perception import ObjectResult, QueryRequest, RequestError, open_perception
-from ddclip_core.perception.worker import single_threaded_torch
 from ddclip_core.stamped import Stamp
 
 from .annotate import draw_detections
-from .executors import GroupExecutor
+from .executors import GroupExecutor, ignore_late_signals, spin_on_thread, spin_until_shutdown
 from .image_conversion import ImageTooLarge, apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
 from .markers import memory_markers
 from .messages import (
@@ -359,21 +357,21 @@ def main(args: list[str] | None = None) -> int:
         executor.add_node(node)
         service_executor = GroupExecutor(only=(node.service_group,))
         service_executor.serve(node)
-        servers = threading.Thread(target=_spin, args=(service_executor, None, failure), daemon=True)
+        servers = threading.Thread(target=spin_on_thread, args=(service_executor, None, failure), daemon=True)
         servers.start()
         if node.p.adapter.main_thread_encoder:
-            spinner = threading.Thread(target=_spin, args=(executor, node.engine, failure), daemon=True)
+            spinner = threading.Thread(target=spin_on_thread, args=(executor, node.engine.worker, failure), daemon=True)
             spinner.start()
             node.engine.run_worker()
         else:
-            _spin_until_shutdown(executor)
+            spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         try:
-            _ignore_late_signals()
+            ignore_late_signals()
         except KeyboardInterrupt:  # the signal's own, landing just now
-            _ignore_late_signals()
+            ignore_late_signals()
         if node is not None:
             node.close()
         for thread, spun in ((spinner, executor), (servers, service_executor)):
@@ -386,43 +384,6 @@ def main(args: list[str] | None = None) -> int:
     if failure:
         raise failure[0]
     return 0
-
-
-def _ignore_late_signals() -> None:
-    """Shutdown has begun. rclpy shuts the context down in the signal handler, in whichever thread the
-    signal lands, but CPython raises the signal's KeyboardInterrupt later, in the main thread: after the
-    executors have already ended, it landed in the middle of closing the memory. From here on a signal
-    (the first one's late KeyboardInterrupt, or another) is ignored; SIGKILL still ends the process."""
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.SIG_IGN)
-
-
-def _spin(executor: GroupExecutor, engine: Any, failure: list[BaseException]) -> None:
-    """An executor on its own thread; when the inputs' one ends (a signal shut the context down), the
-    encoder stops. A crash of either ends the whole node, as it did with one executor: not a node that
-    runs on without its services or its inputs."""
-    single_threaded_torch()  # services' and callbacks' torch work must not slow the encoder down
-    try:
-        _spin_until_shutdown(executor)
-    except BaseException as exc:  # re-raised in main: the node must not exit 0 after a crash
-        failure.append(exc)
-        executor.context.try_shutdown()  # wakes the other executor, which then ends as on a signal
-    finally:
-        if engine is not None:
-            engine.worker.stop()
-
-
-def _spin_until_shutdown(executor: GroupExecutor) -> None:
-    """Spin until a signal shuts the context down. A signal can land while the executor builds its wait
-    set, which then fails on the invalid context (RCLError) rather than raising ExternalShutdownException:
-    that is the same clean shutdown, not a crash."""
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if executor.context.ok():
-            raise
 
 
 if __name__ == "__main__":
