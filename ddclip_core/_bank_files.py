@@ -11,13 +11,17 @@ on load. Format 1 (fixed names ``vectors.npy``, ``metadata.parquet``, ``index.fa
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import faiss
 import numpy as np
+import numpy.lib.format as npy_format
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -27,6 +31,8 @@ FORMAT = "ddclip-bank"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "bank.json"
+LOAD_ATTEMPTS = 5
+T = TypeVar("T")
 V1_FILES = {"vectors": "vectors.npy", "metadata": "metadata.parquet", "index": "index.faiss"}
 
 
@@ -82,31 +88,70 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def data_file(folder: Path, manifest: dict[str, Any], role: str) -> Path | None:
-    """The path of the manifest's ``role`` file (vectors, metadata, index), its size checked; None if absent."""
+    """The path of the manifest's ``role`` file (vectors, metadata, index); None if it names none."""
     if manifest["version"] == 1:
         path = folder / V1_FILES[role]
         return path if role != "index" or path.is_file() else None
     entry = manifest.get("files", {}).get(role)
-    if entry is None:
-        return None
-    path = folder / entry["path"]
-    if not path.is_file():
-        raise BankError(f"{folder}: the manifest names {entry['path']}, which is missing (bank changed or lost?)")
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise BankError(f"{path}: {size} bytes, the manifest says {entry['bytes']}: truncated or replaced")
-    return path
+    return None if entry is None else folder / entry["path"]
+
+
+class GenerationGone(BankError):
+    """A file the manifest names is missing: lost, or deleted by a save since the manifest was read."""
+
+
+def read_current_generation(folder: Path, mmap: bool, read: Callable[[dict[str, Any], dict[str, Any]], T]) -> T:
+    """``read(manifest, handles)`` on the current manifest and its open data files. Should a save delete
+    those files between reading the manifest and opening them, the new manifest is read instead."""
+    for attempt in range(LOAD_ATTEMPTS):
+        manifest = read_manifest(folder)
+        try:
+            with opened_generation(folder, manifest, mmap) as handles:
+                return read(manifest, handles)
+        except GenerationGone:
+            if attempt == LOAD_ATTEMPTS - 1 or read_manifest(folder) == manifest:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def opened_generation(folder: Path, manifest: dict[str, Any], mmap: bool) -> Iterator[dict[str, Any]]:
+    """Open the manifest's data files together, right after the manifest was read, each size checked.
+    Once open, a concurrent save that deletes them (a new generation) takes nothing from this reader:
+    a load then reads one whole generation however long it takes. Metadata is memory-mapped if ``mmap``."""
+    with ExitStack() as stack:
+        handles: dict[str, Any] = {}
+        for role in ("vectors", "metadata", "index"):
+            path = data_file(folder, manifest, role)
+            if path is None:
+                continue
+            try:
+                if role == "metadata":
+                    handle = stack.enter_context(pa.memory_map(str(path)) if mmap else pa.OSFile(str(path)))
+                    size = handle.size()
+                else:
+                    handle = stack.enter_context(open(path, "rb"))
+                    size = os.fstat(handle.fileno()).st_size
+            except FileNotFoundError:
+                raise GenerationGone(f"{folder}: the manifest names {path.name}, which is missing") from None
+            except OSError as exc:
+                raise BankError(f"{path}: cannot open: {exc}") from exc
+            expected = manifest.get("files", {}).get(role, {}).get("bytes", size)
+            if size != expected:
+                raise BankError(f"{path}: {size} bytes, the manifest says {expected}: truncated or replaced")
+            handles[role] = handle
+        if "vectors" not in handles or "metadata" not in handles:
+            raise BankError(f"{folder}: the manifest names no vectors or metadata file")
+        yield handles
 
 
 def read_vectors_and_metadata(
-    folder: Path, manifest: dict[str, Any], dim: int, mmap: bool
+    folder: Path, manifest: dict[str, Any], handles: dict[str, Any], dim: int, mmap: bool
 ) -> tuple[np.ndarray, pa.Table]:
     vectors_path, metadata_path = data_file(folder, manifest, "vectors"), data_file(folder, manifest, "metadata")
-    if vectors_path is None or metadata_path is None:
-        raise BankError(f"{folder}: the manifest names no vectors or metadata file")
     try:
-        vectors = np.load(vectors_path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        table = pq.read_table(metadata_path, memory_map=mmap)
+        vectors = _read_npy(handles["vectors"], mmap)
+        table = pq.read_table(handles["metadata"])
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise BankError(f"{folder}: cannot read bank files: {exc}") from exc
     if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32:
@@ -119,6 +164,25 @@ def read_vectors_and_metadata(
     if "id" not in table.column_names:
         raise BankError(f"{metadata_path}: no 'id' column")
     return vectors, table
+
+
+def _read_npy(handle: BinaryIO, mmap: bool) -> np.ndarray:
+    """An .npy array from an open file; mapped from that file (not its name, which may be gone) if ``mmap``."""
+    if not mmap:
+        return np.load(handle, allow_pickle=False)
+    version = npy_format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise ValueError("object arrays are not read (they would need unpickling)")
+    if 0 in shape:
+        return np.empty(shape, dtype)
+    order = "F" if fortran else "C"
+    return np.memmap(handle, dtype=dtype, mode="r", shape=shape, order=order, offset=handle.tell())
 
 
 def _files_named(folder: Path) -> set[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
@@ -121,9 +121,10 @@ def search_index(
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
-def read_index(path: Path, spec: dict[str, Any], rows: int) -> faiss.Index:
+def read_index(handle: BinaryIO, path: Path, spec: dict[str, Any], rows: int) -> faiss.Index:
+    """The index saved at ``path``, read from its open ``handle`` (the name may be gone by now)."""
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
     except RuntimeError as exc:
         raise ValueError(f"{path}: corrupt faiss index: {str(exc).splitlines()[0]}") from exc
     if index.ntotal != rows:

@@ -372,23 +372,20 @@ class EmbeddingBank:
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, weights_id: Any = None) -> EmbeddingBank:
         """Open a saved bank (vectors memory-mapped by default). weights_id: refuse other weights.
 
-        A bank saved again while this reads it is read again (the old generation's files are deleted
-        once the new manifest is in place).
+        A save that lands while this reads is harmless (see ``_bank_files.read_current_generation``).
         """
         folder = Path(path)
-        for attempt in range(3):
-            manifest = files.read_manifest(folder)
-            try:
-                return cls._load(folder, manifest, mmap, weights_id)
-            except BankError:
-                if attempt == 2 or files.read_manifest(folder) == manifest:
-                    raise
+        return files.read_current_generation(
+            folder, mmap, lambda manifest, handles: cls._load(folder, manifest, handles, mmap, weights_id)
+        )
 
     @classmethod
-    def _load(cls, folder: Path, manifest: dict[str, Any], mmap: bool, weights_id: Any) -> EmbeddingBank:
+    def _load(
+        cls, folder: Path, manifest: dict[str, Any], handles: dict[str, Any], mmap: bool, weights_id: Any
+    ) -> EmbeddingBank:
         bank = cls(int(manifest["dim"]), weights_id=manifest.get("weights_id"))
         bank.check_weights(weights_id, what="queries")
-        vectors, table = files.read_vectors_and_metadata(folder, manifest, bank.dim, mmap)
+        vectors, table = files.read_vectors_and_metadata(folder, manifest, handles, bank.dim, mmap)
         bank._segments = [vectors]
         bank._metadata = table.combine_chunks()
         bank._ids = table.column("id").to_pylist()
@@ -397,11 +394,11 @@ class EmbeddingBank:
         bank._removed = np.zeros(len(vectors), dtype=bool)
         bank.index_spec = manifest.get("index") or {"kind": "flat"}
         if bank.index_spec.get("kind") != "flat":
-            index_path = files.data_file(folder, manifest, "index")
-            if index_path is None:
+            if "index" not in handles:
                 kind = bank.index_spec.get("kind")
                 raise BankError(f"{folder}: the manifest names a {kind} index but its file is missing")
-            bank._index = fs.read_index(index_path, bank.index_spec, len(vectors))
+            index_path = files.data_file(folder, manifest, "index")
+            bank._index = fs.read_index(handles["index"], index_path, bank.index_spec, len(vectors))
         bank.path = folder
         return bank
 

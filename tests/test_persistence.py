@@ -143,3 +143,34 @@ def test_enrolled_names_refuse_truncated_and_foreign_files(tmp_path):
     )))  # fmt: skip
     with pytest.raises(ValueError, match="corrupt record"):
         EnrolledObjects(4, "w", tmp_path)
+
+
+def test_a_load_keeps_the_generation_it_opened_when_a_save_deletes_it_mid_read(tmp_path, monkeypatch):
+    """A save lands while a node reads the bank (between opening the files and reading them): the
+    reader still gets the whole generation it opened, index included, not an error or a mix."""
+    from ddclip_core import _bank_files
+
+    old = EmbeddingBank(64, weights_id="w")
+    vectors = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
+    old.add(vectors, [{"id": f"old-{i}", "name": f"object {i}"} for i in range(300)])
+    old.build_index("hnsw", check_recall=False)
+    old.save(tmp_path / "bank")
+    opened = {p.name for p in (tmp_path / "bank").iterdir()}
+    read = _bank_files.read_vectors_and_metadata
+
+    def read_after_a_save(*args, **kwargs):
+        bank_of(10, 3.0).save(tmp_path / "bank")  # deletes the files this load has open
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(_bank_files, "read_vectors_and_metadata", read_after_a_save)
+    bank = EmbeddingBank.load(tmp_path / "bank")
+    assert opened & {p.name for p in (tmp_path / "bank").iterdir()} == {"bank.json"}  # deleted under it
+    assert len(bank) == 300 and bank.index_spec["kind"] == "hnsw"
+    np.testing.assert_allclose(bank.vectors(), old.vectors())
+    assert [bank.search(old.embedding(f"old-{i}"), k=1)[0][0].id for i in (0, 150, 299)] == [
+        "old-0",
+        "old-150",
+        "old-299",
+    ]
+    monkeypatch.undo()
+    assert len(EmbeddingBank.load(tmp_path / "bank")) == 10  # the next load reads the new generation
