@@ -65,9 +65,16 @@ def ignore_late_signals() -> None:
     """Shutdown has begun. rclpy shuts the context down in the signal handler, in whichever thread the
     signal lands, but CPython raises the signal's KeyboardInterrupt later, in the main thread: after the
     executors have already ended, it landed in the middle of closing the memory. From here on a signal
-    (the first one's late KeyboardInterrupt, or another) is ignored; SIGKILL still ends the process."""
+    (the first one's late KeyboardInterrupt, or another) is ignored; SIGKILL still ends the process.
+
+    A handler that does nothing, not SIG_IGN: a signal already received but not yet handled by Python
+    finds SIG_IGN in place and CPython prints "Signal 2 ignored due to race condition" with a traceback."""
     for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.SIG_IGN)
+        signal.signal(number, _ignore_signal)
+
+
+def _ignore_signal(number: int, frame: Any) -> None:
+    pass
 
 
 def spin_on_thread(executor: GroupExecutor, worker: Any, failure: list[BaseException]) -> None:
