@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,19 +44,67 @@ def packing_available(device: torch.device, precision: str) -> bool:
 class _Linear:
     weight: torch.Tensor  # oneDNN-packed (out, in)
     bias: torch.Tensor | None
+    halves: dict[int, bool] | None = None  # 16-bit: per row count, whether two halves of the rows run faster
 
     @classmethod
-    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> _Linear:
+    def pack(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, splits: _Splits | None = None
+    ) -> _Linear:
+        """splits: a tower's row-split decisions, shared by its layers of one shape (measured once)."""
         packed = _mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), None)
-        return cls(packed, None if bias is None else bias.detach().to(dtype).contiguous())
+        bias = None if bias is None else bias.detach().to(dtype).contiguous()
+        if dtype == torch.float32:
+            return cls(packed, bias)
+        return cls(packed, bias, (splits if splits is not None else {}).setdefault(tuple(weight.shape), {}))
 
     def __call__(self, x: torch.Tensor, post_op: str = "none") -> torch.Tensor:
         # post_op "gelu" fuses exact (erf) GELU, as nn.GELU() computes it
+        rows = x.shape[0]
+        if self.halves is None or rows < _SPLIT_MIN_ROWS:
+            return self._run(x, post_op)
+        split = self.halves.get(rows)
+        if split is None:
+            split = self._measure_halves(x, post_op)
+        return torch.cat([self._run(part, post_op) for part in x.chunk(2)]) if split else self._run(x, post_op)
+
+    def _run(self, x: torch.Tensor, post_op: str) -> torch.Tensor:
         return _mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], "none" if post_op == "gelu" else "")
+
+    def _measure_halves(self, x: torch.Tensor, post_op: str) -> bool:
+        """Whether this row count runs faster as two calls on half the rows each, measured once. oneDNN's
+        bf16 AMX kernels for 768 outputs are 1.3-1.7x slower at 450-700 rows (one object's 9-14 views)
+        than at half as many, on Xeon (2 cores); elsewhere one call wins. Kept per row count."""
+        whole, halves = _best_times(
+            lambda: self._run(x, post_op), lambda: [self._run(part, post_op) for part in x.chunk(2)]
+        )
+        split = halves < 0.85 * whole  # a clear win only: the two differ in the last bit of some sums
+        if len(self.halves) < _SPLIT_MAX_ENTRIES:
+            self.halves[x.shape[0]] = split
+        return split
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """linear(x) + residual in one oneDNN call (same dtype)."""
         return _mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+
+
+_SPLIT_MIN_ROWS = 256  # below, one call always won where measured
+_SPLIT_MAX_ENTRIES = 512  # row counts remembered per layer; others run in one call
+
+
+_Splits = dict[tuple[int, ...], dict[int, bool]]
+
+
+def _best_times(*runs: Any, rounds: int = 3) -> list[float]:
+    """The best time of each run, in turns (a, b, a, b, ...) so that load changes hit them alike."""
+    for run in runs:
+        run()  # oneDNN builds its kernel for a new shape on the first call
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def _matmul_attention(
@@ -93,14 +142,15 @@ def _norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
 class _Block:
     """One open_clip ResidualAttentionBlock with packed weights."""
 
-    def __init__(self, block: nn.Module, dtype: torch.dtype) -> None:
+    def __init__(self, block: nn.Module, dtype: torch.dtype, splits: _Splits) -> None:
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads = block.attn.num_heads
         self.dtype = dtype
-        self.qkv = _Linear.pack(block.attn.in_proj_weight, block.attn.in_proj_bias, dtype)
-        self.out = _Linear.pack(block.attn.out_proj.weight, block.attn.out_proj.bias, dtype)
-        self.fc = _Linear.pack(block.mlp.c_fc.weight, block.mlp.c_fc.bias, dtype)
-        self.proj = _Linear.pack(block.mlp.c_proj.weight, block.mlp.c_proj.bias, dtype)
+        attn, mlp = block.attn, block.mlp
+        self.qkv = _Linear.pack(attn.in_proj_weight, attn.in_proj_bias, dtype, splits)
+        self.out = _Linear.pack(attn.out_proj.weight, attn.out_proj.bias, dtype, splits)
+        self.fc = _Linear.pack(mlp.c_fc.weight, mlp.c_fc.bias, dtype, splits)
+        self.proj = _Linear.pack(mlp.c_proj.weight, mlp.c_proj.bias, dtype, splits)
         self.fused_gelu = type(block.mlp.gelu) is nn.GELU and block.mlp.gelu.approximate == "none"
         self.activation = block.mlp.gelu
         self.attention = F.scaled_dot_product_attention if dtype == torch.float32 else _half_attention()
@@ -157,7 +207,8 @@ class PrepackedVisual:
         conv = visual.conv1
         self.patch = conv.kernel_size[0]
         self.patch_embed = _Linear.pack(conv.weight.flatten(1), conv.bias, dtype)
-        self.blocks = [_Block(block, dtype) for block in visual.transformer.resblocks]
+        splits: _Splits = {}
+        self.blocks = [_Block(block, dtype, splits) for block in visual.transformer.resblocks]
 
     @staticmethod
     def supports(visual: nn.Module) -> bool:
@@ -192,7 +243,8 @@ class PrepackedText:
 
     def __init__(self, clip: nn.Module, precision: str) -> None:
         self.clip = clip
-        self.blocks = [_Block(block, _DTYPES[precision]) for block in clip.transformer.resblocks]
+        splits: _Splits = {}
+        self.blocks = [_Block(block, _DTYPES[precision], splits) for block in clip.transformer.resblocks]
         self.mask = clip.attn_mask == 0  # causal: 0 where a token may attend, -inf elsewhere
 
     @staticmethod

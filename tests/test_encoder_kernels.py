@@ -83,10 +83,41 @@ def test_prepacked_bf16_stays_at_parity_with_fp32(vit_b32, monkeypatch):
     reference = vit_b32.set_precision("fp32").encode_views(batch)
     try:
         half = vit_b32.set_precision("bf16").encode_views(batch)
-        assert vit_b32._inference_weights().dtype == torch.bfloat16
+        packed = vit_b32._inference_weights()
+        assert packed.dtype == torch.bfloat16
+        # whichever way the measured row splits went, the other way keeps parity too
+        linears = [linear for block in packed.blocks for linear in (block.qkv, block.out, block.fc, block.proj)]
+        assert all(linear.halves for linear in linears), "every layer has its row counts measured"
+        shapes = {id(linear.halves): linear.halves for linear in linears}
+        assert len(shapes) == 4  # measured once per weight shape, shared by the 12 blocks
+        for halves in shapes.values():
+            halves.update({rows: not split for rows, split in halves.items()})
+        flipped = vit_b32.encode_views(batch)
     finally:
         vit_b32.set_precision("fp32")
     assert (half * reference).sum(-1).min().item() >= 0.999
+    assert (flipped * reference).sum(-1).min().item() >= 0.999
+
+
+@pytest.mark.skipif(not packing_available(CPU, "bf16"), reason="no oneDNN bf16 kernels on this CPU")
+def test_bf16_linears_measure_a_row_split_once_per_row_count():
+    from ddclip_core._prepacked import _Linear
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(768, 3072) / 55, torch.randn(768)  # c_proj's shape
+    assert _Linear.pack(weight, bias, torch.float32).halves is None  # fp32: one call, never measured
+    linear = _Linear.pack(weight, bias, torch.bfloat16)
+    x = torch.randn(600, 3072).bfloat16()
+    reference = x.float() @ weight.t() + bias
+    linear(x[:100])
+    assert linear.halves == {}  # too few rows to be worth measuring
+    linear(x)
+    assert list(linear.halves) == [600]
+    for split in (True, False):
+        linear.halves[600] = split
+        out = linear(x).float()
+        assert out.shape == reference.shape
+        assert torch.nn.functional.cosine_similarity(out, reference).min().item() >= 0.9999
 
 
 @needs_onednn
