@@ -25,8 +25,11 @@ from PIL import Image
 
 
 def _descriptor(view: np.ndarray) -> np.ndarray:
-    """A unit vector summarising a view's appearance: a 12x12 colour thumbnail, mean removed."""
-    small = np.asarray(Image.fromarray(view).resize((12, 12), Image.BILINEAR), dtype=np.float32).ravel()
+    """A unit vector summarising a view's appearance: a 12x12 colour thumbnail, mean removed. PIL first
+    box-reduces by an integer factor (reducing_gap): half the time of a plain bilinear resize, per view,
+    on the thread that takes every incoming view."""
+    thumbnail = Image.fromarray(view).resize((12, 12), Image.BILINEAR, reducing_gap=2.0)
+    small = np.asarray(thumbnail, dtype=np.float32).ravel()
     small -= small.mean()
     norm = float(np.linalg.norm(small))
     return small / norm if norm > 0 else small
