@@ -33,6 +33,7 @@ STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class CacheStats:
     hits: int = 0  # views whose tokens were reused
     misses: int = 0  # views run through the per-view blocks
+    warmed: int = 0  # of those, ahead of their object's encode (``warm``)
     evicted_objects: int = 0  # objects dropped to stay within the byte bound
 
 
@@ -47,6 +48,7 @@ class ViewTokenCache:
         self.model, self.max_bytes, self.storage = model, max_bytes, STORAGE[storage]
         self._objects: OrderedDict[str, dict[int, torch.Tensor]] = OrderedDict()
         self._bytes = 0
+        self._forgets = 0  # calls of ``forget``: a ``warm`` that spans one stores nothing for a gone object
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -99,9 +101,45 @@ class ViewTokenCache:
         tokens = torch.stack(packed).to(fresh.dtype if fresh is not None else torch.float32)
         return self.model.embed_view_tokens(tokens, [len(keys) for _, keys, _ in objects], normalize=normalize)
 
+    def warm(self, object_id: str, keys: Sequence[int], views: Sequence[np.ndarray]) -> int:
+        """Run the views whose keys have no tokens yet through the per-view blocks now, ahead of the
+        object's next ``encode`` (which then runs only the cross-view blocks on them); returns how many.
+        Keys the object no longer lists are dropped, as ``encode`` does."""
+        if len(keys) != len(views):
+            raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
+        with self._lock:
+            entries = self._objects.get(object_id, {})
+            missing = [(key, view) for key, view in zip(keys, views, strict=True) if key not in entries]
+            forgets = self._forgets
+            if not missing:
+                self._store(object_id, keys, {})
+                return 0
+        fresh = self.model.view_tokens([view for _, view in missing])
+        with self._lock:
+            self.stats.misses += len(missing)
+            if self._forgets != forgets and object_id not in self._objects:
+                return 0  # (maybe) forgotten meanwhile: a forgotten object's tokens must not come back
+            self.stats.warmed += len(missing)
+            self._store(object_id, keys, {key: fresh[i].to(self.storage) for i, (key, _) in enumerate(missing)})
+        return len(missing)
+
+    def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor]) -> None:
+        """The object's tokens of ``keys`` only, with ``new`` added; most recently used last (lock held)."""
+        if object_id not in self._objects and not new:
+            return
+        entries = self._objects.pop(object_id, {})
+        listed = set(keys)
+        kept = {key: tokens for key, tokens in entries.items() if key in listed}
+        for key, tokens in new.items():
+            kept.setdefault(key, tokens)
+        self._bytes += sum(t.nbytes for t in kept.values()) - sum(t.nbytes for t in entries.values())
+        self._objects[object_id] = kept
+        self._evict()
+
     def forget(self, object_ids: Iterable[str] | None = None) -> None:
         """Drop these objects' tokens (all when None)."""
         with self._lock:
+            self._forgets += 1
             for object_id in list(self._objects) if object_ids is None else object_ids:
                 entries = self._objects.pop(object_id, None)
                 if entries is not None:
@@ -113,7 +151,9 @@ class ViewTokenCache:
             self._bytes -= sum(t.nbytes for t in entries.values())
             self.stats.evicted_objects += 1
         if self._bytes > self.max_bytes:  # one object larger than the bound: keep nothing
-            self.forget()
+            self.stats.evicted_objects += len(self._objects)
+            self._objects.clear()  # (not ``forget``: the lock is held here, and it is not reentrant)
+            self._bytes = 0
 
 
 class ObjectViews:
