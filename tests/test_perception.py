@@ -153,14 +153,14 @@ def test_forget_all_is_a_reset_even_with_work_queued_and_in_flight(published):
     """Defect 6: jobs queued or in flight for forgotten tracks brought them back."""
     run = Run(published, max_batch=1)
     gate, entered = threading.Event(), threading.Event()
-    encode = run.engine.model.view_tokens  # the first half of every tracked encode (the view cache's)
+    encode = run.engine.model.embed_view_tokens  # the second half of every tracked encode (not warm jobs')
 
     def slow(*args, **kwargs):
         entered.set()
         gate.wait(30)
         return encode(*args, **kwargs)
 
-    run.engine.model.view_tokens = slow
+    run.engine.model.embed_view_tokens = slow
     run.show("first", 41, count=2)
     assert entered.wait(30)  # "first" is in the encoder
     run.show("second", 42, count=2)  # queued behind it
@@ -171,7 +171,7 @@ def test_forget_all_is_a_reset_even_with_work_queued_and_in_flight(published):
     assert not run.results and len(run.engine.memory) == 0
     assert run.engine.worker.stats.discarded_jobs == 1
     assert dict(run.engine.stats())["results discarded (track forgotten meanwhile)"] == 1
-    run.engine.model.view_tokens = encode
+    run.engine.model.embed_view_tokens = encode
     run.show("first", 41, count=2)  # the same id, seen anew after the reset, is a new object
     assert run.final("first", 2).track_id == "first" and len(run.engine.memory) == 1
     run.engine.close()
@@ -182,14 +182,14 @@ def test_under_overload_a_queued_track_keeps_its_place_and_its_newest_view(publi
     (each re-encode then ran them all) and sent the track to the back of the queue at every view."""
     run = Run(published, max_batch=1, max_views=2, timeout_s=100.0, view_cache_storage="fp32")
     gate, entered = threading.Event(), threading.Event()
-    encode = run.engine.model.view_tokens
+    encode = run.engine.model.embed_view_tokens
 
     def slow(*args, **kwargs):
         entered.set()
         gate.wait(30)
         return encode(*args, **kwargs)
 
-    run.engine.model.view_tokens = slow
+    run.engine.model.embed_view_tokens = slow
     run.show("busy", 40, count=2, end=False)
     assert entered.wait(30)  # the encoder is busy with "busy"
     views = list(random_views(5, size=96, seed=43))
@@ -202,7 +202,7 @@ def test_under_overload_a_queued_track_keeps_its_place_and_its_newest_view(publi
     gate.set()
     run.wait(lambda: len(run.results) == 3)
     assert [r.track_id for r in run.results] == ["busy", "a", "b"]  # "a" kept its place
-    run.engine.model.view_tokens = encode
+    run.engine.model.embed_view_tokens = encode
     expected = run.engine.model.encode_views([views[0], views[4]]).numpy()[0]
     np.testing.assert_allclose(run.results[1].embedding, expected, atol=1e-5)
     run.engine.close()

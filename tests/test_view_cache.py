@@ -65,6 +65,33 @@ def test_the_cache_is_bounded_in_bytes_least_recently_used_first(tiny_model):
     assert cache.nbytes <= 5 * per_view and cache.stats.evicted_objects == 1 and cache.views == 4
     cache.forget(["old"])
     assert cache.views == 2
+    views = list(random_views(6, seed=6))  # one object larger than the bound: encoded, nothing kept
+    embedding = cache.encode([("big", list(range(6)), views)])
+    torch.testing.assert_close(embedding, tiny_model.encode_views(views), atol=1e-5, rtol=0)
+    assert cache.views == 0 and cache.nbytes == 0
+    assert cache.warm("big", list(range(6)), views) == 6 and cache.views == 0  # warm keeps nothing either
+
+
+def test_tokens_run_ahead_are_used_by_the_encode_and_not_brought_back_after_a_forget(tiny_model):
+    views = list(random_views(4, seed=8))
+    cache = ViewTokenCache(tiny_model, storage="fp32")
+    assert cache.warm("x", [0, 1, 2], views[:3]) == 3 and cache.warm("x", [0, 1, 2], views[:3]) == 0
+    embedding = cache.encode([("x", [0, 1, 2, 3], views)])
+    torch.testing.assert_close(embedding, tiny_model.encode_views(views), atol=1e-5, rtol=0)
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.warmed) == (3, 4, 3)
+    assert cache.warm("x", [1, 3], [views[1], views[3]]) == 0 and cache.views == 2  # keys 0, 2 dropped
+    view_tokens = tiny_model.view_tokens
+
+    def forgotten_meanwhile(batch):  # a forget lands while a warm job runs the per-view blocks
+        cache.forget(["y"])
+        return view_tokens(batch)
+
+    tiny_model.view_tokens = forgotten_meanwhile
+    try:
+        cache.warm("y", [0], views[:1])
+    finally:
+        tiny_model.view_tokens = view_tokens
+    assert cache.views == 2 and "y" not in cache._objects
 
 
 def test_object_views_for_scripts(tiny_model):
@@ -96,10 +123,44 @@ def test_the_engine_encodes_each_view_once_and_equals_a_full_encode(tmp_path):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
     stats = dict(engine.stats())
-    assert stats["views through the per-view blocks"] == 8 and stats["views encoded once and reused"] == 2 + 4 + 6
+    assert stats["views through the per-view blocks"] == 8  # each view once, in an encode or ahead of it
+    ahead = stats["of those, ahead of their track's encode (idle encoder)"]  # as timing allowed
+    assert stats["views encoded once and reused"] == 2 + 4 + 6 + ahead
     np.testing.assert_allclose(results[-1].embedding, model.encode_views(views).numpy()[0], atol=1e-5)
     engine.forget(["t"])
     assert engine.view_cache.views == 0  # forgotten with its track
+    engine.close()
+
+
+def test_an_idle_encoder_runs_new_views_ahead_and_the_last_encode_only_crosses_them(tmp_path):
+    """Views come one at a time while the encoder is idle: each goes through the per-view blocks as it
+    comes, and the encode after the track's last view finds every view's tokens (and equals a full encode)."""
+    model = load_model(published_tiny(tmp_path), device="cpu")
+    config = PerceptionConfig(view_cache_storage="fp32")
+    engine = Perception(model, config, PerceptionSettings(min_views=8, timeout_s=100.0))
+    results: list = []
+    engine.on_results = results.extend
+    engine.start()
+    views = list(random_views(5, size=96, seed=11))
+    for i, view in enumerate(views):
+        engine.add_view("t", view)
+        deadline = time.monotonic() + 60
+        while engine.view_cache.stats.warmed < i + 1:  # the idle worker takes it up
+            assert time.monotonic() < deadline, "the idle encoder did not run the new view ahead"
+            time.sleep(0.01)
+    assert not results  # min_views not reached: nothing encoded, only run ahead
+    last = random_views(1, size=96, seed=12)[0]
+    engine.add_view("t", last, ended=True)  # a sixth view, and the track ends
+    deadline = time.monotonic() + 60
+    while not results:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stats = dict(engine.stats())
+    ahead = stats["of those, ahead of their track's encode (idle encoder)"]
+    assert stats["views through the per-view blocks"] == 6 and ahead in (5, 6)  # the last may race its encode
+    assert stats["views encoded once and reused"] == ahead
+    expected = model.encode_views([*views, last]).numpy()[0]
+    np.testing.assert_allclose(results[0].embedding, expected, atol=1e-5)
     engine.close()
 
 

@@ -37,7 +37,7 @@ from .health import Health
 from .settings import PerceptionConfig, PerceptionSettings
 from .stats import engine_stats
 from .types import EnrollAnswer, ObjectResult, QueryAnswer, QueryRequest, RequestError
-from .worker import EncodeJob, EncodeWorker, next_sequence
+from .worker import EncodeJob, EncodeWorker, WarmJob, next_sequence
 
 
 class Perception:
@@ -87,8 +87,9 @@ class Perception:
         self.view_cache = (
             ViewTokenCache(model, c.view_cache_mb * 2**20, c.view_cache_storage) if c.view_cache_mb else None
         )
+        warm = (lambda job: self.view_cache.warm(job.track_id, job.keys, job.views)) if self.view_cache else None
         self.worker = EncodeWorker(
-            self._encode, self._deliver, queue_size=self.config.queue_size, max_batch=self.config.max_batch
+            self._encode, self._deliver, queue_size=c.queue_size, max_batch=c.max_batch, warm=warm
         )
         self.worker.on_failure = lambda exc: self.health.problem("failed encoder batches", str(exc))
 
@@ -161,6 +162,8 @@ class Perception:
             if ended:
                 self.buffer.end(track_id)
         self._schedule([track_id])  # a track that just became due goes to the encoder now, not at the next tick
+        if kept:
+            self._warm([track_id])
         return kept
 
     def add_frame(self, header: Header, rgb: np.ndarray) -> list[str]:
@@ -192,6 +195,7 @@ class Perception:
             for track_id in ended:
                 self.buffer.end(track_id)
         self._schedule([box.track_id for box in boxes] + ended)
+        self._warm([box.track_id for box in boxes])
         return problems
 
     def add_cloud(self, track_id: str, points: np.ndarray, colours: np.ndarray, header: Header | None = None) -> None:
@@ -231,6 +235,16 @@ class Perception:
             self.view_cache.forget(gone)
         for job in jobs:
             self._submit(job)
+
+    def _warm(self, track_ids: list[str]) -> None:
+        """An idle encoder runs the tracks' new views through the per-view blocks ahead of their encode."""
+        if self.view_cache is None:
+            return
+        with self._lock:
+            tracks = [t for t in map(self.buffer.get, dict.fromkeys(track_ids)) if t is not None and t.views]
+            jobs = [WarmJob(t.track_id, list(t.keys), list(t.views)) for t in tracks]
+        for job in jobs:
+            self.worker.submit_warm(job)
 
     def _submit(self, job: EncodeJob) -> None:
         if not self.worker.submit(job):

@@ -20,6 +20,7 @@ def engine_stats(engine: Perception) -> list[tuple[str, Any]]:
             ("encode jobs replaced by newer views", worker.replaced_jobs),
             ("encode jobs discarded (track forgotten)", worker.discarded_jobs),
             ("failed encoder batches", worker.failed_batches),
+            ("failed warm jobs (views encoded ahead)", worker.failed_warm_jobs),
             ("tracks encoded", worker.encoded_tracks),
             ("last batch size", worker.last_batch_size),
             ("last encode time (ms)", round(worker.last_encode_ms, 1)),
@@ -39,6 +40,7 @@ def engine_stats(engine: Perception) -> list[tuple[str, Any]]:
             ("cached views", engine.view_cache.views),
             ("views encoded once and reused", cache.hits),
             ("views through the per-view blocks", cache.misses),
+            ("of those, ahead of their track's encode (idle encoder)", cache.warmed),
             ("view cache tracks evicted (bytes bound)", cache.evicted_objects),
         ]
     if engine.clouds is not None:

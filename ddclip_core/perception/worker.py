@@ -5,7 +5,9 @@ through the encoder together). A newer job for a track replaces its queued older
 place in the queue (a track whose views keep coming is not sent to the back); when the queue is full
 the oldest job is dropped and counted. ``discard`` takes queued jobs back (a track was
 forgotten). Every job carries a sequence number, so whoever delivers results can tell whether a
-job was submitted before or after something happened to its track.
+job was submitted before or after something happened to its track. When no encode job waits, the
+worker runs warm jobs: a track's new views through the per-view blocks (the view cache) ahead of its
+encode, so that the encode after a track's last view runs only the cross-view blocks on most views.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ class EncodeJob:
     keys: list[int] | None = None  # the buffer's key of each view (their tokens are cached); None: no cache
 
 
+@dataclass
+class WarmJob:
+    """A track's kept views, whose per-view tokens an idle encoder computes ahead of its encode."""
+
+    track_id: str
+    keys: list[int]
+    views: list[np.ndarray]
+    submitted: float = field(default_factory=time.monotonic)
+
+
+# A warm job waits this long for the track's next view, which replaces it: a burst of views (or the view
+# that makes the track due, whose encode then takes its place) must not find the encoder busy warming
+# its first view; views at a camera's pace (30 Hz: 33 ms) are each run ahead as they come.
+WARM_DELAY_S = 0.01
+
+
 def single_threaded_torch() -> None:
     """Run this thread's torch work on this thread alone, with no OpenMP team of its own: for threads beside
     the encoder's (ROS callbacks, services). An OpenMP team is per thread and lives as long as its thread;
@@ -61,6 +79,7 @@ class WorkerStats:
     replaced_jobs: int = 0
     discarded_jobs: int = 0
     failed_batches: int = 0
+    failed_warm_jobs: int = 0
     last_batch_size: int = 0
     last_encode_ms: float = 0.0
     last_total_ms: float = 0.0  # newest view arrival -> results handed over
@@ -76,12 +95,14 @@ class EncodeWorker:
         *,
         queue_size: int = 32,
         max_batch: int = 8,
+        warm: Callable[[WarmJob], object] | None = None,
     ) -> None:
         if queue_size < 1 or max_batch < 1:
             raise ValueError("queue_size and max_batch must be >= 1")
-        self._encode, self._deliver = encode, deliver
+        self._encode, self._deliver, self._warm = encode, deliver, warm
         self.queue_size, self.max_batch = queue_size, max_batch
         self._jobs: OrderedDict[str, EncodeJob] = OrderedDict()
+        self._warm_jobs: OrderedDict[str, WarmJob] = OrderedDict()  # run only when no encode job waits
         self._in_flight: list[EncodeJob] = []
         self._ready = threading.Condition()
         self._stop = False
@@ -101,6 +122,7 @@ class EncodeWorker:
             self._stop = True
             self.stats.dropped_jobs += len(self._jobs)
             self._jobs.clear()
+            self._warm_jobs.clear()
             self._ready.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -130,8 +152,21 @@ class EncodeWorker:
                 self.stats.dropped_jobs += 1
                 accepted = False
             self._jobs[job.track_id] = job
+            self._warm_jobs.pop(job.track_id, None)  # the encode runs its views through every block anyway
             self._ready.notify()
             return accepted
+
+    def submit_warm(self, job: WarmJob) -> None:
+        """Queue per-view work for an idle encoder: replaces the track's older one; the oldest goes when
+        the queue is full; nothing when the track's encode is already queued."""
+        with self._ready:
+            if self._warm is None or self._stop or job.track_id in self._jobs:
+                return
+            self._warm_jobs.pop(job.track_id, None)
+            self._warm_jobs[job.track_id] = job
+            while len(self._warm_jobs) > self.queue_size:
+                self._warm_jobs.popitem(last=False)
+            self._ready.notify()
 
     def queued(self, track_id: str) -> bool:
         """Whether a job of this track waits in the queue (taken jobs are not queued)."""
@@ -144,13 +179,18 @@ class EncodeWorker:
             ids = list(self._jobs) if track_ids is None else [t for t in track_ids if t in self._jobs]
             for track_id in ids:
                 del self._jobs[track_id]
+            for track_id in list(self._warm_jobs) if track_ids is None else track_ids:
+                self._warm_jobs.pop(track_id, None)
             self.stats.discarded_jobs += len(ids)
             return len(ids)
 
     def _take_batch(self) -> list[EncodeJob]:
         with self._ready:
             while not self._jobs and not self._stop:
-                self._ready.wait(0.5)
+                wait = self._warm_wait()
+                if wait == 0.0:
+                    break
+                self._ready.wait(0.5 if wait is None else min(wait, 0.5))
             batch = []
             while self._jobs and len(batch) < self.max_batch:
                 batch.append(self._jobs.popitem(last=False)[1])
@@ -165,6 +205,7 @@ class EncodeWorker:
             if not batch:
                 if self._stop:
                     return
+                self._run_warm_job()
                 continue
             start = time.monotonic()
             try:
@@ -184,3 +225,22 @@ class EncodeWorker:
             self.stats.encoded_tracks += len(batch)
             self.stats.last_batch_size = len(batch)
             self.stats.last_total_ms = (time.monotonic() - min(job.arrived for job in batch)) * 1e3
+
+    def _run_warm_job(self) -> None:
+        """One queued warm job, if no encode job waits: idle time only."""
+        with self._ready:
+            if self._jobs or self._stop or self._warm_wait() != 0.0:
+                return
+            job = self._warm_jobs.popitem(last=False)[1]
+        try:
+            self._warm(job)
+        except Exception:  # the track's encode will run its views in full: nothing is lost
+            self.stats.failed_warm_jobs += 1
+            log.exception("running the views of track %r ahead of its encode failed", job.track_id)
+
+    def _warm_wait(self) -> float | None:
+        """Seconds until the oldest warm job may run (0.0: now); None without warm jobs (lock held)."""
+        if not self._warm_jobs:
+            return None
+        oldest = next(iter(self._warm_jobs.values()))
+        return max(0.0, oldest.submitted + WARM_DELAY_S - time.monotonic())
