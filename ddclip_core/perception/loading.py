@@ -43,7 +43,10 @@ def open_perception(
         raise StartupError(NO_WEIGHTS)
     model = _step(
         "weights",
-        lambda: _warm(load_model(weights, device=config.device, precision=config.precision, backend=config.backend)),
+        lambda: _warm(
+            load_model(weights, device=config.device, precision=config.precision, backend=config.backend),
+            config.max_views,
+        ),
     )
     bank = _step("bank", lambda: EmbeddingBank.load(config.bank, weights_id=model)) if config.bank else None
     labels = _step("labels", lambda: LabelSet(config.labels, templates=config.templates)) if config.labels else None
@@ -56,10 +59,15 @@ def open_perception(
     )
 
 
-def _warm(model: DuoduoCLIP) -> DuoduoCLIP:
-    """One encode before the first track: weights are packed and buffers allocated at start-up, not in
-    the first result's latency."""
-    model.encode_views(probe_views()[:2])
+def _warm(model: DuoduoCLIP, max_views: int) -> DuoduoCLIP:
+    """Encode once for each view count a track can have (1..max_views), in the view cache's two halves,
+    before the first track: weights get packed, buffers allocated, and the kernels built for each row
+    count (oneDNN builds a kernel the first time it sees a shape: +20-40 ms on that encode) at start-up,
+    not in the first results' latency. Multi-track batches can still meet new shapes."""
+    views = probe_views()
+    for count in range(1, max_views + 1):
+        batch = [views[i % len(views)] for i in range(count)]
+        model.embed_view_tokens(model.view_tokens(batch), [count])
     return model
 
 
