@@ -85,18 +85,15 @@ class ViewTokenCache:
             self.stats.misses += len(missing)
             packed = []
             for object_id, keys, _ in objects:
-                entries = self._objects.pop(object_id, {})
-                kept = {}
+                entries, new = self._objects.get(object_id, {}), {}
                 for key in keys:
                     if key in entries:
                         self.stats.hits += 1
-                        kept[key] = entries[key]
+                        packed.append(entries[key])
                     else:
-                        kept[key] = found[(object_id, key)].to(self.storage)
-                    packed.append(kept[key])
-                self._bytes -= sum(t.nbytes for t in entries.values())
-                self._objects[object_id] = kept  # most recently used last
-                self._bytes += sum(t.nbytes for t in kept.values())
+                        new[key] = found[(object_id, key)].to(self.storage)
+                        packed.append(new[key])
+                self._store(object_id, keys, new)
             self._evict()
         tokens = torch.stack(packed).to(fresh.dtype if fresh is not None else torch.float32)
         return self.model.embed_view_tokens(tokens, [len(keys) for _, keys, _ in objects], normalize=normalize)
@@ -113,6 +110,7 @@ class ViewTokenCache:
             forgets = self._forgets
             if not missing:
                 self._store(object_id, keys, {})
+                self._evict()
                 return 0
         fresh = self.model.view_tokens([view for _, view in missing])
         with self._lock:
@@ -121,10 +119,12 @@ class ViewTokenCache:
                 return 0  # (maybe) forgotten meanwhile: a forgotten object's tokens must not come back
             self.stats.warmed += len(missing)
             self._store(object_id, keys, {key: fresh[i].to(self.storage) for i, (key, _) in enumerate(missing)})
+            self._evict()
         return len(missing)
 
     def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor]) -> None:
-        """The object's tokens of ``keys`` only, with ``new`` added; most recently used last (lock held)."""
+        """The object's tokens of ``keys`` only, with ``new`` added; most recently used last (lock held; the
+        caller evicts once it has stored every object it handles)."""
         if object_id not in self._objects and not new:
             return
         entries = self._objects.pop(object_id, {})
@@ -134,7 +134,6 @@ class ViewTokenCache:
             kept.setdefault(key, tokens)
         self._bytes += sum(t.nbytes for t in kept.values()) - sum(t.nbytes for t in entries.values())
         self._objects[object_id] = kept
-        self._evict()
 
     def forget(self, object_ids: Iterable[str] | None = None) -> None:
         """Drop these objects' tokens (all when None)."""
