@@ -20,7 +20,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["ddclip_core*", "ddclip_ros*", "training*", "ddclip_cli*"]),
-    package_data={"ddclip_core": ["assets/*"]},
+    package_data={"ddclip_core": ["assets/*"], "ddclip_ros": ["*.xml"]},
     install_requires=[
         "numpy>=1.24",
         "pillow>=9",

@@ -89,11 +89,13 @@ def _run(
     import rclpy
     from ddclip.msg import ObjectMatches
 
+    from .dds_profile import use_image_profile
     from .query_client import ask, format_answer
     from .replay import load_tracks, publish_tracks
     from .spin import spin_until
 
     tracks = load_tracks(assets, num_views=12)
+    use_image_profile()
     rclpy.init()
     client = rclpy.create_node("ddclip_demo")
     try:

@@ -9,6 +9,7 @@ request answers ``success=false``. The node exits on a signal, or at start-up wi
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from ddclip_core.perception import ObjectResult, QueryRequest, RequestError, ope
 from ddclip_core.stamped import Stamp
 
 from .annotate import draw_detections
+from .dds_profile import VARIABLE, use_image_profile
 from .executors import GroupExecutor, ignore_late_signals, spin_on_thread, spin_until_shutdown
 from .image_conversion import ImageTooLarge, apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
 from .markers import memory_markers
@@ -47,7 +49,7 @@ from .messages import (
     stamp_in,
 )
 from .node_process import exit_with_parent
-from .parameters import SETTINGS, NodeParameters, declare_parameters, reliable_depth
+from .parameters import SETTINGS, NodeParameters, declare_parameters, queue_depth
 from .pointcloud import pointcloud_to_arrays
 
 
@@ -71,11 +73,16 @@ class DDClipNode(Node):
         self._last_warning: dict[str, float] = {}
 
         adapter = self.p.adapter
-        # Reliable input (replays) must not lose views in a burst; sensor data may. Bounded by bytes too:
-        # views (crops) are small and come in bursts, full frames are large.
-        depths = {"views": reliable_depth(adapter, adapter.max_view_pixels)}
-        depths["frames"] = reliable_depth(adapter, adapter.max_pixels)
-        reliable = {k: QoSProfile(depth=d, reliability=ReliabilityPolicy.RELIABLE) for k, d in depths.items()}
+        # Views (crops, one message per object: a tracker sends a burst of them per frame) and detections
+        # must not be lost in a burst, best effort or not: sensor data's depth of 5 lost half of a burst of
+        # 12 views. Bounded by bytes too: full frames are large. Best-effort frames keep sensor data's depth:
+        # the newest frame is worth more than one that waited.
+        depths = {"views": queue_depth(adapter, adapter.max_view_pixels)}
+        depths["frames"] = queue_depth(adapter, adapter.max_pixels)
+        reliability = ReliabilityPolicy.RELIABLE if adapter.reliable else ReliabilityPolicy.BEST_EFFORT
+        input_qos = {k: QoSProfile(depth=d, reliability=reliability) for k, d in depths.items()}
+        if not adapter.reliable:
+            input_qos["frames"] = qos_profile_sensor_data
         # Services run on an executor of their own (``executors``): everything else on the main one.
         inputs, services = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         self.service_group = services
@@ -94,7 +101,7 @@ class DDClipNode(Node):
             self.engine.frame_listener = self._annotate
 
         def subscribe(kind: Any, topic: str, callback: Callable[[Any], None], images: str = "views") -> Any:
-            qos = reliable[images] if adapter.reliable else qos_profile_sensor_data
+            qos = input_qos[images]
             return self.create_subscription(kind, topic, self._guard(callback), qos, callback_group=inputs)
 
         listening = [subscribe(ObjectView, "ddclip/views", self._on_view)]
@@ -128,12 +135,12 @@ class DDClipNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
         if not adapter.main_thread_encoder:
             self.engine.start()
-        qos_text = "sensor data (best effort)"
-        if adapter.reliable:
-            qos_text = f"reliable, depth {depths['views']} for views and {depths['frames']} for frames"
+        qos_text = f"reliable, depth {depths['views']} for views and {depths['frames']} for frames"
+        if not adapter.reliable:
+            qos_text = f"best effort, depth {depths['views']} for views, sensor data for frames"
         self.get_logger().info(
             f"ready: input {', '.join(s.topic_name for s in listening)} ({qos_text}); "
-            f"services {', '.join(s.service_name for s in served)}"
+            f"services {', '.join(s.service_name for s in served)}{_dds_profile_text()}"
         )
 
     # ------------------------------------------------------------------ guards
@@ -337,6 +344,12 @@ class DDClipNode(Node):
         self.engine.close()
 
 
+def _dds_profile_text() -> str:
+    if not rclpy.get_rmw_implementation_identifier().startswith("rmw_fastrtps"):
+        return ""
+    return f"; Fast DDS profile {os.environ.get(VARIABLE) or 'none (shared memory segments of 512 KiB)'}"
+
+
 def _bound(stamp: Any) -> Stamp | None:
     """A time bound of a request: zero means none."""
     value = stamp_in(stamp)
@@ -344,6 +357,7 @@ def _bound(stamp: Any) -> Stamp | None:
 
 
 def main(args: list[str] | None = None) -> int:
+    use_image_profile()
     rclpy.init(args=args)
     exit_with_parent()
     node, executor, service_executor, spinner, servers, failure = None, None, None, None, None, []

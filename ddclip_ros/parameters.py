@@ -16,7 +16,7 @@ class AdapterParameters:
     """The ROS side's own parameters (how messages come in)."""
 
     reliable: bool = False  # input QoS: False = sensor data (best effort), True = reliable
-    reliable_queue_mb: int = 1024  # reliable input queues hold at most this many MiB of the largest images
+    input_queue_mb: int = 1024  # view and detection input queues (frames too with reliable) hold this many MiB
     image_transport: str = "raw"  # full frames: "raw" (image) or "compressed" (image/compressed)
     annotate: bool = False  # publish frames with boxes, track ids and best matches on ddclip/annotated
     main_thread_encoder: bool = True  # encode on the main thread (OpenMP runs fastest there); ROS on others
@@ -56,7 +56,10 @@ DESCRIPTIONS = {
     "confidence_threshold": "cosine score a best match must reach to count as confident",
     "max_enroll_images": "images one ddclip/enroll request may carry",
     "reliable": "input QoS: false = sensor data (best effort), true = reliable",
-    "reliable_queue_mb": "with reliable: each image input queue holds at most this many MiB of its largest images",
+    "input_queue_mb": (
+        "each queue of views and detections (of frames too with reliable) holds at most this many MiB of its "
+        "largest images, 1000 messages at most"
+    ),
     "image_transport": "full frames from: raw (the image topic) or compressed (image/compressed)",
     "annotate": "publish full frames with their boxes, track ids and best matches on ddclip/annotated",
     "main_thread_encoder": (
@@ -70,7 +73,7 @@ SETTINGS = {item.name for item in fields(PerceptionSettings)}
 WRITABLE = SETTINGS | {"max_pixels", "max_view_pixels"}
 INT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], int)}
 INT_RANGES.update(max_pixels=(1, 1_000_000_000), max_view_pixels=(1, 1_000_000_000))
-INT_RANGES["reliable_queue_mb"] = (1, 1_000_000)
+INT_RANGES["input_queue_mb"] = (1, 1_000_000)
 FLOAT_RANGES = {k: v for k, v in RANGES.items() if isinstance(v[0], float)}
 CHOICES = {
     "image_transport": ("raw", "compressed"),
@@ -126,7 +129,7 @@ def declare_parameters(node: Any) -> NodeParameters:
     return NodeParameters(config, settings, groups[AdapterParameters])
 
 
-def reliable_depth(adapter: AdapterParameters, max_pixels: int) -> int:
-    """Messages a reliable image input may queue: bounded by bytes (``reliable_queue_mb`` of the largest
-    images it accepts, 4 bytes a pixel) as well as by count, so 1000 4K frames cannot pile up gigabytes."""
-    return max(1, min(1000, adapter.reliable_queue_mb * 2**20 // (max_pixels * 4)))
+def queue_depth(adapter: AdapterParameters, max_pixels: int) -> int:
+    """Messages an image input may queue: bounded by bytes (``input_queue_mb`` of the largest images it
+    accepts, 4 bytes a pixel) as well as by count, so 1000 4K frames cannot pile up gigabytes."""
+    return max(1, min(1000, adapter.input_queue_mb * 2**20 // (max_pixels * 4)))

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from .dds_profile import use_image_profile
 from .spin import spin_until
 
 SOURCES = {"seen": 1, "bank": 2, "both": 3}
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args, ros_args = parser.parse_known_args(argv)
     import rclpy
 
+    use_image_profile()
     rclpy.init(args=ros_args)
     node = rclpy.create_node("ddclip_query")
     try:

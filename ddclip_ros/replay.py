@@ -24,6 +24,7 @@ from ddclip_core.bank_build import find_objects
 from ddclip_core.images import read_image, split_strip
 
 from .bag import REPLAYED_TYPES, is_bag, message_class, play, read_bag
+from .dds_profile import use_image_profile
 from .image_conversion import rgb_to_image
 
 REPLAY_QOS_DEPTH = 1000  # reliable and deep: a fast replay must not overwrite views not yet delivered
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     bag = is_bag(args.folder)
     remap = _remaps(args.remap)
     tracks = None if bag else load_tracks(args.folder, args.views)
+    use_image_profile()
     rclpy.init(args=ros_args)
     node = rclpy.create_node("ddclip_replay")
     try:

@@ -11,18 +11,21 @@ from PIL import Image
 
 from ddclip_core import save_export
 from ddclip_core.bank_build import build_bank
-from ddclip_ros.node_process import start_node
+from ddclip_ros.dds_profile import use_image_profile
+from ddclip_ros.node_process import start_node, stop_node
 from tests.conftest import make_tiny, random_views
 
 
 def ros_env(tmp_path: Path) -> dict[str, str]:
-    """The environment for every process of a test, this one included (rclpy reads it at init)."""
+    """The environment for every process of a test, this one included (rclpy reads it at init), with
+    ddclip's Fast DDS profile as the node and ddclip's tools use it (set before this process's first init)."""
     env = {
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
         "ROS_DOMAIN_ID": str(150 + os.getpid() % 80),
         "ROS_LOG_DIR": str(tmp_path / "ros_log"),
     }
     os.environ.update(env)
+    use_image_profile()
     return {**os.environ, **env, "DDCLIP_CACHE": str(tmp_path / "cache")}
 
 
@@ -55,3 +58,15 @@ def node_params(tmp_path: Path) -> dict[str, str]:
 
 def launch(params: dict[str, str], env: dict[str, str], ros_args: list[str] | tuple = ()) -> subprocess.Popen:
     return start_node(params, ros_args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_cleanly(process: subprocess.Popen) -> str:
+    """Stop the node with SIGINT; it must exit 0 without a traceback. Returns its output."""
+    output = stop_node(process)
+    assert process.returncode == 0 and "Traceback" not in output, output
+    return output
+
+
+def ready_line(output: str) -> str:
+    """The node's ``ready:`` log line: its real input, service names and QoS."""
+    return next(line for line in output.splitlines() if "ready: input" in line)

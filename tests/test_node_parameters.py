@@ -20,10 +20,9 @@ from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from ddclip_ros.image_conversion import rgb_to_image  # noqa: E402
-from ddclip_ros.node_process import stop_node  # noqa: E402
 from ddclip_ros.spin import spin_until  # noqa: E402
 from tests.conftest import random_views  # noqa: E402
-from tests.ros_node import launch, node_params, ros_env  # noqa: E402
+from tests.ros_node import launch, node_params, ready_line, ros_env, stop_cleanly  # noqa: E402
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 NS = "/robot1"
@@ -142,9 +141,8 @@ def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
         node.destroy_node()
     finally:
         rclpy.try_shutdown()
-        output = stop_node(process)
-    assert process.returncode == 0 and "Traceback" not in output, output
-    ready = next(line for line in output.splitlines() if "ready: input" in line)
+        output = stop_cleanly(process)
+    ready = ready_line(output)
     assert f"{NS}/tracker/views" in ready and f"{NS}/image" in ready and f"{NS}/ddclip/query" in ready, ready
     assert "reliable, depth 1000 for views and 1000 for frames" in ready  # 1 GiB / 1 MB images
     assert "settings changed: min_views=3" in output

@@ -79,6 +79,11 @@ def test_colcon_build_installs_every_tool_with_the_package(workspace):
     )  # fmt: skip
     assert where.returncode == 0 and where.stdout.startswith(str(install)), where.stdout + where.stderr
     assert (Path(where.stdout.strip()).parent / "assets" / "examples.tsv").is_file()  # the demo's scene
+    profile = subprocess.run(
+        [sys.executable, "-c", "from ddclip_ros.dds_profile import PROFILE; print(PROFILE, PROFILE.is_file())"],
+        env=_env(workspace), cwd=workspace, capture_output=True, text=True,
+    )  # fmt: skip
+    assert profile.stdout.startswith(str(install)) and profile.stdout.split()[-1] == "True", profile.stdout
 
 
 def test_tools_run_from_the_install_space(workspace):
