@@ -22,6 +22,8 @@ import tempfile
 import threading
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _timing import rss_mb
@@ -38,12 +40,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from ddclip_core import load_model
+from ddclip_ros.dds_profile import PROFILE, VARIABLE
 from ddclip_ros.image_conversion import rgb_to_image
 from ddclip_ros.node_process import start_node, stop_node
 from ddclip_ros.spin import spin_until
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 ECHO = "ddclip_bench/echo"
+ECHO_VIEWS = "ddclip_bench/views"  # the echo's own input: it never runs while the node encodes
 
 
 def run_echo() -> None:
@@ -55,7 +59,7 @@ def run_echo() -> None:
         if msg.track_ended:
             reply.publish(String(data=msg.track_id))
 
-    node.create_subscription(ObjectView, "ddclip/views", on_view, RELIABLE)
+    node.create_subscription(ObjectView, ECHO_VIEWS, on_view, RELIABLE)
     with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):  # it is ended by SIGTERM
         rclpy.spin(node)
 
@@ -94,13 +98,15 @@ class Harness:
         for status in msg.status:
             self.diagnostics.update({value.key: value.value for value in status.values})
 
-    def publish(self, track: str, view: np.ndarray, ended: bool = False, stamp: bool = False) -> None:
+    def publish(
+        self, track: str, view: np.ndarray, ended: bool = False, stamp: bool = False, publisher: Any = None
+    ) -> None:
         message = ObjectView(track_id=track, track_ended=ended)
         message.image = rgb_to_image(view)
         if stamp:
             now = time.time()
             message.header.stamp.sec, message.header.stamp.nanosec = int(now), int(now % 1 * 1e9)
-        self.publisher.publish(message)
+        (publisher or self.publisher).publish(message)
 
     def wait_for(self, keys: list[tuple[str, int]], timeout: float = 600) -> None:
         if not spin_until(self.node, lambda: all(k in self.arrivals for k in keys), timeout):
@@ -119,6 +125,19 @@ def timed(function: object, *args: object) -> float:
 
 def views(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
+
+
+def fastdds_profile(choice: str) -> str:
+    if choice == "ddclip":
+        return str(PROFILE)
+    if choice == "defaults":  # a profile that changes nothing: Fast DDS's own transports
+        empty = Path(tempfile.mkdtemp(prefix="ddclip-bench-")) / "fastdds_defaults.xml"
+        empty.write_text(
+            '<?xml version="1.0"?>\n<dds xmlns="http://www.eprosima.com"><profiles>'
+            '<participant profile_name="unused"/></profiles></dds>\n'
+        )
+        return str(empty)
+    return str(Path(choice).resolve())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,9 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-warmup", type=float, default=10.0, help="seconds before measuring (default: 10)")
     parser.add_argument("--stream-tracks", type=int, default=16, help="tracks in the stream (default: 16)")
     parser.add_argument("--stream-hz", type=float, default=30.0, help="views per second of each track (default: 30)")
+    parser.add_argument(
+        "--fastdds-profile",
+        default="ddclip",
+        help="ddclip (ddclip_ros/fastdds_images.xml, the node's default), defaults (Fast DDS's own) or a file",
+    )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
+    if not args.echo:  # every process of the run reads it: the node and the echo inherit this environment
+        os.environ[VARIABLE] = fastdds_profile(args.fastdds_profile)
     rclpy.init()
     if args.echo:
         run_echo()
@@ -158,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.weights, device=args.device, precision=args.precision)
     args.precision = model.precision
     print(f"model {model.config.arch} on {model.device}, {model.precision_reason}; {args.views} views per track")
+    print(f"Fast DDS profile: {args.fastdds_profile} ({os.environ[VARIABLE]})")
 
     if "latency" in sections:
         latency(args, model)
@@ -175,7 +202,8 @@ def latency(args: argparse.Namespace, model: object) -> None:
     """Last view published -> matches received, against the encoder alone."""
     harness = Harness(args, min_views=str(args.views), max_batch="16")
     # DDS alone, in the same run: a plain subscriber in another process answers each track's last view
-    # with a short message (the burst's delivery there, plus one small message back).
+    # with a short message (the burst's delivery there, plus one small message back). It listens on a
+    # topic of its own and is timed on its own tracks, so that it and the node never share the 2 cores.
     delivered: dict[str, float] = {}
     harness.node.create_subscription(String, ECHO, lambda m: delivered.setdefault(m.data, time.perf_counter()), 100)
     echo = subprocess.Popen([sys.executable, __file__, "--echo"])
@@ -189,7 +217,8 @@ def latency(args: argparse.Namespace, model: object) -> None:
 
 def measure_latency(args: argparse.Namespace, model: object, harness: Harness, delivered: dict[str, float]) -> None:
     """The timed tracks of ``latency``; ``delivered``: when the echo process answered each track's last view."""
-    ready = lambda: harness.publisher.get_subscription_count() > 1 and harness.node.count_publishers(ECHO) > 0  # noqa: E731
+    to_echo = harness.node.create_publisher(ObjectView, ECHO_VIEWS, RELIABLE)
+    ready = lambda: to_echo.get_subscription_count() > 0 and harness.node.count_publishers(ECHO) > 0  # noqa: E731
     if not spin_until(harness.node, ready, 60):
         raise RuntimeError("the echo process did not start")
     for j, view in enumerate(views(args.views, seed=10_000)):  # one untimed track: first-use costs
@@ -206,7 +235,12 @@ def measure_latency(args: argparse.Namespace, model: object, harness: Harness, d
         sent = time.perf_counter()
         harness.wait_for([(f"lat-{i}", args.views)])
         latencies.append((harness.arrivals[(f"lat-{i}", args.views)] - sent) * 1e3)
-        spin_until(harness.node, lambda i=i: f"lat-{i}" in delivered, 10)
+        for j, view in enumerate(track_views):
+            harness.publish(f"lat-{i}", view, ended=j == args.views - 1, publisher=to_echo)
+            pause(args, harness, j)
+        sent = time.perf_counter()
+        if not spin_until(harness.node, lambda i=i: f"lat-{i}" in delivered, 10):
+            raise TimeoutError(f"the echo process did not answer track lat-{i}")
         transport.append((delivered[f"lat-{i}"] - sent) * 1e3)
         start = time.perf_counter()
         model.encode_views(track_views)
