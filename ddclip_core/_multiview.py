@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._prepacked import PrepackedVisual
+from ._prepacked import PrepackedVisual, _hooked
 
 # The pre-packed CPU path runs at most this many views at a time (~2400 tokens): their activations then
 # stay in the caches between matmuls. 16 objects x 12 views ran 1.2x faster in chunks of 48 views than
@@ -77,31 +77,36 @@ def embed_views(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return visual.ln_pre(x)
 
 
-def _attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Self-attention of x (S, T, D) with attn's weights, through PyTorch SDPA (flash where it can)."""
+def _attention(
+    attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None, query_every: int = 1
+) -> torch.Tensor:
+    """Self-attention of x (S, T, D) with attn's weights, through PyTorch SDPA (flash where it can);
+    query_every=L: only every L-th token asks (each view's CLS), all tokens answer -> (S, T / L, D)."""
     s, t, d = x.shape
     heads = attn.num_heads
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(s, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(s, t, d)
+    out = F.scaled_dot_product_attention(q[:, :, ::query_every], k, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(s, -1, d)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def run_block(block: nn.Module, x: torch.Tensor, groups: ViewGroups | None) -> torch.Tensor:
+def run_block(block: nn.Module, x: torch.Tensor, groups: ViewGroups | None, cls_only: bool = False) -> torch.Tensor:
     """One open_clip ResidualAttentionBlock on packed views (N, L, D).
 
     groups=None: attention within each view (plain CLIP). Otherwise attention runs over all
-    tokens of all views of each object jointly; the MLP is per token either way.
+    tokens of all views of each object jointly; the MLP is per token either way. cls_only: only the
+    CLS token's output, (N, 1, D) (the last block: nothing reads the other tokens' outputs).
     """
     h = block.ln_1(x)
+    length = x.shape[1]
+    step = length if cls_only else 1
     if groups is None:
-        h = _attention(block.attn, h, None)
+        h = _attention(block.attn, h, None, step)
     else:
-        length = x.shape[1]
-        h = _attention(block.attn, groups.side_by_side(h), groups.key_mask(length))
-        h = groups.packed(h, length)
-    x = x + block.ls_1(h)
+        h = _attention(block.attn, groups.side_by_side(h), groups.key_mask(length), step)
+        h = groups.packed(h, length // step)
+    x = x[:, :1] + block.ls_1(h) if cls_only else x + block.ls_1(h)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -148,13 +153,17 @@ def cross_view_embeddings(
         )
     groups = ViewGroups(view_counts, tokens.device)
     x = tokens
+    # Only each view's CLS leaves the tower: the last block computes its output alone (its attention
+    # still reads every token), ~6 % of the tower's FLOPs less. Training and hooks see every token.
+    last = len(visual.transformer.resblocks) - 1 - layers_threshold
+    cls_only = prepacked is not None or not (torch.is_grad_enabled() or _hooked(visual))
     if prepacked is not None:
         x = x.float()
-        for block in prepacked.blocks[layers_threshold:]:
-            x = block(x, groups)
+        for index, block in enumerate(prepacked.blocks[layers_threshold:]):
+            x = block(x, groups, cls_only=index == last)
     else:
-        for block in visual.transformer.resblocks[layers_threshold:]:
-            x = run_block(block, x, groups)
+        for index, block in enumerate(visual.transformer.resblocks[layers_threshold:]):
+            x = run_block(block, x, groups, cls_only=cls_only and index == last)
     cls = visual.ln_post(x[:, 0])
     pooled = groups.mean(cls)
     return pooled @ visual.proj if visual.proj is not None else pooled

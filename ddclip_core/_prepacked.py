@@ -155,9 +155,12 @@ class _Block:
         self.activation = block.mlp.gelu
         self.attention = F.scaled_dot_product_attention if dtype == torch.float32 else _half_attention()
 
-    def __call__(self, x: torch.Tensor, groups=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, groups=None, mask: torch.Tensor | None = None, cls_only: bool = False
+    ) -> torch.Tensor:
         """x (N, L, D) float32 packed views; groups as in ``_multiview.run_block``; or a boolean
-        (L, L) attention mask within each sequence (True: may attend), as the text tower's causal one."""
+        (L, L) attention mask within each sequence (True: may attend), as the text tower's causal one.
+        cls_only: only the first token's output, (N, 1, D), from attention over all tokens."""
         n, length, d = x.shape
         h = _norm(x, self.ln_1).to(self.dtype)
         if groups is not None:
@@ -166,14 +169,16 @@ class _Block:
         q, k, v = self.qkv(h.reshape(s * t, d)).view(s, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if groups is not None:
             mask = groups.key_mask(length)
-        h = self.attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(s * t, d)
+        step = length if cls_only else 1
+        h = self.attention(q[:, :, ::step], k, v, attn_mask=mask).transpose(1, 2).reshape(-1, d)
+        out_length = length // step
         if groups is not None:
-            h = groups.packed(h.view(s, t, d), length).reshape(n * length, d)
-        x = x.reshape(n * length, d)
+            h = groups.packed(h.view(s, t // step, d), out_length).reshape(n * out_length, d)
+        x = (x[:, :1] if cls_only else x).reshape(n * out_length, d)
         x = self._residual(self.out, h, x)
         h = _norm(x, self.ln_2).to(self.dtype)
         h = self.fc(h, "gelu") if self.fused_gelu else self.activation(self.fc(h))
-        return self._residual(self.proj, h, x).view(n, length, d)
+        return self._residual(self.proj, h, x).view(n, out_length, d)
 
     def _residual(self, linear: _Linear, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.float32:

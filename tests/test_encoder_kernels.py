@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import load_model, precision, save_export
 from ddclip_core._prepacked import PrepackedVisual, packing_available
@@ -44,6 +45,33 @@ def test_prepacked_fp32_equals_the_modules_on_mixed_view_counts(vit_b32, monkeyp
     assert (tokens - plain_tokens).abs().max().item() <= 1e-4 * plain_tokens.abs().max().item()
     halves = vit_b32.embed_view_tokens(tokens, [1, 5, 12, 3])
     assert (halves - fast).abs().max().item() <= 1e-6
+
+
+@needs_onednn
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_inference_runs_the_last_block_for_each_views_cls_alone(vit_b32, monkeypatch, precision):
+    """Only each view's CLS leaves the tower, so inference runs the last block's output for it alone
+    (its attention still reads every token): the numbers of the whole block, 6 % fewer FLOPs."""
+    if precision == "bf16" and not packing_available(CPU, "bf16"):
+        pytest.skip("no bf16 kernels on this CPU")
+    counts = [1, 5, 12, 3]
+    pixels = torch.randn(len(counts), 12, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(12)[None, :] < torch.tensor(counts)[:, None]
+    vit_b32.set_precision("fp32")
+    every_token = vit_b32.encode_views(pixels, view_mask=mask).detach()  # autograd: the modules, whole blocks
+    vit_b32.set_precision(precision)
+    with torch.inference_mode():
+        fast = vit_b32.encode_views(pixels, view_mask=mask)
+        modules = plain(vit_b32, monkeypatch, lambda: vit_b32.encode_views(pixels, view_mask=mask))
+    tolerance = 1e-5 if precision == "fp32" else 1e-2
+    assert (fast - every_token).abs().max().item() <= tolerance
+    assert (modules - every_token).abs().max().item() <= tolerance
+    vit_b32.set_precision("fp32")
+    with FlopCounterMode(display=False) as training:
+        vit_b32(pixels[:1, :4])
+    with FlopCounterMode(display=False) as inference, torch.inference_mode():
+        vit_b32(pixels[:1, :4])
+    assert 0.92 < inference.get_total_flops() / training.get_total_flops() < 0.95
 
 
 @needs_onednn
