@@ -1,9 +1,9 @@
 """The multi-view forward pass of an open_clip VisionTransformer.
 
-Views are kept packed, (N, L, D) for the N real views of all objects, so per-view work (patch
-embedding, MLPs, within-view attention) never touches padding. Only cross-view attention needs
-objects side by side; there, objects with fewer views are padded and padded keys masked out, so a
-batch of objects with different view counts gives the same result as running each alone.
+Views are kept packed, (N, L, D) for the N real views of all objects, and nothing runs on padding:
+per-view work (patch embedding, projections, MLPs, within-view attention) runs on the real views, and
+cross-view attention on the objects of each view count together (``_view_groups``), so a batch of
+objects with different view counts gives the same result as running each alone.
 """
 
 from __future__ import annotations
@@ -13,59 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._prepacked import PrepackedVisual, _hooked
+from ._view_groups import ViewGroups, attend
 
 # The pre-packed CPU path runs at most this many views at a time (~2400 tokens): their activations then
 # stay in the caches between matmuls. 16 objects x 12 views ran 1.2x faster in chunks of 48 views than
 # in one pass on the development machine (2 cores, AVX-512); results are the same either way.
 CPU_CHUNK_VIEWS = 48
-
-
-class ViewGroups:
-    """Which packed views belong to which object, and how to lay them out side by side."""
-
-    def __init__(self, view_counts: list[int], device: torch.device) -> None:
-        if not view_counts or min(view_counts) < 1:
-            raise ValueError(f"every object needs at least one view, got view counts {view_counts}")
-        self.counts = list(view_counts)
-        self.num_objects = len(view_counts)
-        self.max_views = max(view_counts)
-        self.uniform = min(view_counts) == self.max_views
-        counts = torch.tensor(view_counts, device=device)
-        self.object_of_view = torch.repeat_interleave(torch.arange(self.num_objects, device=device), counts)
-        if not self.uniform:
-            starts = torch.cumsum(counts, 0) - counts
-            slot = torch.arange(len(self.object_of_view), device=device) - starts[self.object_of_view]
-            self.padded_row = self.object_of_view * self.max_views + slot  # row in (B * Fmax)
-            valid = torch.zeros(self.num_objects * self.max_views, dtype=torch.bool, device=device)
-            valid[self.padded_row] = True
-            self.valid_views = valid.view(self.num_objects, self.max_views)
-
-    def side_by_side(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, L, C) packed views -> (B, Fmax * L, C) objects; padding rows are zero."""
-        _, length, channels = x.shape
-        if not self.uniform:
-            padded = x.new_zeros(self.num_objects * self.max_views, length, channels)
-            padded[self.padded_row] = x
-            x = padded
-        return x.reshape(self.num_objects, self.max_views * length, channels)
-
-    def packed(self, x: torch.Tensor, length: int) -> torch.Tensor:
-        """(B, Fmax * L, C) objects -> (N, L, C) packed views."""
-        x = x.reshape(self.num_objects * self.max_views, length, x.shape[-1])
-        return x if self.uniform else x[self.padded_row]
-
-    def key_mask(self, length: int) -> torch.Tensor | None:
-        """Boolean (B, 1, 1, Fmax * L) mask: True where a key belongs to a real view."""
-        if self.uniform:
-            return None
-        keys = self.valid_views[:, :, None].expand(-1, -1, length).reshape(self.num_objects, -1)
-        return keys[:, None, None, :]
-
-    def mean(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C) per-view rows -> (B, C) per-object mean over that object's views."""
-        total = x.new_zeros(self.num_objects, x.shape[-1]).index_add_(0, self.object_of_view, x)
-        counts = torch.tensor(self.counts, device=x.device, dtype=x.dtype)
-        return total / counts[:, None]
 
 
 def embed_views(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -78,16 +31,17 @@ def embed_views(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _attention(
-    attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None, query_every: int = 1
+    attn: nn.MultiheadAttention, x: torch.Tensor, groups: ViewGroups | None, query_every: int = 1
 ) -> torch.Tensor:
-    """Self-attention of x (S, T, D) with attn's weights, through PyTorch SDPA (flash where it can);
-    query_every=L: only every L-th token asks (each view's CLS), all tokens answer -> (S, T / L, D)."""
-    s, t, d = x.shape
-    heads = attn.num_heads
+    """Self-attention of packed views x (N, L, D) with attn's weights, through PyTorch SDPA (flash where it
+    can): within each view (groups None) or across each object's views. query_every=L: only each view's
+    CLS asks, -> (N, 1, D)."""
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(s, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q[:, :, ::query_every], k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(s, -1, d)
+    sdpa = F.scaled_dot_product_attention
+    if groups is None:
+        out = attend(qkv, attn.num_heads, sdpa, None, query_every)
+    else:
+        out = groups.attend(qkv, attn.num_heads, sdpa, query_every)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
@@ -98,14 +52,7 @@ def run_block(block: nn.Module, x: torch.Tensor, groups: ViewGroups | None, cls_
     tokens of all views of each object jointly; the MLP is per token either way. cls_only: only the
     CLS token's output, (N, 1, D) (the last block: nothing reads the other tokens' outputs).
     """
-    h = block.ln_1(x)
-    length = x.shape[1]
-    step = length if cls_only else 1
-    if groups is None:
-        h = _attention(block.attn, h, None, step)
-    else:
-        h = _attention(block.attn, groups.side_by_side(h), groups.key_mask(length), step)
-        h = groups.packed(h, length // step)
+    h = _attention(block.attn, block.ln_1(x), groups, x.shape[1] if cls_only else 1)
     x = x[:, :1] + block.ls_1(h) if cls_only else x + block.ls_1(h)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
+from ._view_groups import attend
+
 _mkldnn = torch.ops.mkldnn
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -114,15 +116,13 @@ def _matmul_attention(
     cache). PyTorch's fused CPU kernel has no bf16 matrix-unit path: it runs bf16 at fp32's speed, and
     this at about twice that. attn_mask: bool, True where a key may be attended (broadcast to scores)."""
     s, heads, t, d = q.shape
-    per = max(1, (4 << 20) // (heads * t * t * q.element_size()))
+    per = max(1, (4 << 20) // (heads * t * k.shape[2] * q.element_size()))
     out = torch.empty_like(q)
     for start in range(0, s, per):
         part = slice(start, start + per)
         scores = torch.matmul(q[part] * d**-0.5, k[part].transpose(-1, -2))
-        if attn_mask is not None:
-            per_sequence = attn_mask.dim() == q.dim() and attn_mask.shape[0] > 1  # (S, 1, 1, T) key masks
-            mask = attn_mask[part] if per_sequence else attn_mask  # else one mask for all, e.g. causal (T, T)
-            scores.masked_fill_(~mask, float("-inf"))
+        if attn_mask is not None:  # one mask for every sequence: the text tower's causal (T, T)
+            scores.masked_fill_(~attn_mask, float("-inf"))
         out[part] = torch.matmul(scores.softmax(-1), v[part])
     return out
 
@@ -163,17 +163,14 @@ class _Block:
         cls_only: only the first token's output, (N, 1, D), from attention over all tokens."""
         n, length, d = x.shape
         h = _norm(x, self.ln_1).to(self.dtype)
-        if groups is not None:
-            h = groups.side_by_side(h)
-        s, t, _ = h.shape
-        q, k, v = self.qkv(h.reshape(s * t, d)).view(s, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if groups is not None:
-            mask = groups.key_mask(length)
+        qkv = self.qkv(h.reshape(n * length, d)).view(n, length, 3 * d)
         step = length if cls_only else 1
-        h = self.attention(q[:, :, ::step], k, v, attn_mask=mask).transpose(1, 2).reshape(-1, d)
-        out_length = length // step
         if groups is not None:
-            h = groups.packed(h.view(s, t // step, d), out_length).reshape(n * out_length, d)
+            h = groups.attend(qkv, self.heads, self.attention, step)
+        else:
+            h = attend(qkv, self.heads, self.attention, mask, step)
+        out_length = length // step
+        h = h.reshape(n * out_length, d)
         x = (x[:, :1] if cls_only else x).reshape(n * out_length, d)
         x = self._residual(self.out, h, x)
         h = _norm(x, self.ln_2).to(self.dtype)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import DuoduoCLIP, DuoduoConfig
 from tests.conftest import make_tiny, random_views
@@ -86,6 +87,32 @@ def test_objects_with_different_view_counts_in_one_pass_equal_each_alone(tiny_mo
     assert len(calls) == 1, "all objects must go through one forward pass"
     alone = torch.cat([tiny_model.encode_views(obj) for obj in objects])
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_of_mixed_view_counts_does_the_work_of_its_objects_alone(tiny_model, monkeypatch):
+    """Nothing runs on padding: not the projections (FLOPs), not attention (query x key pairs)."""
+    monkeypatch.setenv("DDCLIP_CPU_PREPACK", "0")  # the modules; the packed path shares the grouping
+    pairs = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counted(q, k, v, **options):
+        pairs.append(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
+        return sdpa(q, k, v, **options)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    counts = [1, 5, 3, 3]
+    pixels = torch.randn(len(counts), 5, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(5)[None, :] < torch.tensor(counts)[:, None]
+
+    def work(pixels, mask=None):
+        pairs.clear()
+        with FlopCounterMode(display=False) as flops, torch.inference_mode():
+            tiny_model(pixels, mask)
+        return flops.get_total_flops(), sum(pairs)
+
+    batched = work(pixels, mask)
+    alone = [work(pixels[i : i + 1, :count]) for i, count in enumerate(counts)]
+    assert batched == tuple(map(sum, zip(*alone, strict=True)))
 
 
 def test_padded_tensor_batch_with_view_mask_equals_unpadded(tiny_model):

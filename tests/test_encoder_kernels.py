@@ -217,3 +217,19 @@ def test_auto_keeps_fp32_without_16_bit_kernels_and_restores_the_precision(monke
     model.set_precision("fp32")
     precision.choose_precision(model)
     assert model.precision == "fp32"  # probing leaves the model as it was
+
+
+def test_matmul_attention_equals_pytorchs_fused_kernel():
+    """The 16-bit attention of CPUs without AMX: with a causal mask (text), and with fewer queries than
+    keys (the last block's CLS queries)."""
+    from ddclip_core._prepacked import _matmul_attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 20, 16, generator=generator) for _ in range(3))
+    causal = torch.ones(20, 20, dtype=torch.bool).tril()
+    for mask in (None, causal):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(_matmul_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-5)
+    every_fifth = q[:, :, ::5]
+    expected = torch.nn.functional.scaled_dot_product_attention(every_fifth, k, v)
+    torch.testing.assert_close(_matmul_attention(every_fifth, k, v, None), expected, rtol=1e-5, atol=1e-5)
