@@ -40,7 +40,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from ddclip_core import load_model
-from ddclip_ros.dds_profile import PROFILE, VARIABLE
+from ddclip_ros.dds_profile import PROFILE, TRANSPORTS_VARIABLE, VARIABLES
 from ddclip_ros.image_conversion import rgb_to_image
 from ddclip_ros.node_process import start_node, stop_node
 from ddclip_ros.spin import spin_until
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     if not args.echo:  # every process of the run reads it: the node and the echo inherit this environment
-        os.environ[VARIABLE] = fastdds_profile(args.fastdds_profile)
+        os.environ.pop(TRANSPORTS_VARIABLE, None)
+        os.environ.pop(VARIABLES[1], None)
+        os.environ[VARIABLES[0]] = fastdds_profile(args.fastdds_profile)
     rclpy.init()
     if args.echo:
         run_echo()
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.weights, device=args.device, precision=args.precision)
     args.precision = model.precision
     print(f"model {model.config.arch} on {model.device}, {model.precision_reason}; {args.views} views per track")
-    print(f"Fast DDS profile: {args.fastdds_profile} ({os.environ[VARIABLE]})")
+    print(f"Fast DDS profile: {args.fastdds_profile} ({os.environ[VARIABLES[0]]})")
 
     if "latency" in sections:
         latency(args, model)

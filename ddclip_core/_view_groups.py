@@ -43,12 +43,14 @@ class ViewGroups:
         counts = torch.tensor(view_counts, device=device)
         self.object_of_view = torch.repeat_interleave(torch.arange(self.num_objects, device=device), counts)
         self.by_count: list[tuple[int, torch.Tensor]] = []  # (count, its objects' packed views, object-major)
-        if not self.uniform:
-            starts = torch.cumsum(counts, 0) - counts
+        if not self.uniform:  # from the Python list: no device round trip
+            starts = [0]
+            for count in view_counts[:-1]:
+                starts.append(starts[-1] + count)
             for count in sorted(set(view_counts)):
-                objects = (counts == count).nonzero().flatten()
-                rows = (starts[objects, None] + torch.arange(count, device=device)).flatten()
-                self.by_count.append((count, rows))
+                firsts = [start for start, c in zip(starts, view_counts, strict=True) if c == count]
+                rows = [first + i for first in firsts for i in range(count)]
+                self.by_count.append((count, torch.tensor(rows, device=device)))
 
     def attend(self, qkv: torch.Tensor, heads: int, attention: Attention, query_every: int = 1) -> torch.Tensor:
         """Attention across each object's views: packed (N, L, 3D) -> (N, L / query_every, D)."""

@@ -29,7 +29,7 @@ def view_batches(
     views: Any, num_views: int | None, view_mask: Any, batch_size: int
 ) -> list[tuple[list[np.ndarray], list[int]]]:
     """Views in any accepted form (not a tensor) -> batches of ``batch_size`` objects, each as (their views
-    one after another, views per object): what one padded forward pass takes."""
+    one after another, views per object): what one forward pass takes."""
     if view_mask is not None:
         raise ValueError("view_mask only applies to preprocessed tensor input")
     if batch_size < 1:

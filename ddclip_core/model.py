@@ -142,7 +142,7 @@ class DuoduoCLIP(nn.Module):
 
         views: (H, W, 3) or (F, H, W, 3) uint8 array (one object), (B, F, H, W, 3) array, a path or
             PIL image, a flat list of those (one object's views), or a list of objects each with its
-            own number of views (one padded forward pass per ``batch_size`` objects). Float arrays
+            own number of views (one forward pass per ``batch_size`` objects). Float arrays
             are read as RGB in [0, 1]. A float torch tensor (B, F, 3, S, S) is taken as already
             preprocessed, with an optional (B, F) bool ``view_mask``, and keeps autograd.
         num_views: split every image into this many views stacked vertically (a packed strip).

@@ -9,7 +9,6 @@ request answers ``success=false``. The node exits on a signal, or at start-up wi
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from ddclip_core.perception import ObjectResult, QueryRequest, RequestError, ope
 from ddclip_core.stamped import Stamp
 
 from .annotate import draw_detections
-from .dds_profile import VARIABLE, use_image_profile
+from .dds_profile import use_image_profile
 from .executors import GroupExecutor, ignore_late_signals, spin_on_thread, spin_until_shutdown
 from .image_conversion import ImageTooLarge, apply_mask, compressed_to_rgb, image_to_rgb, mask_to_bool, rgb_to_image
 from .markers import memory_markers
@@ -54,8 +53,9 @@ from .pointcloud import pointcloud_to_arrays
 
 
 class DDClipNode(Node):
-    def __init__(self) -> None:
-        """With ``main_thread_encoder`` set, the caller runs ``self.engine.run_worker()`` on its main thread."""
+    def __init__(self, dds_profile: str = "") -> None:
+        """With ``main_thread_encoder`` set, the caller runs ``self.engine.run_worker()`` on its main thread.
+        dds_profile: what Fast DDS was configured with (``use_image_profile``), for the ready line."""
         super().__init__("ddclip")
         self.p: NodeParameters = declare_parameters(self)
         self.max_pixels, self.max_view_pixels = self.p.adapter.max_pixels, self.p.adapter.max_view_pixels
@@ -73,6 +73,8 @@ class DDClipNode(Node):
         self._last_warning: dict[str, float] = {}
 
         adapter = self.p.adapter
+        if "reliable_queue_mb" in getattr(self, "_parameter_overrides", {}):
+            self.get_logger().warning("reliable_queue_mb is not used: it is input_queue_mb now (views in both QoS)")
         # Views (crops, one message per object: a tracker sends a burst of them per frame) and detections
         # must not be lost in a burst, best effort or not: sensor data's depth of 5 lost half of a burst of
         # 12 views. Bounded by bytes too: full frames are large. Best-effort frames keep sensor data's depth:
@@ -81,8 +83,9 @@ class DDClipNode(Node):
         depths["frames"] = queue_depth(adapter, adapter.max_pixels)
         reliability = ReliabilityPolicy.RELIABLE if adapter.reliable else ReliabilityPolicy.BEST_EFFORT
         input_qos = {k: QoSProfile(depth=d, reliability=reliability) for k, d in depths.items()}
-        if not adapter.reliable:
-            input_qos["frames"] = qos_profile_sensor_data
+        input_qos["clouds"] = input_qos["views"]
+        if not adapter.reliable:  # a track's cloud comes now and then: the newest counts, as for frames
+            input_qos["frames"] = input_qos["clouds"] = qos_profile_sensor_data
         # Services run on an executor of their own (``executors``): everything else on the main one.
         inputs, services = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         self.service_group = services
@@ -111,7 +114,7 @@ class DDClipNode(Node):
             listening.append(subscribe(Image, "image", self._on_frame, "frames"))
         listening.append(subscribe(TrackedDetections, "ddclip/detections", self._on_detections))
         if self.engine.clouds is not None:
-            listening.append(subscribe(ObjectPoints, "ddclip/points", self._on_points))
+            listening.append(subscribe(ObjectPoints, "ddclip/points", self._on_points, "clouds"))
             self.engine.health.count("clouds without colour", 0)  # listed from the start
         try:  # what ROS detectors publish, where vision_msgs is installed
             from vision_msgs.msg import Detection2DArray
@@ -140,7 +143,7 @@ class DDClipNode(Node):
             qos_text = f"best effort, depth {depths['views']} for views, sensor data for frames"
         self.get_logger().info(
             f"ready: input {', '.join(s.topic_name for s in listening)} ({qos_text}); "
-            f"services {', '.join(s.service_name for s in served)}{_dds_profile_text()}"
+            f"services {', '.join(s.service_name for s in served)}{_dds_profile_text(dds_profile)}"
         )
 
     # ------------------------------------------------------------------ guards
@@ -344,10 +347,10 @@ class DDClipNode(Node):
         self.engine.close()
 
 
-def _dds_profile_text() -> str:
+def _dds_profile_text(profile: str) -> str:
     if not rclpy.get_rmw_implementation_identifier().startswith("rmw_fastrtps"):
         return ""
-    return f"; Fast DDS profile {os.environ.get(VARIABLE) or 'none (shared memory segments of 512 KiB)'}"
+    return f"; Fast DDS profile {profile}"
 
 
 def _bound(stamp: Any) -> Stamp | None:
@@ -357,13 +360,13 @@ def _bound(stamp: Any) -> Stamp | None:
 
 
 def main(args: list[str] | None = None) -> int:
-    use_image_profile()
+    dds_profile = use_image_profile()
     rclpy.init(args=args)
     exit_with_parent()
     node, executor, service_executor, spinner, servers, failure = None, None, None, None, None, []
     try:
         try:
-            node = DDClipNode()
+            node = DDClipNode(dds_profile)
         except Exception as exc:  # a fatal start-up error: one line, no traceback
             rclpy.logging.get_logger("ddclip").fatal(f"cannot start: {exc}")
             return 1

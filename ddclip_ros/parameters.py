@@ -15,7 +15,7 @@ from ddclip_core.perception import RANGES, PerceptionConfig, PerceptionSettings
 class AdapterParameters:
     """The ROS side's own parameters (how messages come in)."""
 
-    reliable: bool = False  # input QoS: False = sensor data (best effort), True = reliable
+    reliable: bool = False  # input QoS: False = best effort, True = reliable
     input_queue_mb: int = 1024  # view and detection input queues (frames too with reliable) hold this many MiB
     image_transport: str = "raw"  # full frames: "raw" (image) or "compressed" (image/compressed)
     annotate: bool = False  # publish frames with boxes, track ids and best matches on ddclip/annotated
@@ -55,7 +55,7 @@ DESCRIPTIONS = {
     "k_matches": "matches per object and default results per query",
     "confidence_threshold": "cosine score a best match must reach to count as confident",
     "max_enroll_images": "images one ddclip/enroll request may carry",
-    "reliable": "input QoS: false = sensor data (best effort), true = reliable",
+    "reliable": "input QoS: false = best effort (views and detections queued, frames as sensor data), true = reliable",
     "input_queue_mb": (
         "each queue of views and detections (of frames too with reliable) holds at most this many MiB of its "
         "largest images, 1000 messages at most"

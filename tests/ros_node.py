@@ -11,7 +11,7 @@ from PIL import Image
 
 from ddclip_core import save_export
 from ddclip_core.bank_build import build_bank
-from ddclip_ros.dds_profile import use_image_profile
+from ddclip_ros.dds_profile import TRANSPORTS_VARIABLE, VARIABLES, use_image_profile
 from ddclip_ros.node_process import start_node, stop_node
 from tests.conftest import make_tiny, random_views
 
@@ -24,6 +24,8 @@ def ros_env(tmp_path: Path) -> dict[str, str]:
         "ROS_DOMAIN_ID": str(150 + os.getpid() % 80),
         "ROS_LOG_DIR": str(tmp_path / "ros_log"),
     }
+    for variable in (*VARIABLES, TRANSPORTS_VARIABLE):  # the developer's own Fast DDS settings stay out
+        os.environ.pop(variable, None)
     os.environ.update(env)
     use_image_profile()
     return {**os.environ, **env, "DDCLIP_CACHE": str(tmp_path / "cache")}
