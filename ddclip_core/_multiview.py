@@ -101,13 +101,14 @@ def cross_view_embeddings(
     groups = ViewGroups(view_counts, tokens.device)
     x = tokens
     # Only each view's CLS leaves the tower: the last block computes its output alone (its attention
-    # still reads every token), ~6 % of the tower's FLOPs less. Training and hooks see every token.
+    # still reads every token), ~6 % of the tower's FLOPs less. Training and hooks see every token (the
+    # packed weights are only used without either).
     last = len(visual.transformer.resblocks) - 1 - layers_threshold
-    cls_only = prepacked is not None or not (torch.is_grad_enabled() or _hooked(visual))
+    cls_only = not (torch.is_grad_enabled() or _hooked(visual))
     if prepacked is not None:
         x = x.float()
         for index, block in enumerate(prepacked.blocks[layers_threshold:]):
-            x = block(x, groups, cls_only=index == last)
+            x = block(x, groups, cls_only=cls_only and index == last)
     else:
         for index, block in enumerate(visual.transformer.resblocks[layers_threshold:]):
             x = run_block(block, x, groups, cls_only=cls_only and index == last)

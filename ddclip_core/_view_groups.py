@@ -8,6 +8,7 @@ different view counts costs what its real views cost, and gives the same result 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -44,9 +45,7 @@ class ViewGroups:
         self.object_of_view = torch.repeat_interleave(torch.arange(self.num_objects, device=device), counts)
         self.by_count: list[tuple[int, torch.Tensor]] = []  # (count, its objects' packed views, object-major)
         if not self.uniform:  # from the Python list: no device round trip
-            starts = [0]
-            for count in view_counts[:-1]:
-                starts.append(starts[-1] + count)
+            starts = [0, *itertools.accumulate(view_counts[:-1])]
             for count in sorted(set(view_counts)):
                 firsts = [start for start, c in zip(starts, view_counts, strict=True) if c == count]
                 rows = [first + i for first in firsts for i in range(count)]
