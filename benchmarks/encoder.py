@@ -9,6 +9,10 @@ shared machine hit every contender alike:
     the two unit embeddings;
   - ours in 16 bit (``--half bf16|fp16``; default bf16 where the CPU has bf16 kernels, else none), with
     its cosine to fp32 and its speed-up;
+  - on CPU, for each precision, the time our forward pass spends inside the library kernels (GEMMs,
+    attention, softmax; ``_kernels.py``, from torch's profiler), against the floor and against our time:
+    how far oneDNN / MKL / PyTorch attention are from the floor on this network's shapes, and what lies
+    outside them;
 and, for each precision, the FLOP floor: the network's FLOPs (torch's FlopCounterMode) / the best dense
 matmul rate measured here in that precision, the max of MKL (``torch.mm``) and oneDNN with pre-packed
 weights (what our CPU path uses), over square products and the encoder's own GEMM shapes.
@@ -27,6 +31,7 @@ import warnings
 
 import numpy as np
 import torch
+from _kernels import KernelClock
 from _timing import interleaved, timed
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'setting':>8} {'GFLOP':>7} | {'fp32 ms':>8} {'x floor':>7} {'e2e ms':>8} {'obj/s':>7} | "
         f"{'publ. ms':>8} {'speedup':>7} {'max|d|':>8} | {'half ms':>8} {'x floor':>7} {'vs fp32':>7} {'cosine':>8}"
-        f" | {'peak MB':>7}"
+        f" | {'kern ms':>8} {'x floor':>7} {'ours/k':>6} | {'h kern':>8} {'x floor':>7} {'ours/k':>6} | {'peak MB':>7}"
     )
     rng = np.random.default_rng(0)
     for setting in args.settings.split(","):
@@ -122,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             contenders["published"] = lambda p=pixels: published(p)
         if half:
             contenders["half"] = lambda p=pixels: half_model.encode_views(p.clone())
+        clocks = {}
+        if device.type == "cpu":
+            clocks["ours"] = KernelClock(contenders["ours"])
+            if half:
+                clocks["half"] = KernelClock(contenders["half"])
+            contenders.update({f"{name} kernels": clock for name, clock in clocks.items()})
         with torch.inference_mode():
             times = interleaved(contenders, device, args.repeats)
             reference = model.encode_views(pixels)
@@ -147,11 +158,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             row += f"{'-':>8} {'-':>7} {'-':>7} {'-':>8} | "
+        for name, precision in (("ours", "fp32"), ("half", half)):
+            if name in clocks:
+                k = clocks[name].median()
+                row += f"{k * 1e3:8.1f} {k / floor[precision]:7.2f} {times[name] / k:6.2f} | "
+            else:
+                row += f"{'-':>8} {'-':>7} {'-':>6} | "
         print(row + f"{peak_memory_mb(device):7.0f}", flush=True)
     print(
         "x floor = time / (FLOPs / matmul rate of that precision); speedup = published time / ours (fp32, same "
         "tensor); max|d| = largest difference of the unit embeddings; e2e = from uint8 views, preprocessing "
-        f"included; half = {half or 'none'}, vs fp32 = ours fp32 time / half time, cosine = min over objects"
+        f"included; half = {half or 'none'}, vs fp32 = ours fp32 time / half time, cosine = min over objects; "
+        "kern = time inside the library kernels of our forward pass (GEMMs, attention, softmax; profiled in "
+        "place), ours/k = our time / that: what lies outside the kernels"
     )
     return 0
 
