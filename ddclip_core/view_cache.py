@@ -81,6 +81,7 @@ class ViewTokenCache:
         found: dict[tuple[str, int], torch.Tensor] = {}
         for i, (object_id, key, _) in enumerate(missing):
             found[(object_id, key)] = fresh[i]
+        dtype = fresh.dtype if fresh is not None else torch.float32
         with self._lock:
             self.stats.misses += len(missing)
             packed = []
@@ -89,13 +90,13 @@ class ViewTokenCache:
                 for key in keys:
                     if key in entries:
                         self.stats.hits += 1
-                        packed.append(entries[key])
-                    else:
-                        new[key] = found[(object_id, key)].to(self.storage)
-                        packed.append(new[key])
+                        packed.append(entries[key].to(dtype))
+                    else:  # this encode uses the fresh tokens as they are: it equals ``encode_views``
+                        packed.append(found[(object_id, key)])
+                        new[key] = packed[-1].to(self.storage)
                 self._store(object_id, keys, new)
             self._evict()
-        tokens = torch.stack(packed).to(fresh.dtype if fresh is not None else torch.float32)
+        tokens = torch.stack(packed)
         return self.model.embed_view_tokens(tokens, [len(keys) for _, keys, _ in objects], normalize=normalize)
 
     def warm(self, object_id: str, keys: Sequence[int], views: Sequence[np.ndarray]) -> int:
