@@ -15,7 +15,10 @@ from ddclip_core._prepacked import packing_available
 from tests.conftest import random_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _kernels import KernelClock
+try:
+    from _kernels import KernelClock
+finally:  # the benchmarks' module names (bank, memory, node, ...) must not shadow anything for other tests
+    sys.path.pop(0)
 
 
 @pytest.mark.skipif(not packing_available(torch.device("cpu"), "fp32"), reason="PyTorch built without oneDNN")
