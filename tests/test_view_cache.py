@@ -53,6 +53,9 @@ def test_half_precision_storage_halves_the_bytes_and_stays_close(vit_b32, storag
     embedding = cache.encode([("x", list(range(6)), views)])
     assert (embedding - vit_b32.encode_views(views)).abs().max().item() <= bound
     assert cache.nbytes == 6 * 50 * 768 * 2
+    # an encode of views none of which is cached yet uses their tokens as computed, not a half copy
+    first = cache.encode([("new", list(range(6)), views)])
+    assert torch.equal(first, vit_b32.encode_views(views))
 
 
 def test_the_cache_is_bounded_in_bytes_least_recently_used_first(tiny_model):
