@@ -16,6 +16,7 @@ images for a second does not hold up the views, and views never wait behind a qu
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from rclpy.callback_groups import CallbackGroup
@@ -94,12 +95,25 @@ def spin_on_thread(executor: GroupExecutor, worker: Any, failure: list[BaseExcep
 
 def spin_until_shutdown(executor: GroupExecutor) -> None:
     """Spin until a signal shuts the context down. A signal can land while the executor builds its wait
-    set, which then fails on the invalid context (RCLError) rather than raising ExternalShutdownException:
-    that is the same clean shutdown, not a crash."""
+    set or takes a message, which then fails on the invalid context or entity (RCLError, or a
+    RuntimeError from take_message) rather than raising ExternalShutdownException: that is the same
+    clean shutdown, not a crash."""
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        if executor.context.ok():
+        if not _shut_down_soon(executor.context):
             raise
+
+
+def _shut_down_soon(context: Any, grace_s: float = 2.0) -> bool:
+    """Whether the context is shut down or is within ``grace_s``. rclpy shuts it down from a signal on a
+    thread of its own, so the executor can fail on what that tears down just before ``ok()`` turns
+    False (seen: SIGINT during a flood of views). A real crash is raised ``grace_s`` later."""
+    deadline = time.monotonic() + grace_s
+    while context.ok():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
