@@ -13,9 +13,9 @@ shared machine hit every contender alike:
     attention, softmax; ``_kernels.py``, from torch's profiler), against the floor and against our time:
     how far oneDNN / MKL / PyTorch attention are from the floor on this network's shapes, and what lies
     outside them;
-and, for each precision, the FLOP floor: the network's FLOPs (torch's FlopCounterMode) / the best dense
-matmul rate measured here in that precision, the max of MKL (``torch.mm``) and oneDNN with pre-packed
-weights (what our CPU path uses), over square products and the encoder's own GEMM shapes.
+and, for each precision, the FLOP floor: the network's FLOPs (matmuls and attention, ``_flops.py``) /
+the best dense matmul rate measured here in that precision, the max of MKL (``torch.mm``) and oneDNN with
+pre-packed weights (what our CPU path uses), over square products and the encoder's own GEMM shapes.
 
     .venv/bin/python benchmarks/encoder.py --published /tmp/DuoduoCLIP            # CPU, 1x1 1x12 16x12
     .venv/bin/python benchmarks/encoder.py --device cuda --settings 1x12,200x12   # GPU (never run here)
@@ -31,9 +31,9 @@ import warnings
 
 import numpy as np
 import torch
+from _flops import forward_flops
 from _kernels import KernelClock
 from _timing import interleaved, timed
-from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import load_model
 from ddclip_core._prepacked import packing_available
@@ -64,9 +64,7 @@ def matmul_rate(device: torch.device, precision: str) -> float:
 
 def model_flops(model, batch: int, views: int) -> int:
     pixels = torch.randn(batch, views, 3, 224, 224, device=model.device)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(pixels)
-    return counter.get_total_flops()
+    return forward_flops(lambda: model(pixels))
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 import torch
+from _flops import forward_flops
 from _timing import timed
-from torch.utils.flop_counter import FlopCounterMode
 
 from ddclip_core import load_model
 from ddclip_core._runtime import resolve_device
@@ -91,18 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         batch_s = timed(lambda b=batch: encoder.encode(b, batch_size=len(b)), device, max(1, args.repeats - 1))
         peak = peak_memory_mb(device)
         features, mask = pad_objects([gaussians.to_features()])
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            encoder(features.to(device), mask.to(device))
-        rows.append((size, lift_s, encode_s, counter.get_total_flops(), batch_s, peak))
+        flops = forward_flops(lambda f=features, m=mask: encoder(f.to(device), m.to(device)))
+        rows.append((size, lift_s, encode_s, flops, batch_s, peak))
         objects[size] = (points, colours)
 
     logging.getLogger("ddclip_core.factory").setLevel(logging.ERROR)  # random weights on purpose
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         multiview = load_model(None, device=device)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        multiview(torch.randn(1, args.views, 3, 224, 224, device=device))
-    mv_flops = counter.get_total_flops()
+    mv_flops = forward_flops(lambda: multiview(torch.randn(1, args.views, 3, 224, 224, device=device)))
     print(
         f"{'gaussians':>9} {'lift ms':>8} {'enc ms':>8} {'GFLOP':>6} {'obj/s b1':>8} {'obj/s b' + str(args.batch):>9} "
         f"{'peak MB':>8} {'mv ms':>8} {'mv GFLOP':>8} {'mv/gs':>6}"
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "lift = lift_points (kNN scales, no refinement); enc = GSCLIPEncoder.encode of one object (features, "
         f"padding and forward); mv = DuoduoCLIP.encode_views of the same object rendered to {args.views} views "
-        "(preprocessing included); mv/gs = mv ms / enc ms; GFLOP counts matmul-class ops only (FlopCounterMode); "
+        "(preprocessing included); mv/gs = mv ms / enc ms; GFLOP counts matmul-class ops and attention (_flops.py); "
         "peak MB (GS runs only): CUDA max allocated, or the process's peak RSS so far on CPU"
     )
     return 0
