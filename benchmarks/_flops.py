@@ -35,7 +35,13 @@ def _encoder_layer_flops(src_shape, embed_dim, num_heads, qkv_weight_shape, *arg
 
 def forward_flops(fn: Callable[[], object]) -> int:
     """FLOPs of ``fn()`` (run once, without autograd): matmul-class ops and attention."""
+    return sum(flops_by_op(fn).values())
+
+
+def flops_by_op(fn: Callable[[], object]) -> dict[str, int]:
+    """FLOPs of ``fn()`` per op name (``aten.addmm``, ``aten._scaled_dot_product_flash_attention_for_cpu``,
+    ...): attention ops have "attention" in their names."""
     mapping = {_CPU_ATTENTION: _cpu_attention_flops, _ENCODER_LAYER: _encoder_layer_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
         fn()
-    return counter.get_total_flops()
+    return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}

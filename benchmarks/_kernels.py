@@ -21,15 +21,15 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # the profiler's own start/stop 
 
 # Profiler names of the leaf kernels (composite ops such as linear or scaled_dot_product_attention call
 # these; their own self time is bookkeeping).
-HEAVY_KERNELS = {
-    "aten::mm",
-    "aten::addmm",
+GEMM_KERNELS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}
+# attention: PyTorch's fused kernel, or two batched matmuls and a softmax (16 bit without AMX)
+ATTENTION_KERNELS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
     "aten::bmm",
     "aten::baddbmm",
     "aten::_softmax",
-    "aten::_scaled_dot_product_flash_attention_for_cpu",
-    "mkldnn::_linear_pointwise",
 }
+HEAVY_KERNELS = GEMM_KERNELS | ATTENTION_KERNELS
 
 
 class KernelClock:
@@ -38,15 +38,21 @@ class KernelClock:
     def __init__(self, fn: Callable[[], object]) -> None:
         self.fn = fn
         self.seconds: list[float] = []
+        self.gemm_seconds: list[float] = []
+        self.attention_seconds: list[float] = []
         self.kernels: set[str] = set()  # the heavy kernels seen
 
     def __call__(self) -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             self.fn()
-        heavy = [e for e in prof.key_averages() if e.key in HEAVY_KERNELS]
-        self.kernels.update(e.key for e in heavy)
-        self.seconds.append(sum(e.self_cpu_time_total for e in heavy) / 1e6)
+        heavy = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages() if e.key in HEAVY_KERNELS}
+        self.kernels.update(heavy)
+        self.gemm_seconds.append(sum(t for k, t in heavy.items() if k in GEMM_KERNELS))
+        self.attention_seconds.append(sum(t for k, t in heavy.items() if k in ATTENTION_KERNELS))
+        self.seconds.append(self.gemm_seconds[-1] + self.attention_seconds[-1])
 
-    def median(self, skip: int = 1) -> float:
-        """Median of the recorded times after the first ``skip`` (warm-up) calls."""
-        return statistics.median(self.seconds[skip:] or self.seconds)
+    def median(self, skip: int = 1, part: str = "all") -> float:
+        """Median of the recorded times after the first ``skip`` (warm-up) calls: of all heavy kernels,
+        or of one ``part``, "gemm" or "attention"."""
+        times = {"all": self.seconds, "gemm": self.gemm_seconds, "attention": self.attention_seconds}[part]
+        return statistics.median(times[skip:] or times)

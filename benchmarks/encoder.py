@@ -12,7 +12,8 @@ shared machine hit every contender alike:
   - on CPU, for each precision, the time our forward pass spends inside the library kernels (GEMMs,
     attention, softmax; ``_kernels.py``, from torch's profiler), against the floor and against our time:
     how far oneDNN / MKL / PyTorch attention are from the floor on this network's shapes, and what lies
-    outside them;
+    outside them; and, after the table, the GEMMs' and attention's own rates (their FLOPs / their time)
+    as a share of the dense matmul rate;
 and, for each precision, the FLOP floor: the network's FLOPs (matmuls and attention, ``_flops.py``) /
 the best dense matmul rate measured here in that precision, the max of MKL (``torch.mm``) and oneDNN with
 pre-packed weights (what our CPU path uses), over square products and the encoder's own GEMM shapes.
@@ -31,7 +32,7 @@ import warnings
 
 import numpy as np
 import torch
-from _flops import forward_flops
+from _flops import flops_by_op
 from _kernels import KernelClock
 from _timing import interleaved, timed
 
@@ -62,9 +63,21 @@ def matmul_rate(device: torch.device, precision: str) -> float:
     return best
 
 
-def model_flops(model, batch: int, views: int) -> int:
+def model_flops(model, batch: int, views: int) -> tuple[int, int]:
+    """(all FLOPs, attention's) of one forward pass."""
     pixels = torch.randn(batch, views, 3, 224, 224, device=model.device)
-    return forward_flops(lambda: model(pixels))
+    by_op = flops_by_op(lambda: model(pixels))
+    return sum(by_op.values()), sum(flops for op, flops in by_op.items() if "attention" in op)
+
+
+def kernel_rates(clock: KernelClock, flops: int, attention_flops: int, rate: float) -> str:
+    """The GEMMs' and attention's time inside the kernels, and their FLOP rate as a share of the matmul rate."""
+    parts = []
+    for part, part_flops in (("GEMMs", flops - attention_flops), ("attention", attention_flops)):
+        seconds = clock.median(part="gemm" if part == "GEMMs" else "attention")
+        share = part_flops / seconds / rate if seconds > 0 else float("nan")
+        parts.append(f"{part} {seconds * 1e3:.1f} ms at {share:.2f} of it")
+    return ", ".join(parts)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         f" | {'kern ms':>8} {'x floor':>7} {'ours/k':>6} | {'h kern':>8} {'x floor':>7} {'ours/k':>6} | {'peak MB':>7}"
     )
     rng = np.random.default_rng(0)
+    inside: list[str] = []  # per setting and precision: the kernels' GEMMs and attention against the rate
     for setting in args.settings.split(","):
         batch, views = (int(v) for v in setting.lower().split("x"))
         objects = rng.integers(0, 256, size=(batch, views, 224, 224, 3), dtype=np.uint8)
@@ -134,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             times = interleaved(contenders, device, args.repeats)
             reference = model.encode_views(pixels)
-        flops = model_flops(model, batch, views)
+        flops, attention_flops = model_flops(model, batch, views)
         floor = {p: flops / r for p, r in rates.items()}
+        for name, precision in (("ours", "fp32"), ("half", half)):
+            if name in clocks:
+                inside.append(
+                    f"{setting:>8} {precision}: {kernel_rates(clocks[name], flops, attention_flops, rates[precision])}"
+                )
         row = (
             f"{setting:>8} {flops / 1e9:7.1f} | {times['ours'] * 1e3:8.1f} {times['ours'] / floor['fp32']:7.2f} "
             f"{times['e2e'] * 1e3:8.1f} {batch / times['e2e']:7.1f} | "
@@ -170,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         "kern = time inside the library kernels of our forward pass (GEMMs, attention, softmax; profiled in "
         "place), ours/k = our time / that: what lies outside the kernels"
     )
+    if inside:
+        print("inside the kernels, each part's FLOPs / its time, as a share of the dense matmul rate of its precision:")
+        print("\n".join(inside))
     return 0
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 try:
-    from _flops import forward_flops
+    from _flops import flops_by_op, forward_flops
 finally:  # the benchmarks' module names must not shadow anything for other tests
     sys.path.pop(0)
 
@@ -49,3 +49,16 @@ def test_a_vit_b32_tower_counts_attention_on_top_of_its_matmuls(vit_b32):
     alone = below * 2 * 4 * tokens**2 * width
     joint = (12 - below - 1) * 4 * (2 * tokens) ** 2 * width + 4 * 2 * (2 * tokens) * width
     assert extra == alone + joint
+
+
+def test_attention_ops_are_told_apart_from_the_matmuls():
+    q = torch.randn(1, 2, 8, 16)
+    weight = torch.randn(16, 16)
+
+    def both() -> None:
+        F.scaled_dot_product_attention(q @ weight, q, q)
+
+    by_op = flops_by_op(both)
+    attention = sum(flops for op, flops in by_op.items() if "attention" in op)
+    assert attention == 2 * 2 * 2 * 8 * 8 * 16
+    assert sum(by_op.values()) - attention == 2 * 2 * 8 * 16 * 16

@@ -32,6 +32,8 @@ def test_the_clock_counts_the_encoders_matmuls_and_attention(tiny_model):
     assert {"mkldnn::_linear_pointwise", "aten::_scaled_dot_product_flash_attention_for_cpu"} <= clock.kernels
     assert len(clock.seconds) == 2 and all(s > 0 for s in clock.seconds)
     assert clock.median() == clock.seconds[1]  # the first call is the warm-up
+    gemm, attention = clock.median(part="gemm"), clock.median(part="attention")
+    assert gemm > 0 and attention > 0 and gemm + attention == pytest.approx(clock.median())
 
 
 def test_the_clock_counts_nothing_outside_the_kernels():
@@ -42,3 +44,4 @@ def test_the_clock_counts_nothing_outside_the_kernels():
     matmul = KernelClock(lambda: x @ x)
     matmul()
     assert matmul.kernels == {"aten::mm"} and matmul.seconds[0] > 0
+    assert matmul.attention_seconds == [0.0] and matmul.gemm_seconds == matmul.seconds
