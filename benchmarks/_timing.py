@@ -50,6 +50,13 @@ def copy_bandwidth(gigabytes: float = 1.0) -> float:
     return best
 
 
+def read_bandwidth(nbytes: int, device: torch.device) -> float:
+    """Bytes read per second by summing a buffer of ``nbytes`` on ``device`` (best of five): the rate at
+    which a pass can stream that much data, e.g. a network's weights, through the cores."""
+    buffer = torch.ones(max(nbytes // 4, 1), device=device)
+    return buffer.numel() * 4 / min(timed(buffer.sum, device, repeats=1) for _ in range(5))
+
+
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
     """Median wall time of each fn, run in turns (a, b, a, b, ...) after one warm-up each, so that a
     shared machine's load changes hit every contender alike."""

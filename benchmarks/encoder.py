@@ -14,9 +14,12 @@ shared machine hit every contender alike:
     how far oneDNN / MKL / PyTorch attention are from the floor on this network's shapes, and what lies
     outside them; and, after the table, the GEMMs' and attention's own rates (their FLOPs / their time)
     as a share of the dense matmul rate;
-and, for each precision, the FLOP floor: the network's FLOPs (matmuls and attention, ``_flops.py``) /
-the best dense matmul rate measured here in that precision, the max of MKL (``torch.mm``) and oneDNN with
-pre-packed weights (what our CPU path uses), over square products and the encoder's own GEMM shapes.
+and, for each precision, the floor: the larger of the FLOP floor, the network's FLOPs (matmuls and
+attention, ``_flops.py``) / the best dense matmul rate measured here in that precision (the max of MKL
+``torch.mm`` and oneDNN with pre-packed weights, what our CPU path uses, over square products and the
+encoder's own GEMM shapes), and the bandwidth floor, the tower's weights in that precision (read at least
+once per pass) / the read bandwidth measured here on a buffer of their size. One object is small enough
+that the second can matter: 16-bit weights at 1 x 1.
 
     .venv/bin/python benchmarks/encoder.py --published /tmp/DuoduoCLIP            # CPU, 1x1 1x12 16x12
     .venv/bin/python benchmarks/encoder.py --device cuda --settings 1x12,200x12   # GPU (never run here)
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from _flops import flops_by_op
 from _kernels import KernelClock
-from _timing import interleaved, timed
+from _timing import interleaved, read_bandwidth, timed
 
 from ddclip_core import load_model
 from ddclip_core._prepacked import packing_available
@@ -63,6 +66,13 @@ def matmul_rate(device: torch.device, precision: str) -> float:
     return best
 
 
+def weight_bytes(model, precision: str) -> int:
+    """Bytes of the image tower's weights as the forward pass reads them: matrices in ``precision``
+    (what the packed path and autocast multiply), vectors (norms, biases, embeddings) in fp32."""
+    size = torch.finfo(DTYPES[precision]).bits // 8
+    return sum(p.numel() * (size if p.dim() >= 2 else 4) for p in model.clip.visual.parameters())
+
+
 def model_flops(model, batch: int, views: int) -> tuple[int, int]:
     """(all FLOPs, attention's) of one forward pass."""
     pixels = torch.randn(batch, views, 3, 224, 224, device=model.device)
@@ -70,13 +80,17 @@ def model_flops(model, batch: int, views: int) -> tuple[int, int]:
     return sum(by_op.values()), sum(flops for op, flops in by_op.items() if "attention" in op)
 
 
-def kernel_rates(clock: KernelClock, flops: int, attention_flops: int, rate: float) -> str:
-    """The GEMMs' and attention's time inside the kernels, and their FLOP rate as a share of the matmul rate."""
+def kernel_rates(clock: KernelClock, flops: int, attention_flops: int, rate: float, weights_s: float) -> str:
+    """The GEMMs' and attention's time inside the kernels, and their FLOP rate as a share of the matmul
+    rate; for the GEMMs also the time of their FLOPs at the rate and the weights' read one after the other
+    (what a kernel that does not overlap the two would take)."""
     parts = []
     for part, part_flops in (("GEMMs", flops - attention_flops), ("attention", attention_flops)):
         seconds = clock.median(part="gemm" if part == "GEMMs" else "attention")
         share = part_flops / seconds / rate if seconds > 0 else float("nan")
         parts.append(f"{part} {seconds * 1e3:.1f} ms at {share:.2f} of it")
+        if part == "GEMMs":
+            parts[-1] += f" (FLOPs at the rate, then weights read: {(part_flops / rate + weights_s) * 1e3:.1f} ms)"
     return ", ".join(parts)
 
 
@@ -114,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"fp32": matmul_rate(device, "fp32")}
     if half:
         rates[half] = matmul_rate(device, half)
+    weights = {p: weight_bytes(model, p) for p in rates}
+    bandwidth = read_bandwidth(weights["fp32"], device)
+    weights_s = {p: b / bandwidth for p, b in weights.items()}  # the bandwidth floor: one read of the weights
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
     print("dense matmul rate: " + ", ".join(f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in rates.items()))
+    print(
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read once: "
+        + ", ".join(f"{p} {weights[p] / 2**20:.0f} MiB in {weights_s[p] * 1e3:.1f} ms" for p in rates)
+    )
 
     print(
         f"{'setting':>8} {'GFLOP':>7} | {'fp32 ms':>8} {'x floor':>7} {'e2e ms':>8} {'obj/s':>7} | "
@@ -149,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             times = interleaved(contenders, device, args.repeats)
             reference = model.encode_views(pixels)
         flops, attention_flops = model_flops(model, batch, views)
-        floor = {p: flops / r for p, r in rates.items()}
+        floor = {p: max(flops / r, weights_s[p]) for p, r in rates.items()}
         for name, precision in (("ours", "fp32"), ("half", half)):
             if name in clocks:
+                rate, read_s = rates[precision], weights_s[precision]
+                bound = "FLOP" if flops / rate >= read_s else "bandwidth"
                 inside.append(
-                    f"{setting:>8} {precision}: {kernel_rates(clocks[name], flops, attention_flops, rates[precision])}"
+                    f"{setting:>8} {precision} ({bound} floor {floor[precision] * 1e3:.1f} ms): "
+                    + kernel_rates(clocks[name], flops, attention_flops, rate, read_s)
                 )
         row = (
             f"{setting:>8} {flops / 1e9:7.1f} | {times['ours'] * 1e3:8.1f} {times['ours'] / floor['fp32']:7.2f} "
@@ -183,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 row += f"{'-':>8} {'-':>7} {'-':>6} | "
         print(row + f"{peak_memory_mb(device):7.0f}", flush=True)
     print(
-        "x floor = time / (FLOPs / matmul rate of that precision); speedup = published time / ours (fp32, same "
+        "x floor = time / max(FLOPs / matmul rate, weight bytes / read bandwidth) of that precision; "
+        "speedup = published time / ours (fp32, same "
         "tensor); max|d| = largest difference of the unit embeddings; e2e = from uint8 views, preprocessing "
         f"included; half = {half or 'none'}, vs fp32 = ours fp32 time / half time, cosine = min over objects; "
         "kern = time inside the library kernels of our forward pass (GEMMs, attention, softmax; profiled in "

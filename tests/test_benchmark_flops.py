@@ -62,3 +62,15 @@ def test_attention_ops_are_told_apart_from_the_matmuls():
     attention = sum(flops for op, flops in by_op.items() if "attention" in op)
     assert attention == 2 * 2 * 2 * 8 * 8 * 16
     assert sum(by_op.values()) - attention == 2 * 2 * 8 * 16 * 16
+
+
+def test_the_bandwidth_floor_reads_matrices_in_the_precision_and_vectors_in_fp32(vit_b32):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from encoder import weight_bytes
+    finally:
+        sys.path.pop(0)
+    params = list(vit_b32.clip.visual.parameters())
+    vectors = sum(p.numel() for p in params if p.dim() < 2)
+    assert weight_bytes(vit_b32, "fp32") == 4 * sum(p.numel() for p in params) > 300 * 2**20  # ViT-B-32: 88 M
+    assert weight_bytes(vit_b32, "bf16") == 2 * (sum(p.numel() for p in params) - vectors) + 4 * vectors
