@@ -2,10 +2,12 @@
 
 A publisher process sends 224 x 224 RGB images (reliable, as a replay does) at ``--hz`` (default 480: 16
 tracks x 30 Hz); this process takes them with one executor at a time while a compute thread runs
-matmuls (a stand-in for the encoder, which also needs the GIL between its ops). Printed per executor:
+matmuls (a stand-in for the encoder, which also needs the GIL between its ops); both processes use
+ddclip's Fast DDS profile, as the node and its tools do. Printed per executor:
 messages sent and received per second and the compute thread's speed as a share of its speed with no messages
-(measured first, in the same run). The node runs ``GroupExecutor`` (SingleThreadedExecutor); the
-MultiThreadedExecutor is what it ran before.
+(measured first, in the same run), and the CPU time the executor's own thread spends per message
+received (waiting, taking, converting: DDS's threads not included). The node runs ``GroupExecutor``
+(SingleThreadedExecutor); the MultiThreadedExecutor is what it ran before.
 
     .venv/bin/python benchmarks/executor.py --hz 480 --seconds 10
 """
@@ -32,6 +34,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from ddclip_ros.dds_profile import use_image_profile
 from ddclip_ros.executors import GroupExecutor
 
 QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
@@ -85,7 +88,7 @@ class Compute:
         self._thread.join()
 
 
-def run(kind: str, args: argparse.Namespace, compute: Compute) -> tuple[float, float, float]:
+def run(kind: str, args: argparse.Namespace, compute: Compute) -> tuple[float, float, float, float]:
     node = rclpy.create_node(f"ddclip_bench_{kind.replace('-', '_')}")
     received = [0]
 
@@ -110,13 +113,15 @@ def run(kind: str, args: argparse.Namespace, compute: Compute) -> tuple[float, f
     command = [sys.executable, __file__, "--publish", str(args.hz), str(args.seconds + 3)]
     publisher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     time.sleep(2.5)  # discovery and the publisher's first second
-    start = received[0]
+    clock = time.pthread_getcpuclockid(spinner.ident)  # the executor thread's own CPU time
+    start, cpu = received[0], time.clock_gettime(clock)
     rate = compute.rate(args.seconds)
-    got = (received[0] - start) / args.seconds
+    cpu, taken = time.clock_gettime(clock) - cpu, received[0] - start
+    got = taken / args.seconds
     sent = float(publisher.communicate()[0].split()[-1])
     executor.shutdown(timeout_sec=5)
     node.destroy_node()
-    return sent, got, rate
+    return sent, got, rate, cpu / max(taken, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,17 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per executor (default: 10)")
     parser.add_argument("--publish", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.publish:
+    if args.publish:  # the profile comes with the environment
         publish(*args.publish)
         return 0
+    print(f"Fast DDS: {use_image_profile()} (the node's, unless Fast DDS is configured already)")
     rclpy.init()
     compute = Compute()
     idle = compute.rate(args.seconds)
     print(f"{args.hz:g} images/s offered (224 x 224 RGB, reliable); compute thread alone: {idle:.2f} rounds/s")
-    print(f"{'executor':>28} {'sent/s':>8} {'received/s':>11} {'compute':>9}")
-    for kind in ("multi-threaded", "single-threaded", "GroupExecutor (the node's)"):
-        sent, got, rate = run(kind.split()[0], args, compute)
-        print(f"{kind:>28} {sent:8.1f} {got:11.1f} {rate / idle * 100:8.0f}%")
+    print(f"{'executor':>28} {'sent/s':>8} {'received/s':>11} {'compute':>9} {'ms CPU/msg':>10}")
+    kinds = ("multi-threaded", "single-threaded", "GroupExecutor (the node's)")
+    for kind in kinds:
+        sent, got, rate, cpu = run(kind.split()[0], args, compute)
+        per = f"{cpu * 1e3:10.3f}" if kind != "multi-threaded" else f"{'-':>10}"  # its callbacks run on a pool
+        print(f"{kind:>28} {sent:8.1f} {got:11.1f} {rate / idle * 100:8.0f}% {per}")
     compute.stop()
     rclpy.try_shutdown()
     return 0
