@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     idle = compute.rate(args.seconds)
     print(f"{args.hz:g} images/s offered (224 x 224 RGB, reliable); compute thread alone: {idle:.2f} rounds/s")
     print(f"{'executor':>28} {'sent/s':>8} {'received/s':>11} {'compute':>9} {'ms CPU/msg':>10}")
-    kinds = ("multi-threaded", "single-threaded", "GroupExecutor (the node's)")
-    for kind in kinds:
+    for kind in ("multi-threaded", "single-threaded", "GroupExecutor (the node's)"):
         sent, got, rate, cpu = run(kind.split()[0], args, compute)
         per = f"{cpu * 1e3:10.3f}" if kind != "multi-threaded" else f"{'-':>10}"  # its callbacks run on a pool
         print(f"{kind:>28} {sent:8.1f} {got:11.1f} {rate / idle * 100:8.0f}% {per}")

@@ -15,6 +15,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 try:
     from _flops import flops_by_op, forward_flops
+    from encoder import weight_bytes
 finally:  # the benchmarks' module names must not shadow anything for other tests
     sys.path.pop(0)
 
@@ -65,11 +66,6 @@ def test_attention_ops_are_told_apart_from_the_matmuls():
 
 
 def test_the_bandwidth_floor_reads_matrices_in_the_precision_and_vectors_in_fp32(vit_b32):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from encoder import weight_bytes
-    finally:
-        sys.path.pop(0)
     params = list(vit_b32.clip.visual.parameters())
     vectors = sum(p.numel() for p in params if p.dim() < 2)
     assert weight_bytes(vit_b32, "fp32") == 4 * sum(p.numel() for p in params) > 300 * 2**20  # ViT-B-32: 88 M
