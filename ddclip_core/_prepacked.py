@@ -46,7 +46,7 @@ def packing_available(device: torch.device, precision: str) -> bool:
 class _Linear:
     weight: torch.Tensor  # oneDNN-packed (out, in)
     bias: torch.Tensor | None
-    halves: dict[int, bool] | None = None  # 16-bit: per row count, whether two halves of the rows run faster
+    parts: dict[int, int] | None = None  # 16-bit: per row count, in how many row pieces it runs fastest
 
     @classmethod
     def pack(
@@ -62,27 +62,29 @@ class _Linear:
     def __call__(self, x: torch.Tensor, post_op: str = "none") -> torch.Tensor:
         # post_op "gelu" fuses exact (erf) GELU, as nn.GELU() computes it
         rows = x.shape[0]
-        if self.halves is None or rows < _SPLIT_MIN_ROWS:
+        if self.parts is None or rows < _SPLIT_MIN_ROWS:
             return self._run(x, post_op)
-        split = self.halves.get(rows)
-        if split is None:
-            split = self._measure_halves(x, post_op)
-        return torch.cat([self._run(part, post_op) for part in x.chunk(2)]) if split else self._run(x, post_op)
+        parts = self.parts.get(rows)
+        if parts is None:
+            parts = self._measure_parts(x, post_op)
+        return self._run(x, post_op) if parts == 1 else torch.cat([self._run(p, post_op) for p in x.chunk(parts)])
 
     def _run(self, x: torch.Tensor, post_op: str) -> torch.Tensor:
         return _mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], "none" if post_op == "gelu" else "")
 
-    def _measure_halves(self, x: torch.Tensor, post_op: str) -> bool:
-        """Whether this row count runs faster as two calls on half the rows each, measured once. oneDNN's
-        bf16 AMX kernels for 768 outputs are 1.3-1.7x slower at 450-700 rows (one object's 9-14 views)
-        than at half as many, on Xeon (2 cores); elsewhere one call wins. Kept per row count."""
-        whole, halves = _best_times(
-            lambda: self._run(x, post_op), lambda: [self._run(part, post_op) for part in x.chunk(2)]
-        )
-        split = halves < 0.85 * whole  # a clear win only: the two differ in the last bit of some sums
-        if len(self.halves) < _SPLIT_MAX_ENTRIES:
-            self.halves[x.shape[0]] = split
-        return split
+    def _measure_parts(self, x: torch.Tensor, post_op: str) -> int:
+        """In how many row pieces (1, 2 or 4) this row count runs fastest, measured once. oneDNN's bf16
+        AMX kernels for 768 outputs run at half their rate at some row counts (500-1200 rows for c_proj,
+        400-800 for out_proj, on Xeon with 2 cores) and at full rate on a half or a quarter of them;
+        elsewhere one call wins. Kept per row count."""
+        counts = [1, 2, 4] if x.shape[0] >= 2 * _SPLIT_MIN_ROWS else [1, 2]
+        times = _best_times(*[lambda n=n: [self._run(p, post_op) for p in x.chunk(n)] for n in counts])
+        best = min(range(1, len(counts)), key=times.__getitem__)
+        # a clear win only: the pieces differ from one call in the last bit of some sums
+        parts = counts[best] if times[best] < 0.85 * times[0] else 1
+        if len(self.parts) < _SPLIT_MAX_ENTRIES:
+            self.parts[x.shape[0]] = parts
+        return parts
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """linear(x) + residual in one oneDNN call (same dtype)."""
@@ -93,7 +95,7 @@ _SPLIT_MIN_ROWS = 256  # below, one call always won where measured
 _SPLIT_MAX_ENTRIES = 512  # row counts remembered per layer; others run in one call
 
 
-_Splits = dict[tuple[int, ...], dict[int, bool]]
+_Splits = dict[tuple[int, ...], dict[int, int]]
 
 
 def _best_times(*runs: Any, rounds: int = 3) -> list[float]:

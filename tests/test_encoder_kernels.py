@@ -115,11 +115,11 @@ def test_prepacked_bf16_stays_at_parity_with_fp32(vit_b32, monkeypatch):
         assert packed.dtype == torch.bfloat16
         # whichever way the measured row splits went, the other way keeps parity too
         linears = [linear for block in packed.blocks for linear in (block.qkv, block.out, block.fc, block.proj)]
-        assert all(linear.halves for linear in linears), "every layer has its row counts measured"
-        shapes = {id(linear.halves): linear.halves for linear in linears}
+        assert all(linear.parts for linear in linears), "every layer has its row counts measured"
+        shapes = {id(linear.parts): linear.parts for linear in linears}
         assert len(shapes) == 4  # measured once per weight shape, shared by the 12 blocks
-        for halves in shapes.values():
-            halves.update({rows: not split for rows, split in halves.items()})
+        for parts in shapes.values():
+            parts.update({rows: 2 if n == 1 else 1 for rows, n in parts.items()})
         flipped = vit_b32.encode_views(batch)
     finally:
         vit_b32.set_precision("fp32")
@@ -133,16 +133,16 @@ def test_bf16_linears_measure_a_row_split_once_per_row_count():
 
     torch.manual_seed(0)
     weight, bias = torch.randn(768, 3072) / 55, torch.randn(768)  # c_proj's shape
-    assert _Linear.pack(weight, bias, torch.float32).halves is None  # fp32: one call, never measured
+    assert _Linear.pack(weight, bias, torch.float32).parts is None  # fp32: one call, never measured
     linear = _Linear.pack(weight, bias, torch.bfloat16)
     x = torch.randn(600, 3072).bfloat16()
     reference = x.float() @ weight.t() + bias
     linear(x[:100])
-    assert linear.halves == {}  # too few rows to be worth measuring
+    assert linear.parts == {}  # too few rows to be worth measuring
     linear(x)
-    assert list(linear.halves) == [600]
-    for split in (True, False):
-        linear.halves[600] = split
+    assert list(linear.parts) == [600] and linear.parts[600] in (1, 2, 4)
+    for parts in (1, 2, 4):
+        linear.parts[600] = parts
         out = linear(x).float()
         assert out.shape == reference.shape
         assert torch.nn.functional.cosine_similarity(out, reference).min().item() >= 0.9999
