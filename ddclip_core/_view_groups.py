@@ -41,8 +41,9 @@ class ViewGroups:
         self.counts = list(view_counts)
         self.num_objects = len(view_counts)
         self.uniform = min(view_counts) == max(view_counts)
-        counts = torch.tensor(view_counts, device=device)
-        self.object_of_view = torch.repeat_interleave(torch.arange(self.num_objects, device=device), counts)
+        # from the Python list, not repeat_interleave on a tensor: no data-dependent shape (torch.compile)
+        owners = [i for i, count in enumerate(view_counts) for _ in range(count)]
+        self.object_of_view = torch.tensor(owners, device=device)
         self.by_count: list[tuple[int, torch.Tensor]] = []  # (count, its objects' packed views, object-major)
         if not self.uniform:  # from the Python list: no device round trip
             starts = [0, *itertools.accumulate(view_counts[:-1])]

@@ -203,3 +203,15 @@ def test_config_json_round_trip_and_validation():
         DuoduoConfig.from_arch("ViT-Q-99")
     with pytest.raises(ValueError, match="plain ViT"):
         DuoduoConfig.from_arch("RN50")
+
+
+def test_the_forward_compiles_as_one_graph_with_frozen_weights():
+    """torch.compile (inductor, freezing: what a user with fixed-size inputs reaches for) takes the whole
+    multi-view forward as one graph; a data-dependent op in the view grouping used to break it."""
+    import torch._inductor.config as inductor
+
+    model = make_tiny()
+    pixels = torch.randn(2, 3, 3, 224, 224)
+    with inductor.patch(freezing=True), torch.inference_mode():
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        torch.testing.assert_close(compiled(pixels), model(pixels), rtol=1e-4, atol=1e-5)
