@@ -9,6 +9,9 @@ shared machine hit every contender alike:
     the two unit embeddings;
   - ours in 16 bit (``--half bf16|fp16``; default bf16 where the CPU has bf16 kernels, else none), with
     its cosine to fp32 and its speed-up;
+  - with ``--compiled``, the plain tower under ``torch.compile`` (inductor, max-autotune, frozen weights;
+    ``_compiled.py``) in fp32 and in the 16-bit precision, compiled for each setting (its compile time
+    printed), the other speed-up a user could reach for;
   - on CPU, for each precision, the time our forward pass spends inside the library kernels (GEMMs,
     attention, softmax; ``_kernels.py``, from torch's profiler), against the floor and against our time:
     how far oneDNN / MKL / PyTorch attention are from the floor on this network's shapes, and what lies
@@ -94,6 +97,22 @@ def kernel_rates(clock: KernelClock, flops: int, attention_flops: int, rate: flo
     return ", ".join(parts)
 
 
+def compiled_line(contenders: dict, times: dict, compile_s: dict, reference: torch.Tensor) -> str:
+    """Each compiled precision's time, ours / it (above 1: the compiled tower is faster), its cosine to our
+    fp32 embeddings and how long its compile took."""
+    parts = []
+    for name, ours in (("compiled", "ours"), ("compiled half", "half")):
+        if name in compile_s:
+            with torch.inference_mode():
+                embedding = torch.nn.functional.normalize(contenders[name]().float(), dim=-1)
+            cosine = (embedding * reference).sum(-1).min().item()
+            parts.append(
+                f"{'fp32' if name == 'compiled' else 'half'} {times[name] * 1e3:.1f} ms, ours / it "
+                f"{times[ours] / times[name]:.2f}, cosine {cosine:.5f}, compile {compile_s[name]:.0f} s"
+            )
+    return "; ".join(parts)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -109,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half", choices=["bf16", "fp16", "none"], help="16-bit precision to compare (default: auto)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per contender, median reported")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--compiled", action="store_true", help="also time torch.compile (inductor, max-autotune) of the tower"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rng = np.random.default_rng(0)
     inside: list[str] = []  # per setting and precision: the kernels' GEMMs and attention against the rate
+    compiled_lines: list[str] = []
     for setting in args.settings.split(","):
         batch, views = (int(v) for v in setting.lower().split("x"))
         objects = rng.integers(0, 256, size=(batch, views, 224, 224, 3), dtype=np.uint8)
@@ -160,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             contenders["published"] = lambda p=pixels: published(p)
         if half:
             contenders["half"] = lambda p=pixels: half_model.encode_views(p.clone())
+        compile_s = {}
+        if args.compiled:
+            from _compiled import compiled_encoder
+
+            for name, precision in (("compiled", "fp32"), ("compiled half", half)):
+                if precision:
+                    contenders[name], compile_s[name] = compiled_encoder(model, DTYPES[precision], pixels)
         clocks = {}
         if device.type == "cpu":
             clocks["ours"] = KernelClock(contenders["ours"])
@@ -206,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row += f"{'-':>8} {'-':>7} {'-':>6} | "
         print(row + f"{peak_memory_mb(device):7.0f}", flush=True)
+        if compile_s:
+            compiled_lines.append(f"{setting:>8} " + compiled_line(contenders, times, compile_s, reference))
+            torch._dynamo.reset()  # frees the compiled graphs' frozen weights
     print(
         "x floor = time / max(FLOPs / matmul rate, weight bytes / read bandwidth) of that precision; "
         "speedup = published time / ours (fp32, same "
@@ -214,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         "kern = time inside the library kernels of our forward pass (GEMMs, attention, softmax; profiled in "
         "place), ours/k = our time / that: what lies outside the kernels"
     )
+    if compiled_lines:
+        print("torch.compile of the plain tower (inductor, max-autotune, frozen weights), timed in the same turns:")
+        print("\n".join(compiled_lines))
     if inside:
         print("inside the kernels, each part's FLOPs / its time, as a share of the dense matmul rate of its precision:")
         print("\n".join(inside))
