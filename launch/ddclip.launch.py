@@ -34,6 +34,7 @@ NAMES = {  # launch argument: (the node's topic or service, description); the de
     "embeddings_topic": ("ddclip/embeddings", "ShapeEmbedding output topic"),
     "matches_topic": ("ddclip/matches", "ObjectMatches output topic"),
     "annotated_topic": ("ddclip/annotated", "annotated frames output topic (with annotate)"),
+    "objects_topic": ("ddclip/objects", "the memory's objects as rviz markers (visualization_msgs/MarkerArray)"),
     "query_service": ("ddclip/query", "language query service"),
     "enroll_service": ("ddclip/enroll", "enrolment service"),
     "forget_service": ("ddclip/forget", "forget service"),

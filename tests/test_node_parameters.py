@@ -4,6 +4,7 @@ log, start-up errors as one line. The node runs in its own process."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +28,20 @@ from tests.ros_node import launch, node_params, ready_line, ros_env, stop_cleanl
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 NS = "/robot1"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch_names() -> set[str]:
+    """The node's topic and service names the launch file offers as arguments (its NAMES, read without
+    importing it: launch_ros does not install from PyPI)."""
+    tree = ast.parse((ROOT / "launch" / "ddclip.launch.py").read_text())
+    (names,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "NAMES"]
+    return {name for name, _ in ast.literal_eval(names).values()}
+
+
+# the names every rclpy node has (parameter services, rosout), and /diagnostics, which is global by convention
+STANDARD = ("/rosout", "/parameter_events", "/diagnostics")
+PARAMETER_SERVICES = ("describe_parameters", "get_parameter_types", "get_parameters", "list_parameters")
+PARAMETER_SERVICES += ("set_parameters", "set_parameters_atomically", "get_type_description")
 
 
 def parameter(name: str, value) -> Parameter:
@@ -76,6 +91,13 @@ class Client:
         found = lambda: any(m.track_id == track and m.num_views == views for m in self.matches)  # noqa: E731
         assert spin_until(self.node, found, timeout), [(m.track_id, m.num_views) for m in self.matches]
         return [m for m in self.matches if m.track_id == track][-1]
+
+
+def topics_of(node, name: str) -> set[str]:
+    """The topics the node ``name`` (in NS) publishes or subscribes to, as the graph shows them."""
+    published = node.get_publisher_names_and_types_by_node(name, NS)
+    subscribed = node.get_subscriber_names_and_types_by_node(name, NS)
+    return {topic for topic, _ in published + subscribed}
 
 
 def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
@@ -138,6 +160,14 @@ def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
         reply = client.call(client.query, Query.Request(text="a mug", sources=8))
         assert not reply.success and "unknown sources 8" in reply.message
         assert process.poll() is None
+
+        # Every name the node has, as remapped, is one a launch argument remaps.
+        offered = {name.replace("ddclip/views", "tracker/views") for name in launch_names()}
+        standard = {*STANDARD, *(f"{NS}/ddclip/{service}" for service in PARAMETER_SERVICES)}
+        assert spin_until(node, lambda: f"{NS}/ddclip/objects" in topics_of(node, "ddclip"), 30)
+        own = topics_of(node, "ddclip") | {n for n, _ in node.get_service_names_and_types_by_node("ddclip", NS)}
+        assert f"{NS}/ddclip/query" in own and f"{NS}/tracker/views" in own
+        assert {name.removeprefix(f"{NS}/") for name in own - standard} <= offered
         node.destroy_node()
     finally:
         rclpy.try_shutdown()
