@@ -63,9 +63,36 @@ def all_scores(segments: list[np.ndarray], q: np.ndarray) -> np.ndarray:
     )
 
 
+# each kind's parameters and their smallest valid value (Faiss aborts the process, crashes or allocates
+# without bound on values below these, e.g. HNSW m=0 or m<0, IVF nlist=0)
+_PARAMETERS = {
+    "flat": {},
+    "hnsw": {"m": 2, "ef_construction": 1, "ef_search": 1},
+    "ivfpq": {"nlist": 1, "pq_m": 1, "nprobe": 1, "rerank": 1},
+}
+
+
+def _check_parameters(kind: str, n: int, dim: int, params: dict[str, Any]) -> None:
+    if kind not in _PARAMETERS:
+        raise ValueError(f"unknown index kind {kind!r}: use 'flat', 'hnsw' or 'ivfpq'")
+    allowed = _PARAMETERS[kind]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed) if allowed else "none"
+        raise ValueError(f"unknown {kind} index parameter(s) {', '.join(map(repr, unknown))}: {kind} takes {known}")
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < allowed[key]:
+            raise ValueError(f"index parameter {key} must be an integer >= {allowed[key]}, got {value!r}")
+    if params.get("nlist", 1) > n:
+        raise ValueError(f"index parameter nlist ({params['nlist']}) must be at most the bank's {n} rows")
+    if params.get("pq_m", 1) > dim:
+        raise ValueError(f"index parameter pq_m ({params['pq_m']}) must be at most the dimension {dim}")
+
+
 def build(kind: str, vectors: np.ndarray, **params: Any) -> tuple[faiss.Index | None, dict[str, Any]]:
     """A trained, filled index of ``kind`` over ``vectors`` and its spec (kind + parameters)."""
     n, dim = vectors.shape
+    _check_parameters(kind, n, dim, params)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if kind == "flat":
         return None, {"kind": "flat"}

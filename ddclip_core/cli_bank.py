@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .bank import EmbeddingBank, Match
-from .cli_common import load_from_args, objects_from_args
+from .cli_common import load_from_args, objects_from_args, positive_int
 from .cluster import add_ray_argument
 
 
@@ -38,7 +38,10 @@ def _build_index(bank: EmbeddingBank, args: argparse.Namespace) -> None:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--index-param takes KEY=VALUE, got {item!r}")
-        params[key] = int(value)
+        try:
+            params[key] = int(value)
+        except ValueError:
+            raise ValueError(f"--index-param {item!r}: the value must be an integer") from None
     report = bank.build_index(args.index, **params)
     recall = f", recall@10 vs exact {report['recall@10']:.3f}" if "recall@10" in report else ""
     print(
@@ -209,8 +212,10 @@ def register(commands: Any, add_model_args: Any) -> None:
     )
     build.add_argument("folder", help="folder of objects")
     build.add_argument("--out", "-o", required=True, metavar="BANK", help="output bank folder")
-    build.add_argument("--views", type=int, metavar="F", help="images are strips of F views stacked vertically")
-    build.add_argument("--batch-size", type=int, default=16, help="objects per forward pass (default: 16)")
+    build.add_argument(
+        "--views", type=positive_int, metavar="F", help="images are strips of F views stacked vertically"
+    )
+    build.add_argument("--batch-size", type=positive_int, default=16, help="objects per forward pass (default: 16)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     _index_args(build)
     add_model_args(build)
@@ -236,10 +241,10 @@ def register(commands: Any, add_model_args: Any) -> None:
     search.add_argument("bank", help="bank folder")
     search.add_argument("text", nargs="?", help='text query, e.g. "a white couch"')
     search.add_argument("--views", nargs="+", metavar="IMAGE", help="views of one object as the query")
-    search.add_argument("--num-views", type=int, metavar="F", help="each --views image is a strip of F views")
+    search.add_argument("--num-views", type=positive_int, metavar="F", help="each --views image is a strip of F views")
     search.add_argument("--like", metavar="ID", help="objects similar to this bank object")
     search.add_argument("--mix", nargs=2, metavar=("A", "B"), help="concept mixing of two bank ids or texts")
-    search.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    search.add_argument("-k", type=positive_int, default=10, help="number of results (default: 10)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the query and its matches")
     add_model_args(search)
@@ -258,8 +263,8 @@ def register(commands: Any, add_model_args: Any) -> None:
     classify.add_argument(
         "--templates", default="openai", help="prompt templates: openai (80, default), simple (7), none, or a file"
     )
-    classify.add_argument("-k", type=int, default=5, help="labels per object (default: 5)")
-    classify.add_argument("--views", type=int, metavar="F", help="each image is a strip of F views")
+    classify.add_argument("-k", type=positive_int, default=5, help="labels per object (default: 5)")
+    classify.add_argument("--views", type=positive_int, metavar="F", help="each image is a strip of F views")
     classify.add_argument("--per-image", action="store_true", help="each image file is its own object")
     classify.add_argument("--json", action="store_true", help="print JSON")
     add_model_args(classify)

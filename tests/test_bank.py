@@ -104,6 +104,31 @@ def test_approximate_index_agrees_with_exact(kind, tmp_path):
     assert loaded.search(unit(np.ones(64)), 1)[0][0].id == "new"
 
 
+@pytest.mark.parametrize(
+    ("kind", "params", "message"),
+    [
+        ("hnsw", {"m": 0}, "m must be an integer >= 2, got 0"),  # Faiss aborted the process
+        ("hnsw", {"m": -5}, "m must be an integer >= 2, got -5"),  # Faiss allocated without bound
+        ("hnsw", {"ef_search": 0}, "ef_search must be an integer >= 1"),
+        ("hnsw", {"foo": 1}, "unknown hnsw index parameter(s) 'foo': hnsw takes m, ef_construction, ef_search"),
+        ("flat", {"m": 8}, "unknown flat index parameter(s) 'm': flat takes none"),
+        ("ivfpq", {"nlist": 0}, "nlist must be an integer >= 1, got 0"),  # Faiss crashed (SIGSEGV)
+        ("ivfpq", {"pq_m": 0}, "pq_m must be an integer >= 1, got 0"),
+        ("ivfpq", {"nprobe": -1}, "nprobe must be an integer >= 1, got -1"),
+        ("ivfpq", {"rerank": 0}, "rerank must be an integer >= 1, got 0"),
+        ("ivfpq", {"nlist": 5000}, "nlist (5000) must be at most the bank's 1000 rows"),
+        ("ivfpq", {"pq_m": 1.5}, "pq_m must be an integer >= 1, got 1.5"),
+    ],
+)
+def test_bad_index_parameters_are_refused_before_faiss_sees_them(kind, params, message):
+    bank = EmbeddingBank(16, weights_id="w")
+    bank.add(clustered(1000, 16))
+    with pytest.raises(ValueError) as error:
+        bank.build_index(kind, **params)
+    assert message in str(error.value)
+    assert bank.index_spec == {"kind": "flat"} and len(bank.search(bank.vectors()[:1], 3)[0]) == 3  # unchanged
+
+
 def test_concept_mixing_finds_the_object_between_two(small_bank):
     mug, ball = small_bank.embedding("obj0"), small_bank.embedding("obj5")
     small_bank.add(unit(mug + ball), [{"id": "mug-shaped-ball", "name": "mug-shaped ball"}])
@@ -190,6 +215,14 @@ def test_objaverse_bad_files(tmp_path):
     uid_map.write_text(good_map)
     with pytest.raises(ValueError, match="no dataset 'shape_feat'"):
         EmbeddingBank.from_objaverse(tmp_path / "other.h5", uid_map)
+    with h5py.File(tmp_path / "group.h5", "w") as handle:
+        handle.create_group("shape_feat")
+    with pytest.raises(ValueError, match="'shape_feat' is a group"):
+        EmbeddingBank.from_objaverse(tmp_path / "group.h5", uid_map)
+    with h5py.File(tmp_path / "ints.h5", "w") as handle:
+        handle.create_dataset("shape_feat", data=np.ones((20, 8), dtype=np.int64))
+    with pytest.raises(ValueError, match="must hold floating-point embeddings, got int64"):
+        EmbeddingBank.from_objaverse(tmp_path / "ints.h5", uid_map)
 
 
 @pytest.mark.parametrize(
