@@ -47,6 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (ValueError, FileNotFoundError, TypeError, ConnectionError, RuntimeError) as exc:
+    except (ValueError, OSError, TypeError, ConnectionError, RuntimeError) as exc:  # OSError: names its path
         print(f"ddclip {args.command}: error: {exc}", file=sys.stderr)
         return 2

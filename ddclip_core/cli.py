@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .cli_bank import register as register_bank
-from .cli_common import add_model_args, image_files, load_from_args, objects_from_args
+from .cli_common import add_model_args, image_files, load_from_args, objects_from_args, positive_int
 from .cli_memory import register as register_memory
 from .hub import PUBLISHED
 
@@ -149,7 +149,7 @@ def register(commands: Any) -> None:
     )
     encode.add_argument(
         "--views",
-        type=int,
+        type=positive_int,
         metavar="F",
         help="each image is a strip of F views stacked vertically (e.g. 12 for the published couch.jpg)",
     )
@@ -167,7 +167,7 @@ def register(commands: Any) -> None:
         choices=["stretch", "pad"],
         help="non-square views: stretch to a square (published, default) or pad with white",
     )
-    encode.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
+    encode.add_argument("--batch-size", type=positive_int, default=32, help="objects per forward pass (default: 32)")
     add_model_args(encode)
     encode.set_defaults(func=cmd_encode)
 
@@ -187,7 +187,7 @@ def register(commands: Any) -> None:
         description="Embed the example objects shipped in ddclip_core/assets (12 rendered views of real meshes "
         "each) with one view and with all views, and rank their labels by cosine similarity.",
     )
-    demo.add_argument("--views", type=int, default=12, help="views in each example strip (default: 12)")
+    demo.add_argument("--views", type=positive_int, default=12, help="views in each example strip (default: 12)")
     add_model_args(demo)
     demo.set_defaults(func=cmd_demo)
 

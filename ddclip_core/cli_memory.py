@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from .cli_common import add_model_args, load_from_args
+from .cli_common import add_model_args, load_from_args, non_negative_int, positive_int
 from .memory import MemoryFilter, ObjectMemory, SeenObject
 from .memory_store import MemoryStore, database_path
 from .stamped import Stamp
@@ -152,7 +152,7 @@ def register(commands: Any) -> None:
             )
             parser.add_argument("--near", metavar="X,Y,Z,R", help="posed within R metres of X,Y,Z (needs --frame)")
             parser.add_argument("--frame", help="the frame of --near")
-            parser.add_argument("--min-views", type=int, default=0, help="at least this many views")
+            parser.add_argument("--min-views", type=non_negative_int, default=0, help="at least this many views")
             parser.add_argument("--name", help="text in the enrolled name, a best match or the track id")
             parser.add_argument("--json", action="store_true", help="print JSON")
         parser.set_defaults(func=func)
@@ -160,11 +160,11 @@ def register(commands: Any) -> None:
 
     add("info", "size, weights, time span and frames of a memory", cmd_info, filters=False)
     listing = add("list", "remembered objects, most recently seen first", cmd_list)
-    listing.add_argument("--limit", type=int, default=50, help="objects at most (default: 50)")
+    listing.add_argument("--limit", type=positive_int, default=50, help="objects at most (default: 50)")
     query = add("query", "remembered objects ranked against a text (needs the weights the memory was made with)",
                 cmd_query)  # fmt: skip
     query.add_argument("text", help='what to look for, e.g. "red mug"')
-    query.add_argument("-k", type=int, default=10, help="results (default: 10)")
+    query.add_argument("-k", type=positive_int, default=10, help="results (default: 10)")
     add_model_args(query)
     export = add("export", "every object (and with --sightings its history) to CSV or Parquet", cmd_export, False)
     export.add_argument("out", help="out.csv or out.parquet")

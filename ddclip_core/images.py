@@ -127,6 +127,8 @@ def as_objects(views: Any, num_views: int | None = None) -> list[list[View]]:
     such single views. Several objects: a (B, F, H, W, 3) array, or a list whose items are each a
     list of views or an (F, H, W, 3) array. num_views=F splits every image into F stacked views.
     """
+    if num_views is not None and num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
     if isinstance(views, np.ndarray):
         if views.ndim == 5:
             if views.shape[0] == 0:

@@ -26,6 +26,14 @@ TEMPLATE_SETS: dict[str, list[str]] = {
 LVIS_FILES = ("lvis-annotations.json.gz", "lvis-annotations.json", "lvis.csv")
 
 
+def _one_label_slot(template: str) -> bool:
+    """Whether ``template.format(label)`` puts the label in exactly one place and nothing else fails."""
+    try:
+        return template.count("{}") == 1 and template.format("\0").count("\0") == 1
+    except (ValueError, IndexError, KeyError):  # stray braces, {1}, {name}
+        return False
+
+
 def load_templates(spec: str | Sequence[str] = "openai") -> list[str]:
     """A named template set (openai, simple, none), a text file with one template per line, or a list."""
     if isinstance(spec, str):
@@ -36,9 +44,9 @@ def load_templates(spec: str | Sequence[str] = "openai") -> list[str]:
             raise FileNotFoundError(f"template set {spec!r} is neither {', '.join(TEMPLATE_SETS)} nor a file")
         spec = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     templates = list(spec)
-    bad = [t for t in templates if "{}" not in t]
+    bad = [t for t in templates if not _one_label_slot(t)]
     if not templates or bad:
-        raise ValueError(f"templates must each contain '{{}}' for the label; bad: {bad[:3] or 'empty list'}")
+        raise ValueError(f"templates must each contain '{{}}' once for the label; bad: {bad[:3] or 'empty list'}")
     return templates
 
 

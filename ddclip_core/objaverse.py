@@ -37,8 +37,12 @@ def read_shape_embeddings(h5_path: str | Path, uid_map_path: str | Path) -> tupl
             if "shape_feat" not in handle:
                 raise ValueError(f"{h5_path}: no dataset 'shape_feat' (found: {', '.join(handle.keys()) or 'none'})")
             dataset = handle["shape_feat"]
+            if not isinstance(dataset, h5py.Dataset):
+                raise ValueError(f"{h5_path}: 'shape_feat' is a group, not a dataset of embeddings")
             if dataset.ndim != 2:
                 raise ValueError(f"{h5_path}: 'shape_feat' must be (N, D), got shape {dataset.shape}")
+            if not np.issubdtype(dataset.dtype, np.floating):
+                raise ValueError(f"{h5_path}: 'shape_feat' must hold floating-point embeddings, got {dataset.dtype}")
             vectors = dataset[()].astype(np.float32, copy=False)
     except OSError as exc:
         raise ValueError(f"{h5_path}: not a readable HDF5 file: {exc}") from exc

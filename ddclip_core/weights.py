@@ -113,6 +113,8 @@ def _read_torch(path: Path, trust_pickle: bool, zipped: bool) -> WeightFile:
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint: {exc}") from exc
+    except SafetensorError as exc:  # torch.load reads any *.safetensors name as safetensors
+        raise CheckpointError(f"{path}: a torch checkpoint under a .safetensors name (torch will not read it)") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(data).__name__}")
     if "state_dict" in data and isinstance(data["state_dict"], dict):

@@ -134,10 +134,16 @@ def test_random_weights_warn_loudly(images, tmp_path):
         (["encode", "{strip}", "--views", "5"], "not divisible by num_views=5"),
         (["encode", "{mug}", "--weights", "/no/such.ckpt"], "weights file not found"),
         (["text", " "], "text 0 is empty"),
+        (["encode", "{strip}", "--views", "-3"], "argument --views: must be >= 1, got -3"),  # was one stretched view
+        (["encode", "{strip}", "--views", "0"], "argument --views: must be >= 1, got 0"),
+        (["encode", "{mug}", "--batch-size", "x"], "argument --batch-size: must be an integer, got 'x'"),
+        (["encode", "{mug}", "--weights", "{torch_zip}"], "a torch checkpoint under a .safetensors name"),
     ],
 )
 def test_errors_are_one_clear_line(export, images, tmp_path, args, message):
-    args = [a.format(strip=images / "strip.png", mug=images / "mug") for a in args]
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.safetensors")  # torch.load then calls safetensors
+    paths = {"strip": images / "strip.png", "mug": images / "mug", "torch_zip": tmp_path / "model.safetensors"}
+    args = [a.format(**paths) for a in args]
     if "--weights" not in args:
         args += ["--weights", str(export)]
     result = ddclip(*args, "--out", str(tmp_path / "x.npy"))

@@ -69,6 +69,10 @@ def test_bad_label_inputs(tmp_path):
         load_labels(tmp_path / "empty.txt")
     with pytest.raises(ValueError, match="must each contain"):
         load_templates(["a photo of a thing"])
+    for template in ("a photo of {} and {}", "a {} of {1}", "a {} in {place}", "a {} {"):  # one label slot only
+        with pytest.raises(ValueError, match="must each contain '{}' once"):
+            load_templates([template])
+    assert load_templates(["a {{braced}} {}"]) == ["a {{braced}} {}"]
     with pytest.raises(FileNotFoundError, match="neither openai, simple, none nor a file"):
         load_templates("fancy")
 

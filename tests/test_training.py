@@ -22,7 +22,7 @@ from training.demo_set import captions_for
 from training.evaluate import evaluate_retrieval, evaluate_zero_shot, write_report
 from training.layout import DataError, DataFolder
 from training.loss import INIT_LOGIT_SCALE, ContrastiveLoss, info_nce
-from training.pack import pack
+from training.pack import pack, read_captions
 from training.render import MeshObject, RenderSettings, render_all
 from training.targets import compute_targets
 from training.train import train
@@ -402,3 +402,12 @@ def test_cli_help_lists_the_pipeline():
         assert command in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["data", "render", "--help"])
+
+
+def test_captions_json_of_the_wrong_shape_is_named(tmp_path):
+    (tmp_path / "good.json").write_text('{"u1": "a mug", "u2": ["a cup", "a red cup"]}')
+    assert read_captions(tmp_path / "good.json") == {"u1": ["a mug"], "u2": ["a cup", "a red cup"]}
+    for text in ('["a mug"]', '{"u1": 5}'):  # a list (was an AttributeError), a number (a TypeError's text)
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(DataError, match="captions JSON must be an object of uid: caption or uid: \\[captions\\]"):
+            read_captions(tmp_path / "bad.json")

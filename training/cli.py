@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ddclip_core.cli_common import add_model_args, load_from_args
+from ddclip_core.cli_common import add_model_args, load_from_args, positive_int
 from ddclip_core.cluster import add_ray_argument
 
 
@@ -219,8 +219,8 @@ def register(commands: Any) -> None:
     )
     render.add_argument("meshes", help="folder of meshes (searched recursively)")
     render.add_argument("out", help="output folder: OUT/<uid>/views.png + meta.json")
-    render.add_argument("--views", type=int, default=12, help="views per object (default: 12)")
-    render.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
+    render.add_argument("--views", type=positive_int, default=12, help="views per object (default: 12)")
+    render.add_argument("--workers", type=positive_int, default=2, help="parallel render processes (default: 2)")
     render.add_argument("--seed", type=int, default=0, help="camera seed (default: 0)")
     render.add_argument("--up", default="auto", choices=["auto", "y", "z"], help="up axis of the meshes")
     render.add_argument("--depth", action="store_true", help="also write depth.npz (for `ddclip data gaussians`)")
@@ -254,7 +254,7 @@ def register(commands: Any) -> None:
     )
     targets.add_argument("data", help="data folder (mv_images.h5 + model_to_idx.json)")
     targets.add_argument("--templates", default="simple", help="templates for category captions (default: simple)")
-    targets.add_argument("--batch-size", type=int, default=32, help="objects per forward pass (default: 32)")
+    targets.add_argument("--batch-size", type=positive_int, default=32, help="objects per forward pass (default: 32)")
     add_model_args(targets)
     add_ray_argument(targets)
     targets.set_defaults(func=cmd_targets)
@@ -267,11 +267,11 @@ def register(commands: Any) -> None:
         "them from their names and compute targets.",
     )
     demo.add_argument("out", help="output folder (OUT/renders, OUT/data)")
-    demo.add_argument("--renders", type=int, default=3, help="renders per object (default: 3)")
+    demo.add_argument("--renders", type=positive_int, default=3, help="renders per object (default: 3)")
     demo.add_argument(
         "--robosuite", metavar="WHEEL_OR_DIR", help="robosuite wheel (pip download --no-deps robosuite) or folder"
     )
-    demo.add_argument("--workers", type=int, default=2, help="parallel render processes (default: 2)")
+    demo.add_argument("--workers", type=positive_int, default=2, help="parallel render processes (default: 2)")
     demo.add_argument("--gaussians", action="store_true", help="also render depth and write gaussians.h5 (GS-CLIP)")
     add_model_args(demo)
     demo.set_defaults(func=cmd_demo_set)
@@ -321,7 +321,7 @@ def register(commands: Any) -> None:
     lvis.add_argument("--labels", help="CSV with uid and name/category columns (LVIS lvis.csv); default objects.csv")
     lvis.add_argument("--split", help="only objects of this split (train/val/test); default: all labelled")
     lvis.add_argument("--views", default="1,2,3,4,5,6,8,10,12", help="view counts (default: 1,2,3,4,5,6,8,10,12)")
-    lvis.add_argument("--seeds", type=int, default=3, help="random view subsets per count (default: 3)")
+    lvis.add_argument("--seeds", type=positive_int, default=3, help="random view subsets per count (default: 3)")
     lvis.add_argument("--templates", default="openai", help="prompt templates (default: openai, 80 prompts)")
     lvis.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(lvis)
@@ -361,7 +361,7 @@ def register(commands: Any) -> None:
     )
     photos.add_argument("folder", help="folder of class folders of object folders of photos")
     photos.add_argument("--views", default="1,6,12", help="view counts (default: 1,6,12)")
-    photos.add_argument("--seeds", type=int, default=3, help="random view subsets per count (default: 3)")
+    photos.add_argument("--seeds", type=positive_int, default=3, help="random view subsets per count (default: 3)")
     photos.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(photos)
     photos.set_defaults(func=cmd_eval_photos)

@@ -29,6 +29,8 @@ def read_captions(path: Path) -> dict[str, list[str]]:
     """Captions per uid from JSON ({uid: caption or [captions]}) or CSV (columns uid, caption)."""
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not all(isinstance(c, str | list) for c in data.values()):
+            raise DataError(f"{path}: captions JSON must be an object of uid: caption or uid: [captions]")
         return {uid: [c] if isinstance(c, str) else [str(x) for x in c] for uid, c in data.items()}
     captions: dict[str, list[str]] = {}
     with path.open(newline="") as f:
