@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .cli_bank import register as register_bank
-from .cli_common import add_model_args, image_files, load_from_args, objects_from_args, positive_int
+from .cli_common import add_model_args, image_files, load_from_args, objects_from_args, output_path, positive_int
 from .cli_memory import register as register_memory
 from .hub import PUBLISHED
 
@@ -69,6 +69,8 @@ def cmd_weights_info(args: argparse.Namespace) -> int:
 def cmd_weights_export(args: argparse.Namespace) -> int:
     from .weights import save_export
 
+    if not args.onnx and (args.onnx_precision != "fp32" or args.calibration):
+        raise ValueError("--onnx-precision and --calibration apply to an ONNX export: add --onnx")
     args.weights = args.source
     model = load_from_args(args)
     if args.onnx:
@@ -154,7 +156,7 @@ def register(commands: Any) -> None:
         help="each image is a strip of F views stacked vertically (e.g. 12 for the published couch.jpg)",
     )
     encode.add_argument("--per-image", action="store_true", help="treat each image file as a separate object")
-    encode.add_argument("--out", "-o", required=True, metavar="FILE.npy", help="output .npy file")
+    encode.add_argument("--out", "-o", type=output_path, required=True, metavar="FILE.npy", help="output .npy file")
     encode.add_argument(
         "--crop",
         default="center",
@@ -177,7 +179,7 @@ def register(commands: Any) -> None:
         description="Embed texts with the CLIP text tower (L2-normalised).",
     )
     text.add_argument("texts", nargs="+", metavar="TEXT", help='one or more texts, e.g. "a white couch"')
-    text.add_argument("--out", "-o", required=True, metavar="FILE.npy", help="output .npy file")
+    text.add_argument("--out", "-o", type=output_path, required=True, metavar="FILE.npy", help="output .npy file")
     add_model_args(text)
     text.set_defaults(func=cmd_text)
 
@@ -221,7 +223,7 @@ def register(commands: Any) -> None:
         "export", help="convert any supported weight file to a ddclip export (safetensors + config.json)"
     )
     export.add_argument("source", help="weight file to convert")
-    export.add_argument("out", help="output folder")
+    export.add_argument("out", type=output_path, help="output folder")
     export.add_argument(
         "--onnx",
         action="store_true",

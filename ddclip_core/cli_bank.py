@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .bank import EmbeddingBank, Match
-from .cli_common import load_from_args, objects_from_args, positive_int
+from .cli_common import load_from_args, objects_from_args, output_path, positive_int
 from .cluster import add_ray_argument
 
 
@@ -199,7 +199,7 @@ def register(commands: Any, add_model_args: Any) -> None:
     imp.add_argument(
         "--weights-id", help="id of the weights that made the embeddings (default: the published checkpoint)"
     )
-    imp.add_argument("--out", "-o", required=True, metavar="BANK", help="output bank folder")
+    imp.add_argument("--out", "-o", type=output_path, required=True, metavar="BANK", help="output bank folder")
     _index_args(imp)
     imp.set_defaults(func=cmd_import_objaverse)
 
@@ -211,7 +211,7 @@ def register(commands: Any, add_model_args: Any) -> None:
         "with an id column adds fields such as name and category.",
     )
     build.add_argument("folder", help="folder of objects")
-    build.add_argument("--out", "-o", required=True, metavar="BANK", help="output bank folder")
+    build.add_argument("--out", "-o", type=output_path, required=True, metavar="BANK", help="output bank folder")
     build.add_argument(
         "--views", type=positive_int, metavar="F", help="images are strips of F views stacked vertically"
     )

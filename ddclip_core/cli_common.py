@@ -9,6 +9,13 @@ from pathlib import Path
 from .images import IMAGE_SUFFIXES
 
 
+def output_path(text: str) -> str:
+    """argparse type: a path to write; an empty one would write into the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (counts, sizes, k), refused with the value otherwise."""
     return _int_at_least(text, 1)
@@ -63,6 +70,8 @@ def load_from_args(args: argparse.Namespace):
     from .factory import load_model
     from .hub import default_weights
 
+    if args.weights is not None and not args.weights.strip():
+        raise ValueError("--weights is empty: give a weights file, or leave the option out for the default")
     weights = args.weights or default_weights()
     return load_model(
         weights,

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from .cli_common import add_model_args, load_from_args, non_negative_int, positive_int
+from .cli_common import add_model_args, load_from_args, non_negative_int, output_path, positive_int
 from .memory import MemoryFilter, ObjectMemory, SeenObject
 from .memory_store import MemoryStore, database_path
 from .stamped import Stamp
@@ -167,5 +167,5 @@ def register(commands: Any) -> None:
     query.add_argument("-k", type=positive_int, default=10, help="results (default: 10)")
     add_model_args(query)
     export = add("export", "every object (and with --sightings its history) to CSV or Parquet", cmd_export, False)
-    export.add_argument("out", help="out.csv or out.parquet")
+    export.add_argument("out", type=output_path, help="out.csv or out.parquet")
     export.add_argument("--sightings", action="store_true", help="add each object's sightings as a JSON column")

@@ -138,6 +138,8 @@ def test_random_weights_warn_loudly(images, tmp_path):
         (["encode", "{strip}", "--views", "0"], "argument --views: must be >= 1, got 0"),
         (["encode", "{mug}", "--batch-size", "x"], "argument --batch-size: must be an integer, got 'x'"),
         (["encode", "{mug}", "--weights", "{torch_zip}"], "a torch checkpoint under a .safetensors name"),
+        (["text", "a mug", "--weights", ""], "--weights is empty"),  # fell back to random weights
+        (["encode", "{mug}", "--out", ""], "argument --out/-o: must not be empty"),  # wrote .npy in the cwd
     ],
 )
 def test_errors_are_one_clear_line(export, images, tmp_path, args, message):
@@ -211,3 +213,9 @@ def test_offline_download_of_everything_fails_fast_and_says_so(tmp_path):
         pytest.skip("Hugging Face is reachable here, and tests never download")
     result = ddclip("weights", "download", "--name", "all", "--dir", str(tmp_path))
     assert result.returncode == 2 and "Hugging Face is not reachable from this machine" in result.stderr
+
+
+def test_onnx_options_without_onnx_are_refused(export, tmp_path):
+    result = ddclip("weights", "export", str(export), str(tmp_path / "out"), "--onnx-precision", "int8-static")
+    assert result.returncode == 2 and "apply to an ONNX export: add --onnx" in result.stderr  # was ignored
+    assert not (tmp_path / "out").exists()

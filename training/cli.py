@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from ddclip_core.cli_common import add_model_args, load_from_args, positive_int
+from ddclip_core.cli_common import add_model_args, load_from_args, output_path, positive_int
 from ddclip_core.cluster import add_ray_argument
 
 
@@ -36,6 +37,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         report = render_all(objects, Path(args.out), settings, workers=args.workers)
     print(report)
+    if report.failed and not (report.rendered or report.skipped):  # nothing to show for the run
+        where = Path(args.out) / "failures.jsonl"
+        print(f"ddclip data render: error: all {report.failed} object(s) failed (reasons: {where})", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -218,7 +223,7 @@ def register(commands: Any) -> None:
         "random on a sphere. Resumable: finished objects are skipped. Failures go to OUT/failures.jsonl.",
     )
     render.add_argument("meshes", help="folder of meshes (searched recursively)")
-    render.add_argument("out", help="output folder: OUT/<uid>/views.png + meta.json")
+    render.add_argument("out", type=output_path, help="output folder: OUT/<uid>/views.png + meta.json")
     render.add_argument("--views", type=positive_int, default=12, help="views per object (default: 12)")
     render.add_argument("--workers", type=positive_int, default=2, help="parallel render processes (default: 2)")
     render.add_argument("--seed", type=int, default=0, help="camera seed (default: 0)")
@@ -239,7 +244,7 @@ def register(commands: Any) -> None:
         description="Pack rendered objects into the published layout, with objects.csv (name, category, split).",
     )
     pack.add_argument("renders", help="folder written by `ddclip data render`")
-    pack.add_argument("out", help="data folder to write")
+    pack.add_argument("out", type=output_path, help="data folder to write")
     pack.add_argument("--captions", metavar="FILE", help="captions: JSON {uid: [captions]} or CSV uid,caption")
     pack.add_argument("--val-fraction", type=float, default=0.0, help="fraction of objects held out (default: 0)")
     pack.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
@@ -266,7 +271,7 @@ def register(commands: Any) -> None:
         "installed robosuite) RENDERS times, pack them (last render of each object = val split), caption "
         "them from their names and compute targets.",
     )
-    demo.add_argument("out", help="output folder (OUT/renders, OUT/data)")
+    demo.add_argument("out", type=output_path, help="output folder (OUT/renders, OUT/data)")
     demo.add_argument("--renders", type=positive_int, default=3, help="renders per object (default: 3)")
     demo.add_argument(
         "--robosuite", metavar="WHEEL_OR_DIR", help="robosuite wheel (pip download --no-deps robosuite) or folder"

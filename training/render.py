@@ -292,6 +292,8 @@ def _load(obj: MeshObject, tmp: Path) -> int:
     if suffix == ".urdf":
         body = p.loadURDF(str(obj.path), baseOrientation=orientation, useFixedBase=True, globalScaling=obj.scale)
     else:
+        if suffix in (".obj", ".stl"):
+            _check_geometry(obj.path)  # pybullet's loader crashes the process on an OBJ without vertices
         mesh = obj.path if suffix in (".obj", ".stl") else _to_obj(obj.path, tmp)
         shape = p.createVisualShape(p.GEOM_MESH, fileName=str(mesh), meshScale=[obj.scale] * 3)
         if shape < 0:
@@ -303,6 +305,17 @@ def _load(obj: MeshObject, tmp: Path) -> int:
             raise RuntimeError(f"{obj.texture}: pybullet could not load the texture")
         p.changeVisualShape(body, -1, textureUniqueId=texture, rgbaColor=[1, 1, 1, 1])
     return body
+
+
+def _check_geometry(path: Path) -> None:
+    import trimesh
+
+    try:
+        scene = trimesh.load(path, force="scene")
+    except Exception as exc:  # trimesh raises what its parsers raise
+        raise ValueError(f"{path}: not a readable mesh: {exc}") from exc
+    if not any(len(getattr(g, "faces", ())) for g in scene.geometry.values()):
+        raise ValueError(f"{path}: no faces in the file")
 
 
 def _to_obj(path: Path, tmp: Path) -> Path:
