@@ -22,7 +22,7 @@ from training.demo_set import captions_for
 from training.evaluate import evaluate_retrieval, evaluate_zero_shot, write_report
 from training.layout import DataError, DataFolder
 from training.loss import INIT_LOGIT_SCALE, ContrastiveLoss, info_nce
-from training.pack import pack, read_captions
+from training.pack import pack
 from training.render import MeshObject, RenderSettings, render_all
 from training.targets import compute_targets
 from training.train import train
@@ -402,27 +402,3 @@ def test_cli_help_lists_the_pipeline():
         assert command in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["data", "render", "--help"])
-
-
-def test_captions_json_of_the_wrong_shape_is_named(tmp_path):
-    (tmp_path / "good.json").write_text('{"u1": "a mug", "u2": ["a cup", "a red cup"]}')
-    assert read_captions(tmp_path / "good.json") == {"u1": ["a mug"], "u2": ["a cup", "a red cup"]}
-    for text in ('["a mug"]', '{"u1": 5}'):  # a list (was an AttributeError), a number (a TypeError's text)
-        (tmp_path / "bad.json").write_text(text)
-        with pytest.raises(DataError, match="captions JSON must be an object of uid: caption or uid: \\[captions\\]"):
-            read_captions(tmp_path / "bad.json")
-
-
-def test_a_mesh_pybullet_cannot_read_fails_alone_and_a_run_with_nothing_rendered_fails(tmp_path, capsys):
-    from ddclip_cli import main
-
-    meshes = tmp_path / "meshes"
-    meshes.mkdir()
-    (meshes / "broken.obj").write_text("garbage\nf 1 2 3\n")  # no vertices: pybullet's loader crashed the process
-    assert main(["data", "render", str(meshes), str(tmp_path / "out"), "--views", "2", "--workers", "1"]) == 2
-    assert "all 1 object(s) failed" in capsys.readouterr().err
-    faces = "f 1 3 2\nf 1 2 4\nf 2 3 4\nf 3 1 4\n"
-    (meshes / "tetrahedron.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\n" + faces)
-    assert main(["data", "render", str(meshes), str(tmp_path / "out"), "--views", "2", "--workers", "1"]) == 0
-    assert (tmp_path / "out" / "tetrahedron" / "meta.json").is_file()
-    assert not (tmp_path / "out" / "broken").exists()
