@@ -20,16 +20,20 @@ from .cli_memory import register as register_memory
 from .hub import PUBLISHED
 
 
+def _npy_path(out: str) -> str:
+    """Where np.save writes ``out``: it appends .npy to any other name."""
+    return out if out.endswith(".npy") else f"{out}.npy"
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     objects, names = objects_from_args(args.images, args.per_image)
     model = load_from_args(args).set_preprocessing(crop=args.crop, resize=args.resize)
     embeddings = model.encode_views(objects, num_views=args.views, batch_size=args.batch_size)
     array = embeddings.cpu().numpy().astype(np.float32)
-    np.save(args.out, array)
+    out = _npy_path(args.out)
+    np.save(out, array)
     views = [len(o) * (args.views or 1) for o in objects]
-    print(
-        f"wrote {args.out}: {array.shape[0]} object(s) x {array.shape[1]} ({model.weights_source or 'random weights'})"
-    )
+    print(f"wrote {out}: {array.shape[0]} object(s) x {array.shape[1]} ({model.weights_source or 'random weights'})")
     for name, count in zip(names, views, strict=True):
         print(f"  {count:3d} view(s)  {name}")
     return 0
@@ -38,8 +42,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_text(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     array = model.encode_text(args.texts).cpu().numpy().astype(np.float32)
-    np.save(args.out, array)
-    print(f"wrote {args.out}: {array.shape[0]} text(s) x {array.shape[1]}")
+    out = _npy_path(args.out)
+    np.save(out, array)
+    print(f"wrote {out}: {array.shape[0]} text(s) x {array.shape[1]}")
     return 0
 
 

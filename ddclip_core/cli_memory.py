@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import time
 from typing import Any
 
@@ -31,10 +32,17 @@ def _filter(args: argparse.Namespace, memory: ObjectMemory) -> MemoryFilter:
     newest = max((o.last_seen for o in memory.objects()), default=Stamp())
     after = Stamp.from_seconds(max(0.0, newest.seconds - args.since)) if args.since else None
     centre, radius = None, 0.0
+    if args.since is not None and not (math.isfinite(args.since) and args.since > 0):
+        raise ValueError(f"--since wants a number of seconds > 0, got {args.since}")
+    if args.frame and not args.near:
+        raise ValueError("--frame applies to --near: give both")
     if args.near:
-        parts = [float(v) for v in args.near.split(",")]
-        if len(parts) != 4 or parts[3] <= 0:
-            raise ValueError(f"--near wants X,Y,Z,R with R > 0, got {args.near!r}")
+        try:
+            parts = [float(v) for v in args.near.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 4 or not all(map(math.isfinite, parts)) or parts[3] <= 0:
+            raise ValueError(f"--near wants four finite numbers X,Y,Z,R with R > 0, got {args.near!r}")
         if not args.frame:
             raise ValueError("--near needs --frame (the frame X,Y,Z are given in)")
         centre, radius = tuple(parts[:3]), parts[3]

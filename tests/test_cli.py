@@ -93,6 +93,9 @@ def test_text(export, tmp_path):
     assert result.returncode == 0, result.stderr
     expected = load_model(export, device="cpu").encode_text(["a white couch", "a red mug"]).numpy()
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    result = ddclip("text", "a mug", "--weights", str(export), "--out", str(tmp_path / "t2"))  # np.save adds .npy
+    written = tmp_path / "t2.npy"
+    assert result.returncode == 0 and f"wrote {written}:" in result.stdout and written.is_file()
 
 
 def test_weights_info_and_export(export, tmp_path):

@@ -65,5 +65,14 @@ def test_info_list_query_and_export(run, tmp_path):
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 3
     missing = ddclip("memory", "info", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no object memory at" in missing.stderr
-    bad = ddclip("memory", "list", str(folder / "memory"), "--near", "0,0,0", "--frame", "map")
-    assert bad.returncode == 2 and "--near wants X,Y,Z,R" in bad.stderr
+    memory = str(folder / "memory")
+    for args, message in [
+        (["--near", "0,0,0", "--frame", "map"], "--near wants four finite numbers X,Y,Z,R"),
+        (["--near", "nan,0,0,1", "--frame", "map"], "--near wants four finite numbers"),  # was an empty list
+        (["--near", "a,b,c,d", "--frame", "map"], "--near wants four finite numbers"),
+        (["--since", "-5"], "--since wants a number of seconds > 0, got -5.0"),  # was an empty list
+        (["--since", "inf"], "--since wants a number of seconds > 0"),  # did no filtering
+        (["--frame", "map"], "--frame applies to --near"),  # was ignored
+    ]:
+        bad = ddclip("memory", "list", memory, *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
