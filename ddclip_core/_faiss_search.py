@@ -107,26 +107,25 @@ def build(kind: str, vectors: np.ndarray, **params: Any) -> tuple[faiss.Index | 
             "ef_construction": index.hnsw.efConstruction,
             "ef_search": int(params.get("ef_search", 128)),
         }
-    if kind == "ivfpq":
-        if n < 1000:
-            raise ValueError(f"ivfpq needs at least 1000 rows to train, the bank has {n}: use 'flat' or 'hnsw'")
-        nlist = int(params.get("nlist", max(1, min(int(2 * math.sqrt(n)), n // 39))))
-        pq_m = int(params.get("pq_m", max(1, dim // 8)))  # 8 dimensions per sub-quantizer
-        if dim % pq_m:
-            raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
-        index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}", IP)
-        train = min(n, max(50_000, 39 * nlist))  # k-means wants >= 39 points per list
-        sample = vectors if train == n else vectors[np.sort(np.random.default_rng(0).choice(n, train, replace=False))]
-        index.train(sample)
-        index.add(vectors)
-        return index, {
-            "kind": "ivfpq",
-            "nlist": nlist,
-            "pq_m": pq_m,
-            "nprobe": int(params.get("nprobe", 32)),
-            "rerank": int(params.get("rerank", 16)),
-        }
-    raise ValueError(f"unknown index kind {kind!r}: use 'flat', 'hnsw' or 'ivfpq'")
+    # ivfpq: the only kind left (_check_parameters refused unknown ones)
+    if n < 1000:
+        raise ValueError(f"ivfpq needs at least 1000 rows to train, the bank has {n}: use 'flat' or 'hnsw'")
+    nlist = int(params.get("nlist", max(1, min(int(2 * math.sqrt(n)), n // 39))))
+    pq_m = int(params.get("pq_m", max(1, dim // 8)))  # 8 dimensions per sub-quantizer
+    if dim % pq_m:
+        raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}", IP)
+    train = min(n, max(50_000, 39 * nlist))  # k-means wants >= 39 points per list
+    sample = vectors if train == n else vectors[np.sort(np.random.default_rng(0).choice(n, train, replace=False))]
+    index.train(sample)
+    index.add(vectors)
+    return index, {
+        "kind": "ivfpq",
+        "nlist": nlist,
+        "pq_m": pq_m,
+        "nprobe": int(params.get("nprobe", 32)),
+        "rerank": int(params.get("rerank", 16)),
+    }
 
 
 def params(spec: dict[str, Any]) -> dict[str, Any]:

@@ -55,8 +55,8 @@ def build_bank(
     progress: bool = True,
 ) -> EmbeddingBank:
     """Embed every object of ``folder`` with ``model`` into a new bank (exact index)."""
-    if batch_size < 1 or (num_views is not None and num_views < 1):
-        raise ValueError(f"batch_size and num_views must be >= 1, got {batch_size} and {num_views}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     folder = Path(folder)
     objects = find_objects(folder)
     extra = extra_metadata(folder)

@@ -29,13 +29,13 @@ def _open(args: argparse.Namespace) -> ObjectMemory:
 
 
 def _filter(args: argparse.Namespace, memory: ObjectMemory) -> MemoryFilter:
-    newest = max((o.last_seen for o in memory.objects()), default=Stamp())
-    after = Stamp.from_seconds(max(0.0, newest.seconds - args.since)) if args.since else None
-    centre, radius = None, 0.0
     if args.since is not None and not (math.isfinite(args.since) and args.since > 0):
         raise ValueError(f"--since wants a number of seconds > 0, got {args.since}")
     if args.frame and not args.near:
         raise ValueError("--frame applies to --near: give both")
+    newest = max((o.last_seen for o in memory.objects()), default=Stamp())
+    after = Stamp.from_seconds(max(0.0, newest.seconds - args.since)) if args.since else None
+    centre, radius = None, 0.0
     if args.near:
         try:
             parts = [float(v) for v in args.near.split(",")]

@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -307,22 +308,23 @@ def _load(obj: MeshObject, tmp: Path) -> int:
     return body
 
 
-def _check_geometry(path: Path) -> None:
+def _load_scene(path: Path) -> Any:
     import trimesh
 
     try:
-        scene = trimesh.load(path, force="scene")
+        return trimesh.load(path, force="scene")
     except Exception as exc:  # trimesh raises what its parsers raise
         raise ValueError(f"{path}: not a readable mesh: {exc}") from exc
-    if not any(len(getattr(g, "faces", ())) for g in scene.geometry.values()):
+
+
+def _check_geometry(path: Path) -> None:
+    if not any(len(getattr(g, "faces", ())) for g in _load_scene(path).geometry.values()):
         raise ValueError(f"{path}: no faces in the file")
 
 
 def _to_obj(path: Path, tmp: Path) -> Path:
     # pybullet reads OBJ/STL only; trimesh converts GLB/GLTF/PLY keeping UVs and textures.
-    import trimesh
-
-    scene = trimesh.load(path, force="scene")
+    scene = _load_scene(path)
     if not scene.geometry:
         raise ValueError(f"{path}: no geometry in the file")
     out = tmp / "mesh.obj"
