@@ -106,6 +106,20 @@ def test_a_bank_with_a_file_replaced_or_truncated_is_refused(tmp_path):
         EmbeddingBank.load(tmp_path / "bank")
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, 3.0])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_bank_whose_vectors_file_holds_a_corrupt_row_is_refused_naming_it(tmp_path, value, mmap):
+    # The file keeps its size, so only the rows can tell: NaN scores would otherwise rank first.
+    bank_of(10, 1.0).save(tmp_path / "bank")
+    manifest = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    path = tmp_path / "bank" / manifest["files"]["vectors"]["path"]
+    vectors = np.load(path)
+    vectors[7, 3] = value
+    np.save(path, vectors)
+    with pytest.raises(ValueError, match=r"row 7 \(id '1-7'\) is not a unit vector .* the file is corrupt"):
+        EmbeddingBank.load(tmp_path / "bank", mmap=mmap)
+
+
 def test_a_format_1_bank_is_still_read_and_saving_upgrades_it(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()
