@@ -17,6 +17,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 
 from .atomic import write_atomically
 from .hub import cache_dir
+from .text_files import naming_file, read_text
 
 TEMPLATE_SETS: dict[str, list[str]] = {
     "openai": [template("{}") for template in OPENAI_IMAGENET_TEMPLATES],  # CLIP's 80 ImageNet prompts
@@ -42,7 +43,7 @@ def load_templates(spec: str | Sequence[str] = "openai") -> list[str]:
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"template set {spec!r} is neither {', '.join(TEMPLATE_SETS)} nor a file")
-        spec = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        spec = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     templates = list(spec)
     bad = [t for t in templates if not _one_label_slot(t)]
     if not templates or bad:
@@ -85,21 +86,38 @@ def load_labels(spec: str | os.PathLike | Sequence[str]) -> list[str]:
 
 def _read_label_file(path: Path) -> list[str]:
     name = path.name.lower()
-    if name.endswith((".json", ".json.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            data = json.load(handle)
-        return sorted(data) if isinstance(data, dict) else [str(x) for x in data]
-    if name.endswith(".csv"):
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        if not rows or "name" not in rows[0]:
-            raise ValueError(f"{path}: a label csv needs a 'name' column")
-        if "class_idx" in rows[0]:
-            by_class = {int(row["class_idx"]): row["name"] for row in rows}
-            return [by_class[i] for i in sorted(by_class)]
-        return list(dict.fromkeys(row["name"] for row in rows))
-    return path.read_text(encoding="utf-8").splitlines()
+    with naming_file(path):
+        if name.endswith((".json", ".json.gz")):
+            opener = gzip.open if name.endswith(".gz") else open
+            try:
+                with opener(path, "rt", encoding="utf-8") as handle:
+                    data = json.load(handle)
+            except OSError as exc:  # a .gz that is not gzip
+                raise ValueError(f"{path}: not readable ({exc})") from None
+            if isinstance(data, list) and all(isinstance(x, str) for x in data):
+                return data
+            if isinstance(data, dict):  # LVIS annotations: label -> uids
+                return sorted(data)
+            raise ValueError(f"{path}: a label JSON must be a list of strings or an object keyed by label")
+        if name.endswith(".csv"):
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            if not rows or "name" not in rows[0]:
+                raise ValueError(f"{path}: a label csv needs a 'name' column")
+            if "class_idx" in rows[0]:
+                return _labels_by_class(path, rows)
+            return list(dict.fromkeys(row["name"] or "" for row in rows))
+        return read_text(path).splitlines()
+
+
+def _labels_by_class(path: Path, rows: list[dict[str, str]]) -> list[str]:
+    by_class: dict[int, str] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            by_class[int(row["class_idx"])] = row["name"] or ""
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {line}: class_idx {row['class_idx']!r} is not an integer") from None
+    return [by_class[i] for i in sorted(by_class)]
 
 
 def prompt_name(label: str) -> str:

@@ -21,7 +21,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .text_files import naming_file, read_json
 
 PUBLISHED_WEIGHTS_ID = "published:Four_1to6F_bs1600_LT6"
 
@@ -46,15 +49,14 @@ def read_shape_embeddings(h5_path: str | Path, uid_map_path: str | Path) -> tupl
             vectors = dataset[()].astype(np.float32, copy=False)
     except OSError as exc:
         raise ValueError(f"{h5_path}: not a readable HDF5 file: {exc}") from exc
-    try:
-        uid_to_row = json.loads(uid_map_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{uid_map_path}: not valid JSON: {exc}") from exc
+    uid_to_row = read_json(uid_map_path)
     if not isinstance(uid_to_row, dict):
         raise ValueError(f"{uid_map_path}: expected a JSON object uid -> row")
     uids: list[str | None] = [None] * len(vectors)
     for uid, row in uid_to_row.items():
-        if not isinstance(row, int) or not 0 <= row < len(vectors):
+        if not uid.strip():
+            raise ValueError(f"{uid_map_path}: an empty uid maps to row {row!r}")
+        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < len(vectors):
             raise ValueError(f"{uid_map_path}: uid {uid!r} maps to row {row!r}, outside 0..{len(vectors) - 1}")
         if uids[row] is not None:
             raise ValueError(f"{uid_map_path}: row {row} is claimed by {uids[row]!r} and {uid!r}")
@@ -73,9 +75,12 @@ def read_names(path: str | Path, key: str = "uid") -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"names table not found: {path}")
     if path.suffix.lower() == ".parquet":
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except pa.ArrowException as exc:
+            raise ValueError(f"{path}: not a readable parquet table ({exc})") from None
     else:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with naming_file(path), path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     if not rows:
         raise ValueError(f"{path}: empty names table")
@@ -112,7 +117,7 @@ def read_cap3d_captions(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"captions file not found: {path}")
     captions: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    with naming_file(path), path.open(newline="", encoding="utf-8") as handle:
         for row in csv.reader(handle):
             if len(row) >= 2 and OBJAVERSE_UID.match(row[0]) and row[1].strip():
                 captions[row[0]] = row[1].strip()

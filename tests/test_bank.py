@@ -225,6 +225,30 @@ def test_objaverse_bad_files(tmp_path):
         EmbeddingBank.from_objaverse(tmp_path / "ints.h5", uid_map)
 
 
+def test_objaverse_uid_maps_and_tables_that_are_not_what_they_claim_are_refused_by_name(tmp_path):
+    _write_objaverse(tmp_path, n=20)
+    h5, uid_map = tmp_path / "shape_emb_objaverse.h5", tmp_path / "shape_emb_objaverse_model_to_idx.json"
+    mapping = json.loads(uid_map.read_text())
+    first = next(iter(mapping))
+    for bad, message in [
+        ({**mapping, first: True}, "maps to row True"),  # JSON true is a Python int: was row 1
+        ({**{k: v for k, v in mapping.items() if k != first}, "": mapping[first]}, "an empty uid maps to row"),
+    ]:
+        uid_map.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            EmbeddingBank.from_objaverse(h5, uid_map)
+    uid_map.write_bytes(b'{"\xff\xfe": 0}')
+    with pytest.raises(ValueError, match=f"{uid_map.name}: not UTF-8 text"):
+        EmbeddingBank.from_objaverse(h5, uid_map)
+    uid_map.write_text(json.dumps(mapping))
+    (tmp_path / "names.csv").write_bytes(b"uid,name\n\xff,x\n")
+    with pytest.raises(ValueError, match="names.csv: not UTF-8 text"):
+        EmbeddingBank.from_objaverse(h5, uid_map, names=tmp_path / "names.csv")
+    (tmp_path / "names.parquet").write_text("uid,name\n")
+    with pytest.raises(ValueError, match="names.parquet: not a readable parquet table"):
+        EmbeddingBank.from_objaverse(h5, uid_map, names=tmp_path / "names.parquet")
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
+import h5py
+import numpy as np
 import pytest
+from conftest import make_tiny
 
 from ddclip_cli import main
-from training.layout import DataError
+from training.config import TrainConfig
+from training.gaussian_data import write_gaussians
+from training.layout import DataError, DataFolder
 from training.pack import read_captions
+from training.targets import compute_targets
 
 pytest.importorskip("pybullet", reason="data preparation renders with pybullet (the 'train' extra)")
 
@@ -31,3 +39,67 @@ def test_a_mesh_pybullet_cannot_read_fails_alone_and_a_run_with_nothing_rendered
     assert main(["data", "render", str(meshes), str(tmp_path / "out"), "--views", "2", "--workers", "1"]) == 0
     assert (tmp_path / "out" / "tetrahedron" / "meta.json").is_file()
     assert not (tmp_path / "out" / "broken").exists()
+
+
+def _published_folder(root, objects=2):
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / "mv_images.h5", "w") as f:
+        f.create_dataset("imgs", data=np.zeros((objects, 2, 3, 224, 224), np.uint8))
+    (root / "model_to_idx.json").write_text(json.dumps({f"u{i}": i for i in range(objects)}))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("mv_images.h5", b"not hdf5", r"mv_images.h5: not a readable HDF5 file"),
+        ("model_to_idx.json", b'{"u0": 0, "u1": true}', r"row True of 'u1' is outside"),  # true was row 1
+        ("model_to_idx.json", b'{"u0": 0, " ": 1}', r"model_to_idx.json: an empty uid maps to row 1"),
+        ("model_to_idx.json", b'["u0", "u1"]', r"model_to_idx.json: expected a JSON object uid -> row"),
+        ("model_to_idx.json", b'{"u0": 0, ', r"model_to_idx.json: not valid JSON"),
+        ("objects.csv", b"name,split\nmug,train\n", r"objects.csv: no 'uid' column"),
+        ("objects.csv", b"uid,name\nu0,caf\xe9\n", r"objects.csv: not UTF-8 text"),
+        ("captions.json", b'["a mug"]', r"captions.json: expected a JSON object uid -> \[caption, ...\]"),
+        ("captions.json", b'{"u0": "a mug"}', r"captions.json: expected a JSON object"),  # a string, not a list
+    ],
+)
+def test_a_data_folder_with_a_bad_file_is_refused_naming_it(tmp_path, name, data, message):
+    DataFolder(_published_folder(tmp_path))  # the folder is good before the one file is spoiled
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        DataFolder(tmp_path)
+
+
+def test_targets_check_captions_before_the_images_and_leave_no_partial_file(tmp_path):
+    data = DataFolder(_published_folder(tmp_path))  # no captions, names or categories
+    model = make_tiny()
+    with pytest.raises(DataError, match="object 'u0' has neither captions nor a category/name"):
+        compute_targets(data, model, progress=False)
+    with pytest.raises(ValueError, match="templates must be one of"):
+        compute_targets(data, model, templates="fancy", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_to_idx.json", "mv_images.h5"]
+
+
+def test_a_failed_gaussians_run_leaves_no_partial_file(tmp_path):
+    data = DataFolder(_published_folder(tmp_path / "data"))
+    for uid in data.uids:  # renders without depth: the first object fails
+        (tmp_path / "renders" / uid).mkdir(parents=True)
+        (tmp_path / "renders" / uid / "meta.json").write_text("{}")
+    with pytest.raises(DataError, match="object 'u0' \\(row 0\\).*no depth"):
+        write_gaussians(data, tmp_path / "renders", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["model_to_idx.json", "mv_images.h5"]
+
+
+def test_training_configs_and_caption_files_that_do_not_parse_are_named(tmp_path):
+    for text, message in [
+        ("data: [1,\n", "not valid YAML"),
+        ("- 1\n- 2\n", "a training config is a YAML mapping of sections, got list"),
+    ]:
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ValueError, match=f"c.yaml: {message}"):
+            TrainConfig.load(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match=r"override 'data.batch_size=\[': '\[' is not a YAML value"):
+        TrainConfig.load(None, ["data.batch_size=["])
+    (tmp_path / "captions.csv").write_bytes(b"uid,caption\nu0,caf\xe9\n")
+    with pytest.raises(ValueError, match="captions.csv: not UTF-8 text"):
+        read_captions(tmp_path / "captions.csv")

@@ -75,6 +75,21 @@ def test_bad_label_inputs(tmp_path):
     assert load_templates(["a {{braced}} {}"]) == ["a {{braced}} {}"]
     with pytest.raises(FileNotFoundError, match="neither openai, simple, none nor a file"):
         load_templates("fancy")
+    bad_files = [
+        ("latin1.txt", "caf\xe9\n".encode("latin-1"), r"latin1.txt: not UTF-8 text \(byte 3"),
+        ("broken.json", b'["mug", ', r"broken.json: not valid JSON"),
+        ("numbers.json", b"[1, 2]", r"numbers.json: a label JSON must be a list of strings or an object"),
+        ("scalar.json", b'"mug"', r"scalar.json: a label JSON must be a list of strings or an object"),
+        ("notgzip.json.gz", b"[]", r"notgzip.json.gz: not readable"),
+        ("classes.csv", b"class_idx,name\none,mug\n", r"classes.csv: line 2: class_idx 'one' is not an integer"),
+    ]
+    for name, data, message in bad_files:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            load_labels(tmp_path / name)
+    (tmp_path / "templates.txt").write_bytes("une photo d'un {} \xe0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="templates.txt: not UTF-8 text"):
+        load_templates(str(tmp_path / "templates.txt"))
 
 
 def test_zero_shot_with_a_tiny_label_list(tmp_path):

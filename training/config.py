@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ddclip_core.text_files import read_text
+
 from .loss import INIT_LOGIT_SCALE
 
 
@@ -112,13 +114,22 @@ class TrainConfig:
             path = Path(path)
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no such config file")
-            data = yaml.safe_load(path.read_text()) or {}
+            try:
+                data = yaml.safe_load(read_text(path)) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML ({exc})") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: a training config is a YAML mapping of sections, got {type(data).__name__}")
         config = cls.from_dict(data)
         for override in overrides:
             key, sep, value = override.partition("=")
             if not sep:
                 raise ValueError(f"override {override!r} is not of the form section.key=value")
-            _set(config, key.strip(), yaml.safe_load(value))
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ValueError(f"override {override!r}: {value!r} is not a YAML value") from None
+            _set(config, key.strip(), parsed)
         config.validate()
         return config
 

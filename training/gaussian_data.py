@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from ddclip_core.atomic import atomic_path
 from ddclip_core.gaussians import CloudSettings, PosedImage, lift_points, points_from_depth, prepare_cloud
 from ddclip_core.gaussians.splats import NUM_FEATURES
 
@@ -198,9 +199,8 @@ def write_gaussians(
     if missing:
         raise DataError(f"{where}: nothing for {len(missing)} objects of {data.root} (e.g. {missing[0]!r})")
     out = data.path(GAUSSIANS)
-    tmp = out.with_suffix(".h5.tmp")
     n, p = data.num_objects, settings.max_points
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:  # a failed object leaves no partial file
         feats = f.create_dataset("features", (n, p, NUM_FEATURES), np.float16, chunks=(1, p, NUM_FEATURES))
         counts = f.create_dataset("counts", (n,), np.int32)
         centres = f.create_dataset("centre", (n, 3), np.float32)
@@ -229,7 +229,6 @@ def write_gaussians(
         f.attrs.update(max_points=p, voxel_fraction=settings.voxel_fraction, seed=settings.seed,
                        source="rgbd" if meshes is None else "mesh",
                        partial_views=list(settings.partial_views), cloud=settings.cloud.to_json())  # fmt: skip
-    tmp.replace(out)
     log.info("wrote %s: %d objects x up to %d Gaussians", out, n, p)
     return out
 

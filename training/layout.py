@@ -14,12 +14,13 @@ A folder holding only the two published files is valid: every object is then in 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ddclip_core.text_files import naming_file, read_json
 
 from .shards import missing_sources
 
@@ -54,10 +55,13 @@ class DataFolder:
         images = self.root / IMAGES
         if not images.is_file():
             raise DataError(f"{self.root}: no {IMAGES} (run `ddclip data pack` first)")
-        with h5py.File(images, "r") as f:
-            if "imgs" not in f:
-                raise DataError(f"{images}: no dataset 'imgs'")
-            shape = f["imgs"].shape
+        try:
+            with h5py.File(images, "r") as f:
+                if not isinstance(f.get("imgs"), h5py.Dataset):
+                    raise DataError(f"{images}: no dataset 'imgs'")
+                shape = f["imgs"].shape
+        except OSError as exc:
+            raise DataError(f"{images}: not a readable HDF5 file ({exc})") from None
         if len(shape) != 5 or shape[2] != 3 or f"{shape[3]}x{shape[4]}" != "224x224":
             raise DataError(f"{images}: imgs has shape {shape}, expected (N, V, 3, 224, 224)")
         check_shards(images)
@@ -70,10 +74,14 @@ class DataFolder:
         path = self.root / UID_MAP
         if not path.is_file():
             raise DataError(f"{self.root}: no {UID_MAP}")
-        mapping = json.loads(path.read_text())
+        mapping = read_json(path)
+        if not isinstance(mapping, dict):
+            raise DataError(f"{path}: expected a JSON object uid -> row")
         uids: list[str | None] = [None] * self.num_objects
         for uid, row in mapping.items():
-            if not isinstance(row, int) or not 0 <= row < self.num_objects:
+            if not uid.strip():
+                raise DataError(f"{path}: an empty uid maps to row {row!r}")
+            if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < self.num_objects:
                 raise DataError(f"{path}: row {row!r} of {uid!r} is outside 0..{self.num_objects - 1}")
             uids[row] = uid
         missing = [i for i, uid in enumerate(uids) if uid is None]
@@ -85,8 +93,11 @@ class DataFolder:
         path = self.root / OBJECTS
         if not path.is_file():
             return [ObjectInfo(uid) for uid in self.uids]
-        with path.open(newline="") as f:
-            rows = {row["uid"]: row for row in csv.DictReader(f)}
+        with naming_file(path), path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "uid" not in (reader.fieldnames or []):
+                raise DataError(f"{path}: no 'uid' column (columns: {reader.fieldnames})")
+            rows = {row["uid"]: row for row in reader}
         objects = []
         for uid in self.uids:
             row = rows.get(uid, {})
@@ -98,7 +109,11 @@ class DataFolder:
 
     def _read_captions(self) -> list[list[str]]:
         path = self.root / CAPTIONS
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = read_json(path) if path.is_file() else {}
+        if not isinstance(data, dict) or not all(
+            isinstance(c, list) and all(isinstance(x, str) for x in c) for c in data.values()
+        ):
+            raise DataError(f"{path}: expected a JSON object uid -> [caption, ...]")
         return [list(data.get(uid, [])) for uid in self.uids]
 
     def rows(self, split: str) -> np.ndarray:

@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ddclip_core.atomic import atomic_path
+from ddclip_core.text_files import naming_file, read_json
+
 from .layout import CAPTIONS, IMAGES, SPLITS, UID_MAP, DataError, ObjectInfo, write_objects
 
 log = logging.getLogger(__name__)
@@ -28,17 +31,17 @@ def rendered_objects(renders: Path) -> list[Path]:
 def read_captions(path: Path) -> dict[str, list[str]]:
     """Captions per uid from JSON ({uid: caption or [captions]}) or CSV (columns uid, caption)."""
     if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
+        data = read_json(path)
         if not isinstance(data, dict) or not all(isinstance(c, str | list) for c in data.values()):
             raise DataError(f"{path}: captions JSON must be an object of uid: caption or uid: [captions]")
         return {uid: [c] if isinstance(c, str) else [str(x) for x in c] for uid, c in data.items()}
     captions: dict[str, list[str]] = {}
-    with path.open(newline="") as f:
+    with naming_file(path), path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"uid", "caption"} <= set(reader.fieldnames):
             raise DataError(f"{path}: a captions CSV needs columns uid and caption, found {reader.fieldnames}")
         for row in reader:
-            if row["caption"].strip():
+            if (row["caption"] or "").strip():
                 captions.setdefault(row["uid"], []).append(row["caption"].strip())
     return captions
 
@@ -111,13 +114,10 @@ def pack(
     Returns the number of objects packed.
     """
     plan = plan_pack(renders, splits, val_fraction, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (IMAGES + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out / IMAGES) as tmp, h5py.File(tmp, "w") as f:  # a failed view leaves no partial file
         imgs = create_images(f, len(plan.folders), plan.num_views)
         for row, folder in enumerate(tqdm(plan.folders, desc="pack", unit="obj", disable=not progress)):
             imgs[row] = read_views(folder, plan.num_views)
-    tmp.replace(out / IMAGES)
     write_index(out, plan, captions)
     return len(plan.uids)
 

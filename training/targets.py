@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ddclip_core import DuoduoCLIP, PreprocessConfig, Preprocessor
+from ddclip_core.atomic import atomic_path
 from ddclip_core.labels import TEMPLATE_SETS
 
 from .layout import IMAGE_TARGETS, IMAGES, TEXT_TARGETS, DataError, DataFolder
@@ -80,21 +81,20 @@ def compute_targets(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dim, views = model.embed_dim, data.num_views
-    out = data.path(IMAGE_TARGETS)
-    with h5py.File(data.path(IMAGES), "r") as src, h5py.File(out.with_suffix(".tmp"), "w") as dst:
+    # Captions first: bad templates or an object with nothing to caption must stop the run before it
+    # spends its time on the images (and before it replaces a good image_embeddings.h5).
+    flat, offsets = flat_captions(object_captions(data, templates))
+    images, out = data.path(IMAGES), data.path(IMAGE_TARGETS)
+    with atomic_path(out) as tmp, h5py.File(images, "r") as src, h5py.File(tmp, "w") as dst:
         feats = dst.create_dataset("img_feat", shape=(data.num_objects, views, dim), dtype=dtype)
         for start in tqdm(range(0, data.num_objects, batch_size), desc="image targets", disable=not progress):
             embeddings = image_embeddings(model, src["imgs"][start : start + batch_size])
             feats[start : start + len(embeddings)] = embeddings.astype(dtype)
         dst.attrs["weights_id"] = model.weights_id
-    out.with_suffix(".tmp").replace(out)
 
-    flat, offsets = flat_captions(object_captions(data, templates))
     text = model.encode_text(flat, batch_size=256).cpu().numpy().astype(dtype)
-    out = data.path(TEXT_TARGETS)
-    with h5py.File(out.with_suffix(".tmp"), "w") as dst:
+    with atomic_path(data.path(TEXT_TARGETS)) as tmp, h5py.File(tmp, "w") as dst:
         dst.create_dataset("text_feat", data=text)
         write_text_index(dst, flat, offsets, model.weights_id, templates)
-    out.with_suffix(".tmp").replace(out)
     log.info("targets: %d views, %d captions, weights %s", data.num_objects * views, len(flat), model.weights_id)
     return data.num_objects * views, len(flat)

@@ -1,0 +1,32 @@
+"""Reading the text files users hand in (labels, templates, uid maps, captions, tables) so that a file
+that is not UTF-8 or not JSON is refused with an error naming it, not a bare codec or parser message."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def naming_file(path: str | os.PathLike) -> Iterator[None]:
+    """Errors of decoding ``path`` inside the block become ValueErrors that start with its name."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    with naming_file(path):
+        return Path(path).read_text(encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with naming_file(path):
+        return json.loads(read_text(path))
