@@ -29,4 +29,4 @@ def read_text(path: str | os.PathLike) -> str:
 
 def read_json(path: str | os.PathLike) -> Any:
     with naming_file(path):
-        return json.loads(read_text(path))
+        return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -41,8 +41,9 @@ def read_captions(path: Path) -> dict[str, list[str]]:
         if not reader.fieldnames or not {"uid", "caption"} <= set(reader.fieldnames):
             raise DataError(f"{path}: a captions CSV needs columns uid and caption, found {reader.fieldnames}")
         for row in reader:
-            if (row["caption"] or "").strip():
-                captions.setdefault(row["uid"], []).append(row["caption"].strip())
+            caption = (row["caption"] or "").strip()
+            if caption:
+                captions.setdefault(row["uid"], []).append(caption)
     return captions
 
 
