@@ -49,24 +49,34 @@ def read_shape_embeddings(h5_path: str | Path, uid_map_path: str | Path) -> tupl
             vectors = dataset[()].astype(np.float32, copy=False)
     except OSError as exc:
         raise ValueError(f"{h5_path}: not a readable HDF5 file: {exc}") from exc
-    uid_to_row = read_json(uid_map_path)
+    uids = read_uid_map(uid_map_path, len(vectors))
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{h5_path}: 'shape_feat' contains NaN or infinity")
+    return vectors, uids
+
+
+def read_uid_map(path: str | Path, num_rows: int) -> list[str]:
+    """The uid of each of ``num_rows`` rows, from a JSON object uid -> row (the published ``*model_to_idx.json``).
+
+    Every row must be claimed by exactly one non-empty uid: a gap or a row claimed twice would silently
+    name the wrong object, so both are refused.
+    """
+    uid_to_row = read_json(path)
     if not isinstance(uid_to_row, dict):
-        raise ValueError(f"{uid_map_path}: expected a JSON object uid -> row")
-    uids: list[str | None] = [None] * len(vectors)
+        raise ValueError(f"{path}: expected a JSON object uid -> row")
+    uids: list[str | None] = [None] * num_rows
     for uid, row in uid_to_row.items():
         if not uid.strip():
-            raise ValueError(f"{uid_map_path}: an empty uid maps to row {row!r}")
-        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < len(vectors):
-            raise ValueError(f"{uid_map_path}: uid {uid!r} maps to row {row!r}, outside 0..{len(vectors) - 1}")
+            raise ValueError(f"{path}: an empty uid maps to row {row!r}")
+        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < num_rows:
+            raise ValueError(f"{path}: uid {uid!r} maps to row {row!r}, outside 0..{num_rows - 1}")
         if uids[row] is not None:
-            raise ValueError(f"{uid_map_path}: row {row} is claimed by {uids[row]!r} and {uid!r}")
+            raise ValueError(f"{path}: row {row} is claimed by {uids[row]!r} and {uid!r}")
         uids[row] = uid
     missing = [row for row, uid in enumerate(uids) if uid is None]
     if missing:
-        raise ValueError(f"{uid_map_path}: {len(missing)} of {len(vectors)} rows have no uid (first: {missing[:5]})")
-    if not np.isfinite(vectors).all():
-        raise ValueError(f"{h5_path}: 'shape_feat' contains NaN or infinity")
-    return vectors, uids  # type: ignore[return-value]
+        raise ValueError(f"{path}: {len(missing)} of {num_rows} rows have no uid (first: {missing[:5]})")
+    return uids  # type: ignore[return-value]
 
 
 def read_names(path: str | Path, key: str = "uid") -> dict[str, dict[str, Any]]:

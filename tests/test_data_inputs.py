@@ -53,7 +53,9 @@ def _published_folder(root, objects=2):
     ("name", "data", "message"),
     [
         ("mv_images.h5", b"not hdf5", r"mv_images.h5: not a readable HDF5 file"),
-        ("model_to_idx.json", b'{"u0": 0, "u1": true}', r"row True of 'u1' is outside"),  # true was row 1
+        ("model_to_idx.json", b'{"u0": 0, "u1": true}', r"uid 'u1' maps to row True, outside 0..1"),  # true was row 1
+        ("model_to_idx.json", b'{"u0": 0, "u1": 0}', r"model_to_idx.json: row 0 is claimed by 'u0' and 'u1'"),
+        ("model_to_idx.json", b'{"u0": 0}', r"model_to_idx.json: 1 of 2 rows have no uid \(first: \[1\]\)"),
         ("model_to_idx.json", b'{"u0": 0, " ": 1}', r"model_to_idx.json: an empty uid maps to row 1"),
         ("model_to_idx.json", b'["u0", "u1"]', r"model_to_idx.json: expected a JSON object uid -> row"),
         ("model_to_idx.json", b'{"u0": 0, ', r"model_to_idx.json: not valid JSON"),

@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ddclip_core.objaverse import read_uid_map
 from ddclip_core.text_files import naming_file, read_json
 
 from .shards import missing_sources
@@ -74,20 +75,10 @@ class DataFolder:
         path = self.root / UID_MAP
         if not path.is_file():
             raise DataError(f"{self.root}: no {UID_MAP}")
-        mapping = read_json(path)
-        if not isinstance(mapping, dict):
-            raise DataError(f"{path}: expected a JSON object uid -> row")
-        uids: list[str | None] = [None] * self.num_objects
-        for uid, row in mapping.items():
-            if not uid.strip():
-                raise DataError(f"{path}: an empty uid maps to row {row!r}")
-            if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < self.num_objects:
-                raise DataError(f"{path}: row {row!r} of {uid!r} is outside 0..{self.num_objects - 1}")
-            uids[row] = uid
-        missing = [i for i, uid in enumerate(uids) if uid is None]
-        if missing:
-            raise DataError(f"{path}: rows {missing[:5]} of {IMAGES} have no uid")
-        return uids  # type: ignore[return-value]
+        try:
+            return read_uid_map(path, self.num_objects)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
 
     def _read_objects(self) -> list[ObjectInfo]:
         path = self.root / OBJECTS
