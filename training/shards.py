@@ -20,6 +20,8 @@ from pathlib import Path
 
 import h5py
 
+from ddclip_core.atomic import atomic_path
+
 SHARDS = "shards"
 
 
@@ -33,14 +35,8 @@ def shard_path(root: Path, kind: str, token: str, index: int) -> Path:
 
 def write_shard(path: Path, write: Callable[[h5py.File], None]) -> Path:
     """Write one shard under a temporary name, then rename: a killed worker never leaves half a shard."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        write(f)
     return path
 
 
@@ -74,8 +70,7 @@ def write_virtual(
     if not parts:
         raise ValueError(f"{path}: no shards to present")
     previous = _sources(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w", libver="latest") as out:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as out:  # a failure keeps the old file
         for name in names:
             shapes, dtype = [], None
             for part in parts:
@@ -94,7 +89,6 @@ def write_virtual(
             out.create_virtual_dataset(name, layout)
         if extra is not None:
             extra(out)
-    os.replace(tmp, path)
     return previous - {Path(part).resolve() for part in parts}
 
 
