@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import tempfile
 import time
 import traceback
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from ddclip_core.atomic import atomic_path, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -208,17 +209,15 @@ def _write(
 ) -> None:  # fmt: skip
     folder = out / obj.uid
     folder.mkdir(parents=True, exist_ok=True)
-    if depths is not None:  # before meta.json: an object only counts as done once everything is there
-        with open(folder / "depth.npz.tmp", "wb") as f:
+    # Each file replaces its old self atomically, meta.json last: an object only counts as done once
+    # everything is there, and an interrupted run never leaves a half-written file.
+    if depths is not None:
+        with atomic_path(folder / DEPTH_FILE) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, depth=depths.astype(np.float16))
-        os.replace(folder / "depth.npz.tmp", folder / DEPTH_FILE)
-    # Write to temporary names, then rename: an interrupted run never leaves a half object "done".
-    tmp_png, tmp_meta = folder / "views.png.tmp", folder / "meta.json.tmp"
-    Image.fromarray(np.concatenate(list(views), axis=0)).save(tmp_png, format="PNG", compress_level=1)
+    with atomic_path(folder / "views.png") as tmp:
+        Image.fromarray(np.concatenate(list(views), axis=0)).save(tmp, format="PNG", compress_level=1)
     meta = {"object": obj.to_json(), "views": len(views), "size": settings.size, "cameras": cameras}
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_png, folder / "views.png")
-    os.replace(tmp_meta, folder / "meta.json")
+    write_text_atomically(folder / "meta.json", json.dumps(meta, indent=1))
 
 
 def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
@@ -229,8 +228,9 @@ def render_object(obj: MeshObject, settings: RenderSettings) -> tuple[np.ndarray
     _connect(settings.renderer)
     p.resetSimulation()
     with tempfile.TemporaryDirectory(prefix="ddclip-render-") as tmp:
-        body = _load(obj, Path(tmp))
-        low, high = body_bounds(body)
+        parsed: dict[str, np.ndarray] = {}
+        body = _load(obj, Path(tmp), parsed)
+        low, high = body_bounds(body, parsed)
     centre = (low + high) / 2
     radius = max(float(np.linalg.norm(high - low)) / 2, 1e-6)
     # Same seed and uid give the same cameras: re-rendering an object reproduces it.
@@ -283,7 +283,9 @@ def _random_direction(rng: np.random.Generator) -> np.ndarray:
     )
 
 
-def _load(obj: MeshObject, tmp: Path) -> int:
+def _load(obj: MeshObject, tmp: Path, parsed: dict[str, np.ndarray] | None = None) -> int:
+    """Load ``obj`` into pybullet; ``parsed`` receives the (2, 3) bounds of each mesh file trimesh read
+    on the way, so ``body_bounds`` need not parse it again."""
     import pybullet as p
 
     if not obj.path.is_file():
@@ -294,8 +296,11 @@ def _load(obj: MeshObject, tmp: Path) -> int:
         body = p.loadURDF(str(obj.path), baseOrientation=orientation, useFixedBase=True, globalScaling=obj.scale)
     else:
         if suffix in (".obj", ".stl"):
-            _check_geometry(obj.path)  # pybullet's loader crashes the process on an OBJ without vertices
-        mesh = obj.path if suffix in (".obj", ".stl") else _to_obj(obj.path, tmp)
+            mesh, scene = obj.path, _check_geometry(obj.path)  # pybullet crashes on an OBJ without vertices
+        else:
+            mesh, scene = _to_obj(obj.path, tmp)
+        if parsed is not None and scene.bounds is not None:
+            parsed[str(mesh)] = np.asarray(scene.bounds, dtype=np.float64)
         shape = p.createVisualShape(p.GEOM_MESH, fileName=str(mesh), meshScale=[obj.scale] * 3)
         if shape < 0:
             raise RuntimeError(f"{obj.path}: pybullet could not load the mesh")
@@ -317,26 +322,29 @@ def _load_scene(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable mesh: {exc}") from exc
 
 
-def _check_geometry(path: Path) -> None:
-    if not any(len(getattr(g, "faces", ())) for g in _load_scene(path).geometry.values()):
+def _check_geometry(path: Path) -> Any:
+    scene = _load_scene(path)
+    if not any(len(getattr(g, "faces", ())) for g in scene.geometry.values()):
         raise ValueError(f"{path}: no faces in the file")
+    return scene
 
 
-def _to_obj(path: Path, tmp: Path) -> Path:
+def _to_obj(path: Path, tmp: Path) -> tuple[Path, Any]:
     # pybullet reads OBJ/STL only; trimesh converts GLB/GLTF/PLY keeping UVs and textures.
     scene = _load_scene(path)
     if not scene.geometry:
         raise ValueError(f"{path}: no geometry in the file")
     out = tmp / "mesh.obj"
-    scene.export(out, file_type="obj", include_texture=True)
-    return out
+    scene.export(out, file_type="obj", include_texture=True)  # the scene graph's transforms baked in
+    return out, scene
 
 
-def body_bounds(body: int) -> tuple[np.ndarray, np.ndarray]:
+def body_bounds(body: int, parsed: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned bounds of everything visible of a body, in world coordinates.
 
     pybullet's getAABB covers collision shapes only (zeros for visual-only bodies, just the base for
-    multi-link ones), so the visual shapes are measured too: meshes from their vertices.
+    multi-link ones), so the visual shapes are measured too: meshes from their vertices (``parsed``:
+    bounds already known by file name, as ``_load`` fills it).
     """
     import pybullet as p
 
@@ -348,7 +356,8 @@ def body_bounds(body: int) -> tuple[np.ndarray, np.ndarray]:
             points += [low, high]
     for shape in p.getVisualShapeData(body):
         link, geom, dims, filename, local_pos, local_orn = shape[1], shape[2], shape[3], shape[4], shape[5], shape[6]
-        corners = _shape_corners(geom, dims, filename.decode() if isinstance(filename, bytes) else filename)
+        name = filename.decode() if isinstance(filename, bytes) else filename
+        corners = _shape_corners(geom, dims, name, (parsed or {}).get(name))
         if corners is None:
             continue
         pos, orn = p.multiplyTransforms(*link_pose(body, link), local_pos, local_orn)
@@ -371,10 +380,14 @@ def link_pose(body: int, link: int) -> tuple:
     return p.getLinkState(body, link)[4:6]
 
 
-def _shape_corners(geom: int, dims: Sequence[float], filename: str) -> np.ndarray | None:
+def _shape_corners(
+    geom: int, dims: Sequence[float], filename: str, bounds: np.ndarray | None = None
+) -> np.ndarray | None:
     import pybullet as p
 
-    if geom == p.GEOM_MESH and filename and Path(filename).is_file():
+    if geom == p.GEOM_MESH and bounds is not None:
+        low, high = bounds * np.asarray(dims[:3])
+    elif geom == p.GEOM_MESH and filename and Path(filename).is_file():
         import trimesh
 
         mesh = trimesh.load(filename, force="mesh")
