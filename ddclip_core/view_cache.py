@@ -48,7 +48,11 @@ class ViewTokenCache:
         self.model, self.max_bytes, self.storage = model, max_bytes, STORAGE[storage]
         self._objects: OrderedDict[str, dict[int, torch.Tensor]] = OrderedDict()
         self._bytes = 0
-        self._forgets = 0  # calls of ``forget``: a ``warm`` that spans one stores nothing for a gone object
+        # Objects forgotten while an encode or warm ran the model (lock released): it must not store them.
+        self._forgets = 0  # calls of ``forget``
+        self._running = 0  # encodes and warms running the model now
+        self._forgotten_at: dict[str, int] = {}  # object -> the forget that dropped it, while any ran
+        self._cleared_at = 0  # the last forget of everything, while any ran
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -70,32 +74,40 @@ class ViewTokenCache:
         are not encoded again, and keys an object no longer lists are dropped (a view replaced by a more
         diverse one takes its tokens with it).
         """
-        missing = []
+        missing, hits = [], {}
         with self._lock:
             for object_id, keys, views in objects:
                 if len(keys) != len(views) or not views:
                     raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
                 entries = self._objects.get(object_id, {})
-                missing += [(object_id, key, view) for key, view in zip(keys, views, strict=True) if key not in entries]
-        fresh = self.model.view_tokens([view for _, _, view in missing]) if missing else None
-        found: dict[tuple[str, int], torch.Tensor] = {}
-        for i, (object_id, key, _) in enumerate(missing):
-            found[(object_id, key)] = fresh[i]
-        dtype = fresh.dtype if fresh is not None else torch.float32
+                for key, view in zip(keys, views, strict=True):
+                    if key in entries:  # taken now: a forget while the model runs cannot take them away
+                        hits[(object_id, key)] = entries[key]
+                    else:
+                        missing.append((object_id, key, view))
+            forgets = self._started()
+        try:
+            fresh = self.model.view_tokens([view for _, _, view in missing]) if missing else None
+            found = {(object_id, key): fresh[i] for i, (object_id, key, _) in enumerate(missing)}
+            dtype = fresh.dtype if fresh is not None else torch.float32
+            # this encode uses the fresh tokens as they are: it equals ``encode_views``
+            packed = [
+                hits[(o, k)].to(dtype) if (o, k) in hits else found[(o, k)] for o, keys, _ in objects for k in keys
+            ]
+        except BaseException:
+            self._finished()
+            raise
         with self._lock:
+            self._running -= 1
             self.stats.misses += len(missing)
-            packed = []
+            self.stats.hits += len(hits)
             for object_id, keys, _ in objects:
-                entries, new = self._objects.get(object_id, {}), {}
-                for key in keys:
-                    if key in entries:
-                        self.stats.hits += 1
-                        packed.append(entries[key].to(dtype))
-                    else:  # this encode uses the fresh tokens as they are: it equals ``encode_views``
-                        packed.append(found[(object_id, key)])
-                        new[key] = packed[-1].to(self.storage)
+                if self._forgotten_since(object_id, forgets):
+                    continue  # a forgotten object's tokens must not come back
+                new = {key: _own(found[(object_id, key)], self.storage) for key in keys if (object_id, key) in found}
                 self._store(object_id, keys, new)
             self._evict()
+            self._prune()
         tokens = torch.stack(packed)
         return self.model.embed_view_tokens(tokens, [len(keys) for _, keys, _ in objects], normalize=normalize)
 
@@ -108,19 +120,26 @@ class ViewTokenCache:
         with self._lock:
             entries = self._objects.get(object_id, {})
             missing = [(key, view) for key, view in zip(keys, views, strict=True) if key not in entries]
-            forgets = self._forgets
             if not missing:
                 self._store(object_id, keys, {})
                 self._evict()
                 return 0
-        fresh = self.model.view_tokens([view for _, view in missing])
+            forgets = self._started()
+        try:
+            fresh = self.model.view_tokens([view for _, view in missing])
+        except BaseException:
+            self._finished()
+            raise
         with self._lock:
+            self._running -= 1
             self.stats.misses += len(missing)
-            if self._forgets != forgets and object_id not in self._objects:
-                return 0  # (maybe) forgotten meanwhile: a forgotten object's tokens must not come back
+            if self._forgotten_since(object_id, forgets):
+                self._prune()
+                return 0  # a forgotten object's tokens must not come back
             self.stats.warmed += len(missing)
-            self._store(object_id, keys, {key: fresh[i].to(self.storage) for i, (key, _) in enumerate(missing)})
+            self._store(object_id, keys, {key: _own(fresh[i], self.storage) for i, (key, _) in enumerate(missing)})
             self._evict()
+            self._prune()
         return len(missing)
 
     def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor]) -> None:
@@ -136,10 +155,33 @@ class ViewTokenCache:
         self._bytes += sum(t.nbytes for t in kept.values()) - sum(t.nbytes for t in entries.values())
         self._objects[object_id] = kept
 
+    def _started(self) -> int:
+        """An encode or warm starts running the model (lock held); returns the forget count to compare."""
+        self._running += 1
+        return self._forgets
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._prune()
+
+    def _forgotten_since(self, object_id: str, forgets: int) -> bool:
+        """Whether a forget after ``forgets`` dropped this object (lock held)."""
+        return self._cleared_at > forgets or self._forgotten_at.get(object_id, 0) > forgets
+
+    def _prune(self) -> None:
+        if not self._running:  # no one left to ask: the record of forgotten objects is not needed
+            self._forgotten_at.clear()
+
     def forget(self, object_ids: Iterable[str] | None = None) -> None:
         """Drop these objects' tokens (all when None)."""
+        object_ids = None if object_ids is None else list(object_ids)
         with self._lock:
             self._forgets += 1
+            if self._running and object_ids is None:
+                self._cleared_at = self._forgets
+            elif self._running:
+                self._forgotten_at.update(dict.fromkeys(object_ids, self._forgets))
             for object_id in list(self._objects) if object_ids is None else object_ids:
                 entries = self._objects.pop(object_id, None)
                 if entries is not None:
@@ -154,6 +196,12 @@ class ViewTokenCache:
             self.stats.evicted_objects += len(self._objects)
             self._objects.clear()  # (not ``forget``: the lock is held here, and it is not reentrant)
             self._bytes = 0
+
+
+def _own(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A copy of one view's tokens in the storage type: a slice of the batch (what ``.to`` returns when the
+    type is already right) would keep the whole batch's memory alive while the cache counts one view."""
+    return tokens.to(dtype, copy=True)
 
 
 class ObjectViews:
