@@ -28,7 +28,7 @@ from ..identity import WeightsIdentity
 from ..labels import LabelSet
 from ..memory import ObjectMemory, SeenObject, Sighting
 from ..stamped import Header, Pose, Stamp
-from ..tracks import TrackBuffer, TrackPolicy, downsize
+from ..tracks import TrackBuffer, TrackPolicy
 from ..view_cache import ViewTokenCache
 from . import requests
 from .clouds import TrackClouds
@@ -87,7 +87,7 @@ class Perception:
         self.view_cache = (
             ViewTokenCache(model, c.view_cache_mb * 2**20, c.view_cache_storage) if c.view_cache_mb else None
         )
-        warm = (lambda job: self.view_cache.warm(job.track_id, job.keys, job.views)) if self.view_cache else None
+        warm = self._warm_views if self.view_cache else None
         self.worker = EncodeWorker(
             self._encode, self._deliver, queue_size=c.queue_size, max_batch=c.max_batch, warm=warm
         )
@@ -207,8 +207,7 @@ class Perception:
             track = self.buffer.get(track_id)
             views, pose = (list(track.views), track.pose) if track is not None else ([], None)
             keys = list(track.keys) if track is not None else None
-            job = EncodeJob(track_id, views, header=header or Header(), pose=pose, points=cloud, keys=keys)
-        self._submit(job)
+            self._submit(EncodeJob(track_id, views, header=header or Header(), pose=pose, points=cloud, keys=keys))
 
     def tick(self) -> None:
         """Encode tracks that went quiet for timeout_s, and let old ones go; call every ``tick_period``."""
@@ -231,10 +230,12 @@ class Perception:
                 for t in due
             ]
             gone = self.buffer.take_removed()
+            if gone:  # their warm jobs go; their queued encodes still deliver what was seen
+                self.worker.discard(gone, encodes=False)
+            for job in jobs:  # under the lock: a forget cannot fall between a job's number and its queueing
+                self._submit(job)
         if gone and self.view_cache is not None:
             self.view_cache.forget(gone)
-        for job in jobs:
-            self._submit(job)
 
     def _warm(self, track_ids: list[str]) -> None:
         """An idle encoder runs the tracks' new views through the per-view blocks ahead of their encode."""
@@ -242,9 +243,8 @@ class Perception:
             return
         with self._lock:
             tracks = [t for t in map(self.buffer.get, dict.fromkeys(track_ids)) if t is not None and t.views]
-            jobs = [WarmJob(t.track_id, list(t.keys), list(t.views)) for t in tracks]
-        for job in jobs:
-            self.worker.submit_warm(job)
+            for track in tracks:
+                self.worker.submit_warm(WarmJob(track.track_id, list(track.keys), list(track.views)))
 
     def _submit(self, job: EncodeJob) -> None:
         if not self.worker.submit(job):
@@ -265,9 +265,22 @@ class Perception:
         if cached:
             parts = [(jobs[i].track_id, jobs[i].keys, jobs[i].views) for i in cached]
             out[cached] = self.view_cache.encode(parts).cpu().numpy()
+            self._drop_departed([jobs[i].track_id for i in cached])
         if full:
             out[full] = self.model.encode_views([jobs[i].views for i in full], batch_size=len(full)).cpu().numpy()
         return out
+
+    def _warm_views(self, job: WarmJob) -> None:
+        self.view_cache.warm(job.track_id, job.keys, job.views)
+        self._drop_departed([job.track_id])
+
+    def _drop_departed(self, track_ids: list[str]) -> None:
+        """Tokens just stored for tracks that left the buffer meanwhile (forgotten, evicted) go again:
+        nothing would ever forget them."""
+        with self._lock:
+            departed = [track_id for track_id in track_ids if track_id not in self.buffer]
+        if departed:
+            self.view_cache.forget(departed)
 
     def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
         settings = self.settings
@@ -350,14 +363,14 @@ class Perception:
             self._forgotten = {t: s for t, s in self._forgotten.items() if oldest is not None and s >= oldest}
             count = len(ids) if older_than is not None else len(self.memory.forget(ids))  # forgotten above
             self.buffer.forget(ids)
-            self.buffer.take_removed()
+            removed = self.buffer.take_removed()  # the forgotten ones, and any other track that just left
             self.worker.discard(ids)
             for track_id in list(self.captions) if ids is None else ids:
                 self.captions.pop(track_id, None)
         if self.clouds is not None:
             self.clouds.forget(ids)
         if self.view_cache is not None:
-            self.view_cache.forget(ids)
+            self.view_cache.forget(None if ids is None else [*ids, *removed])
         if self.on_memory_change is not None and (count or ids is None):
             self.on_memory_change([], ids or [], ids is None)
         enrolled = list(dict.fromkeys(enrolled_ids))
@@ -378,19 +391,6 @@ class Perception:
         limit = self.settings.max_enroll_images
         if count > limit:
             raise RequestError(f"{count} images, at most max_enroll_images = {limit} per request")
-
-    def prepare_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Images given to enrol, bounded in number and downsized as tracked views are (so enrolment and
-        recognition preprocess alike)."""
-        self.check_image_count(len(images))
-        for i, image in enumerate(images):
-            if not (
-                isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-            ):
-                raise RequestError(f"image {i} is not an (H, W, 3) uint8 image")
-            if 0 in image.shape:
-                raise RequestError(f"image {i} has no pixels")
-        return [downsize(image, self.buffer.policy.max_side) for image in images]
 
     def remembered(self) -> list[SeenObject]:
         """Every remembered object, least recently seen first."""

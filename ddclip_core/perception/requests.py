@@ -14,6 +14,7 @@ import numpy as np
 from ..enrolled import PREFIX
 from ..memory import MemoryFilter, SeenObject
 from ..stamped import Stamp
+from ..tracks import downsize
 from .types import EnrollAnswer, QueryAnswer, QueryHit, QueryRequest, RequestError, Source
 from .worker import EncodeJob
 
@@ -114,7 +115,7 @@ def _query_vector(engine: Perception, request: QueryRequest) -> np.ndarray:
     if text:
         return model_call(engine.model.encode_text, text, what="encoding the query text").cpu().numpy()
     if request.images:
-        job = EncodeJob("", engine.prepare_images(list(request.images)))
+        job = EncodeJob("", prepare_images(engine, list(request.images)))
         return model_call(engine._encode, [job], what="encoding the query images")
     with engine._lock:
         vector = engine.memory.embedding(request.like_track_id)
@@ -150,7 +151,7 @@ def enroll(engine: Perception, name: str, category: str, track_id: str, images: 
             raise RequestError(f"no views of track {track_id!r} (unknown, forgotten or expired)")
         job = EncodeJob(track_id, views, points=cloud)
     elif images:
-        job = EncodeJob("", engine.prepare_images(images))
+        job = EncodeJob("", prepare_images(engine, images))
     else:
         raise RequestError("give a track_id or images")
     # The same encoder path as recognition (fusion included), so an enrolled object matches itself.
@@ -175,3 +176,15 @@ def model_call(function, *args, what: str):
         raise RequestError(f"{what}: {exc}") from exc
     except Exception as exc:  # out of memory, a device error: the request fails, the engine goes on
         raise RequestError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def prepare_images(engine: Perception, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Images given to enrol, bounded in number and downsized as tracked views are (so enrolment and
+    recognition preprocess alike)."""
+    engine.check_image_count(len(images))
+    for i, image in enumerate(images):
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+            raise RequestError(f"image {i} is not an (H, W, 3) uint8 image")
+        if 0 in image.shape:
+            raise RequestError(f"image {i} has no pixels")
+    return [downsize(image, engine.buffer.policy.max_side) for image in images]

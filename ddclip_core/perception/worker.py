@@ -173,10 +173,12 @@ class EncodeWorker:
         with self._ready:
             return track_id in self._jobs
 
-    def discard(self, track_ids: Iterable[str] | None = None) -> int:
-        """Take queued jobs of these tracks (all when None) back; returns how many."""
+    def discard(self, track_ids: Iterable[str] | None = None, *, encodes: bool = True) -> int:
+        """Take queued jobs of these tracks (all when None) back; returns how many encode jobs.
+        encodes=False: their warm jobs only."""
         with self._ready:
             ids = list(self._jobs) if track_ids is None else [t for t in track_ids if t in self._jobs]
+            ids = ids if encodes else []
             for track_id in ids:
                 del self._jobs[track_id]
             for track_id in list(self._warm_jobs) if track_ids is None else track_ids:
