@@ -11,8 +11,10 @@ A memory folder of an earlier version (``memory.npz`` [+ ``memory.json``]) is mi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,24 +98,17 @@ class ObjectMemory:
         self._objects: list[SeenObject] = []
         self._row: dict[str, int] = {}
         self._frames: dict[str, int] = {}
-        self._arrays = {
-            "emb": np.zeros((16, dim), np.float32),
-            "last": np.zeros(16),
-            "views": np.zeros(16, np.int32),
-            "frame": np.zeros(16, np.int32),
-            "xyz": np.zeros((16, 3)),
-            "touched": np.zeros(16, np.int64),
-        }
-        self._touch = 0
-        self._next_marker = 1
         folder = None if path is None else database_path(path).parent
-        migrate = folder is not None and not database_path(path).exists() and (folder / legacy.OLD_FILE).is_file()
         self.store = MemoryStore(path, read_only=read_only, sync=sync)
         try:
             self._check_identity(read_only)
             self._load()
-            if migrate:
-                self._migrate(folder)
+            # An old folder is migrated in one transaction, then retired; until then it is read at every
+            # start (an empty memory beside it: a migration refused or cut short), so a refusal holds.
+            if folder is not None and not read_only and (folder / legacy.OLD_FILE).is_file():
+                if not len(self):
+                    self._migrate(folder)
+                legacy.retire_old_memory(folder)
         except BaseException:
             self.store.close()
             raise
@@ -136,6 +131,17 @@ class ObjectMemory:
         return self.store.meta.get("weights_id", "")
 
     def _load(self) -> None:
+        """RAM from the database (at start, and after a failed write, which SQLite rolled back)."""
+        self._objects, self._row, self._frames = [], {}, {}
+        self._arrays = {
+            "emb": np.zeros((16, self.dim), np.float32),
+            "last": np.zeros(16),
+            "views": np.zeros(16, np.int32),
+            "frame": np.zeros(16, np.int32),
+            "xyz": np.zeros((16, 3)),
+            "touched": np.zeros(16, np.int64),
+        }
+        self._next_marker = 1
         self._grow(self.store.count())
         for row in self.store.objects():
             track_id, marker, blob, name, fs, fn, ls, ln, views, camera = row[:10]
@@ -155,12 +161,15 @@ class ObjectMemory:
         meta, records = legacy.read_old_memory(folder)
         if self.identity is not None:
             self.identity.check(meta.get("weights_id"), f"{folder / legacy.OLD_FILE}: the object memory was")
-        self.record([(Sighting(r["track_id"], r["stamp"], r["num_views"], r["camera_frame"], r["pose"]), v)
-                     for r, v in records])  # fmt: skip
-        for record, _ in records:
-            if record["name"]:
-                self.name(record["track_id"], record["name"])
-        legacy.retire_old_memory(folder)
+        batch = [(Sighting(r["track_id"], r["stamp"], r["num_views"], r["camera_frame"], r["pose"]), v)
+                 for r, v in records]  # fmt: skip
+        vectors = [as_queries(vector, self.dim)[0] for _, vector in batch]
+        with self._writing():
+            self._record(batch, vectors)
+            for record, _ in records:
+                if record["name"] and record["track_id"] in self._row:  # not evicted (max_objects)
+                    self._objects[self._row[record["track_id"]]].name = record["name"]
+                    self.store.rename(record["track_id"], record["name"])
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -194,25 +203,38 @@ class ObjectMemory:
     def record(self, batch: list[tuple[Sighting, Any]]) -> tuple[list[SeenObject], list[str]]:
         """Store a batch of sightings with their embeddings in one transaction; returns (updated objects,
         ids evicted to stay within max_objects)."""
-        vectors = [as_queries(vector, self.dim)[0] for _, vector in batch]
+        vectors = [as_queries(vector, self.dim)[0] for _, vector in batch]  # bad input: before any write
+        with self._writing():
+            return self._record(batch, vectors)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction; when it fails, RAM is read back from the database, which rolled it back."""
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._load()
+            raise
+
+    def _record(self, batch: list[tuple[Sighting, Any]], vectors: list[np.ndarray]) -> tuple[list, list[str]]:
         updated, evicted = [], []
-        with self.store.transaction():
-            for (sighting, _), vector in zip(batch, vectors, strict=True):
-                seen = self._merge(sighting)
-                self._touch += 1
-                self._put(seen, vector, self._touch)
-                self.store.upsert(self._row_of(seen, vector))
-                self.store.add_sighting(
-                    seen.track_id, sighting.stamp, sighting.num_views, sighting.camera_frame, sighting.pose,
-                    json.dumps(sighting.names),
-                )  # fmt: skip
-                self.store.trim_sightings(seen.track_id, self.max_sightings)
-                updated.append(seen)
-            while len(self) > self.max_objects:
-                oldest = self._objects[int(np.argmin(self._arrays["touched"][: len(self)]))].track_id
-                self._drop(oldest)
-                evicted.append(oldest)
-            self.store.delete(evicted)
+        for (sighting, _), vector in zip(batch, vectors, strict=True):
+            seen = self._merge(sighting)
+            self._touch += 1
+            self._put(seen, vector, self._touch)
+            self.store.upsert(self._row_of(seen, vector))
+            self.store.add_sighting(
+                seen.track_id, sighting.stamp, sighting.num_views, sighting.camera_frame, sighting.pose,
+                json.dumps(sighting.names),
+            )  # fmt: skip
+            self.store.trim_sightings(seen.track_id, self.max_sightings)
+            updated.append(seen)
+        while len(self) > self.max_objects:
+            oldest = self._objects[int(np.argmin(self._arrays["touched"][: len(self)]))].track_id
+            self._drop(oldest)
+            evicted.append(oldest)
+        self.store.delete(evicted)
         return [u for u in updated if u.track_id in self._row], evicted
 
     def _merge(self, sighting: Sighting) -> SeenObject:
@@ -274,9 +296,9 @@ class ObjectMemory:
 
     def name(self, track_id: str, name: str) -> None:
         row = self._row[track_id]
-        self._objects[row].name = name
         with self.store.transaction():
             self.store.rename(track_id, name)
+        self._objects[row].name = name  # once committed
 
     def forget(self, track_ids: list[str] | None = None, older_than: Stamp | None = None) -> list[str]:
         """Forget these objects (all when None and no older_than), or those last seen before older_than."""
@@ -288,6 +310,7 @@ class ObjectMemory:
             ids = list(self._row)
         else:
             ids = [t for t in dict.fromkeys(track_ids) if t in self._row]
+        ids = list(dict.fromkeys(ids))
         with self.store.transaction():
             if track_ids is None and older_than is None:
                 self.store.delete_all()

@@ -54,9 +54,10 @@ class MemoryInUse(RuntimeError):
 
 
 def database_path(path: str | os.PathLike) -> Path:
-    """A memory folder (memory_path) or the database file itself -> the database file."""
+    """A memory folder (memory_path) or the database file itself -> the database file. A path that does
+    not exist yet is a folder unless it ends in ``.db`` (a folder named ``robot.v2`` is a folder)."""
     path = Path(path)
-    return path / FILE if path.is_dir() or not path.suffix else path
+    return path if path.is_file() or (not path.exists() and path.suffix == ".db") else path / FILE
 
 
 def pose_text(pose: Pose | None) -> str | None:
@@ -91,7 +92,7 @@ class MemoryStore:
         if self.path is not None and read_only:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no object memory at {self.path}")
-            uri = f"file:{self.path}?mode=ro"
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # escaped: '#' or '?' in a folder name
             self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             if self.path is not None:
@@ -100,11 +101,11 @@ class MemoryStore:
             self.db = sqlite3.connect(where, check_same_thread=False, isolation_level=None)
         try:
             self.db.execute("PRAGMA foreign_keys = ON")
+            self.meta = self._meta(read_only)  # first: a file that is not a memory is left as it was
             if not read_only:
                 if self.path is not None:
                     self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute(f"PRAGMA synchronous = {sync.upper()}")
-            self.meta = self._meta(read_only)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise ValueError(f"{where}: not a readable object memory ({exc})") from exc
@@ -129,10 +130,10 @@ class MemoryStore:
 
     def _meta(self, read_only: bool) -> dict[str, str]:
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables and not read_only:
-            self.db.executescript(SCHEMA)
-            self.db.executemany(
-                "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("schema_version", str(SCHEMA_VERSION))]
+        if not tables and not read_only:  # one transaction: a crash leaves no memory without its format
+            self.db.executescript(
+                f"BEGIN IMMEDIATE; {SCHEMA} INSERT INTO meta VALUES ('format', '{FORMAT}'), "
+                f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
             )
         if "meta" not in tables and tables:
             raise ValueError(f"{self.path}: an SQLite database, but not a ddclip object memory")

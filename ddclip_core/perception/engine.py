@@ -27,6 +27,7 @@ from ..enrolled import EnrolledObjects
 from ..identity import WeightsIdentity
 from ..labels import LabelSet
 from ..memory import ObjectMemory, SeenObject, Sighting
+from ..memory_store import database_path
 from ..stamped import Header, Pose, Stamp
 from ..tracks import TrackBuffer, TrackPolicy
 from ..view_cache import ViewTokenCache
@@ -71,8 +72,9 @@ class Perception:
         self.embedding_identity = self.identity.fused(clouds.fusion_suffix) if clouds else self.identity
         if labels is not None:
             labels.embeddings(model)  # computed (and kept by the label set) now, not in the first batch
-        memory_path = self.config.memory_path or None
-        self.enrolled = EnrolledObjects(model.embed_dim, self.embedding_identity, memory_path, bank_weights=model)
+        # enrolled names beside the memory's database (memory_path: its folder, or the .db file itself)
+        folder = database_path(self.config.memory_path).parent if self.config.memory_path else None
+        self.enrolled = EnrolledObjects(model.embed_dim, self.embedding_identity, folder, bank_weights=model)
         self.bank = self.enrolled.into(bank)
         self.memory = self._open_memory()
         self.buffer = TrackBuffer(self._policy(self.settings))
