@@ -30,6 +30,7 @@ from .atomic import atomic_path, write_text_atomically
 FORMAT = "ddclip-bank"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+BASE_FIELDS = ("id", "name", "category", "source")  # metadata every row has, as text
 MANIFEST = "bank.json"
 LOAD_ATTEMPTS = 5
 T = TypeVar("T")
@@ -86,6 +87,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise BankError(
             f"{folder}: bank format version {manifest.get('version')}, this ddclip reads {READABLE_VERSIONS}"
         )
+    files = manifest.get("files", {})
+    entries = files.items() if isinstance(files, dict) else [("files", files)]
+    for role, entry in entries:  # a save deletes the files the old manifest named: only the folder's own
+        name = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise BankError(f"{path}: the {role} file must be a file name in the bank's folder, got {name!r}")
     return manifest
 
 
@@ -213,3 +220,21 @@ def _files_named(folder: Path) -> set[str]:
     if manifest["version"] == 1:
         return {name for name in V1_FILES.values() if (folder / name).is_file()}
     return {entry["path"] for entry in manifest.get("files", {}).values()}
+
+
+def append_records(table: pa.Table, records: list[dict[str, Any]]) -> pa.Table:
+    """``table`` with a row per metadata record: the base fields as text, other fields as they come.
+    BankError when a field's values do not fit the type it has in the table."""
+    columns: dict[str, list[Any]] = {name: [] for name in BASE_FIELDS}
+    for record in records:
+        for key in record:
+            columns.setdefault(key, [])
+    for record in records:
+        for key, values in columns.items():
+            value = record.get(key)
+            values.append(None if value is None else (value if key not in BASE_FIELDS else str(value)))
+    try:
+        new = pa.table({k: pa.array(v, pa.string()) if k in BASE_FIELDS else pa.array(v) for k, v in columns.items()})
+        return pa.concat_tables([table, new], promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise BankError(f"metadata that does not fit the bank's fields (a field of another type?): {exc}") from None

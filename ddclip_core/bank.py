@@ -27,10 +27,8 @@ import pyarrow as pa
 
 from . import _bank_files as files
 from . import _faiss_search as fs
-from ._bank_files import BankError
+from ._bank_files import BASE_FIELDS, BankError
 from .identity import WeightsMismatchError, compatible, identity_of
-
-BASE_FIELDS = ("id", "name", "category", "source")
 
 
 class BankMismatchError(BankError, WeightsMismatchError):
@@ -151,6 +149,7 @@ class EmbeddingBank:
             record["id"] = item_id
             seen.add(item_id)
             new_ids.append(item_id)
+        metadata = files.append_records(self._metadata, records)  # first: a failure changes nothing
         for item_id in new_ids:  # a re-added id hides its removed predecessor
             if item_id in rows:
                 rows.pop(item_id)
@@ -159,7 +158,7 @@ class EmbeddingBank:
         self._ids.extend(new_ids)
         rows.update({item_id: first + i for i, item_id in enumerate(new_ids)})
         self._removed = np.concatenate([self._removed, np.zeros(len(new_ids), dtype=bool)])
-        self._metadata = pa.concat_tables([self._metadata, _records_table(records)], promote_options="default")
+        self._metadata = metadata
         if self._index is not None:  # index ids are row numbers: rows are only ever appended
             self._index.add(vectors)
         return new_ids
@@ -318,14 +317,19 @@ class EmbeddingBank:
             return
         keep = ~self._removed
         vectors = self.vectors()
+        # the new index first: should it fail (too few rows left to train IVF-PQ), nothing has changed
+        index, spec = (
+            (None, self.index_spec)
+            if self._index is None
+            else fs.build(self.index_spec["kind"], vectors, **fs.params(self.index_spec))
+        )
         self._metadata = self._metadata.filter(pa.array(keep))
         self._ids = [item_id for item_id, live in zip(self._ids, keep, strict=True) if live]
         self._segments = [np.ascontiguousarray(vectors)]
         self._removed = np.zeros(len(self._ids), dtype=bool)
         self._removed_count = 0
         self._row_of = None
-        if self._index is not None:
-            self._index, self.index_spec = fs.build(self.index_spec["kind"], vectors, **fs.params(self.index_spec))
+        self._index, self.index_spec = index, spec
 
     @classmethod
     def from_objaverse(
@@ -401,15 +405,3 @@ class EmbeddingBank:
             bank._index = fs.read_index(handles["index"], index_path, bank.index_spec, len(vectors))
         bank.path = folder
         return bank
-
-
-def _records_table(records: list[dict[str, Any]]) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in BASE_FIELDS}
-    for record in records:
-        for key in record:
-            columns.setdefault(key, [])
-    for record in records:
-        for key, values in columns.items():
-            value = record.get(key)
-            values.append(None if value is None else (value if key not in BASE_FIELDS else str(value)))
-    return pa.table({k: pa.array(v, pa.string()) if k in BASE_FIELDS else pa.array(v) for k, v in columns.items()})
