@@ -11,6 +11,7 @@ import torch
 
 from ._runtime import check_precision, resolve_device
 from .config import DEFAULT_ARCH, DuoduoConfig
+from .hub import PUBLISHED
 from .model import DuoduoCLIP
 from .onnx.files import is_onnx_export
 from .weights import CheckpointError, WeightFile, check_state_dict, read_weights
@@ -26,6 +27,10 @@ RANDOM_WEIGHTS_WARNING = (
 
 class RandomWeightsWarning(UserWarning):
     """Issued when a model is built without weights."""
+
+
+# The published checkpoints by file stem; only these, as published, share the released embeddings' space.
+PUBLISHED_STEMS = frozenset(Path(name).stem for _, name, _ in PUBLISHED.values() if name.endswith(".ckpt"))
 
 
 def load_model(
@@ -95,6 +100,7 @@ def _model_from_file(weights: WeightFile, layers_threshold: int | None, arch: st
         if arch and recorded_arch and arch != recorded_arch:
             raise CheckpointError(f"{weights.path} records arch {recorded_arch!r}, but arch={arch!r} was asked for")
         config = DuoduoConfig.from_arch(arch or recorded_arch or DEFAULT_ARCH, weights.layers_threshold)
+    recorded_threshold = config.layers_threshold
     if layers_threshold is not None and layers_threshold != config.layers_threshold:
         recorded = weights.config is not None or weights.layers_threshold is not None
         if recorded:
@@ -108,6 +114,8 @@ def _model_from_file(weights: WeightFile, layers_threshold: int | None, arch: st
     check_state_dict(model.clip.state_dict(), weights.state_dict, f"{weights.path} ({weights.format})", config.arch)
     model.clip.load_state_dict(weights.state_dict, strict=True)
     model.weights_source = str(Path(weights.path).resolve())
-    if weights.format == "lightning":
-        model.weights_aliases = (f"published:{Path(weights.path).stem}",)
+    stem = Path(weights.path).stem
+    if weights.format == "lightning" and stem in PUBLISHED_STEMS and config.layers_threshold == recorded_threshold:
+        # the released embeddings were made by these weights as published: their banks accept this model
+        model.weights_aliases = (f"published:{stem}",)
     return model

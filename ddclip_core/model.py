@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -48,11 +49,9 @@ class DuoduoCLIP(nn.Module):
         self.precision_reason = "default"  # why this precision: "requested", or what "auto" measured
         self.preprocessor = Preprocessor(config.preprocess)
         self.weights_source: str | None = None
-        # Other names of these weights: a published checkpoint is also "published:<file stem>", the
-        # id recorded by banks built from the released embeddings without the checkpoint at hand.
-        self.weights_aliases: tuple[str, ...] = ()
+        self._aliases: tuple[tuple[str, ...], str] = ((), "")  # (aliases, the weights id they name)
         self._tokenizer: Any = None
-        self._weights_id: str | None = None
+        self._weights_id: tuple[tuple, str] | None = None  # (the weights' state, its id)
         self._prepacked = PrepackedCache(PrepackedVisual)
         self._prepacked_text = PrepackedCache(PrepackedText)
 
@@ -73,16 +72,32 @@ class DuoduoCLIP(nn.Module):
     def layers_threshold(self) -> int:
         return self.config.layers_threshold
 
+    def _weights_state(self) -> tuple:
+        """Changes whenever a weight does (a new tensor, or an in-place update: fine-tuning, load_state_dict)."""
+        return tuple((t.data_ptr(), t._version) for t in itertools.chain(self.clip.parameters(), self.clip.buffers()))
+
     @property
     def weights_id(self) -> str:
         """Fingerprint of the weights and threshold: embeddings are comparable iff these match."""
-        if self._weights_id is None:
+        state = self._weights_state()
+        if self._weights_id is None or self._weights_id[0] != state:
             digest = hashlib.sha256(f"{self.config.arch}|{self.layers_threshold}".encode())
             for name, tensor in sorted(self.clip.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            self._weights_id = f"{self.config.arch}-lt{self.layers_threshold}-{digest.hexdigest()[:16]}"
-        return self._weights_id
+            self._weights_id = (state, f"{self.config.arch}-lt{self.layers_threshold}-{digest.hexdigest()[:16]}")
+        return self._weights_id[1]
+
+    @property
+    def weights_aliases(self) -> tuple[str, ...]:
+        """Other names of these weights: a published checkpoint is also "published:<file stem>", the id
+        recorded by banks built from the released embeddings. Gone once the weights change."""
+        aliases, named = self._aliases
+        return aliases if aliases and named == self.weights_id else ()  # a device move keeps them
+
+    @weights_aliases.setter
+    def weights_aliases(self, aliases: tuple[str, ...]) -> None:
+        self._aliases = (tuple(aliases), self.weights_id if aliases else "")
 
     @property
     def identity(self) -> WeightsIdentity:
@@ -106,6 +121,7 @@ class DuoduoCLIP(nn.Module):
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         self._weights_id = None
+        self._aliases = ((), "")  # other weights now, whatever file they came from
         return super().load_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ network
