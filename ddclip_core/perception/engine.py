@@ -33,7 +33,7 @@ from ..tracks import TrackBuffer, TrackPolicy
 from ..view_cache import ViewTokenCache
 from . import requests
 from .clouds import TrackClouds
-from .frames import Box, FramePairer, crop, stamp_key
+from .frames import Box, FramePairer, crop, stamp_key, usable_boxes
 from .health import Health
 from .settings import PerceptionConfig, PerceptionSettings
 from .stats import engine_stats
@@ -180,9 +180,14 @@ class Perception:
         return self._add_crops(header, frame, boxes, ended) if frame is not None else []
 
     def _add_crops(self, header: Header, rgb: np.ndarray, boxes: list[Box], ended: list[str]) -> list[str]:
+        boxes, problems = usable_boxes(boxes)  # a bad box is dropped alone: the rest of the frame counts
+        for problem in problems:
+            self.health.bad_input(problem)
         if self.frame_listener is not None:  # before buffering: captions are what was known when the frame came
-            self.frame_listener(header, rgb, boxes)
-        problems = []
+            try:
+                self.frame_listener(header, rgb, boxes)
+            except Exception as exc:  # drawing must never cost the frame its views
+                self.health.problem("annotated images failed", str(exc))
         now = time.monotonic()
         for box in boxes:
             try:
@@ -277,8 +282,7 @@ class Perception:
         self._drop_departed([job.track_id])
 
     def _drop_departed(self, track_ids: list[str]) -> None:
-        """Tokens just stored for tracks that left the buffer meanwhile (forgotten, evicted) go again:
-        nothing would ever forget them."""
+        """Tokens just stored for tracks that left the buffer meanwhile go again: nothing else would."""
         with self._lock:
             departed = [track_id for track_id in track_ids if track_id not in self.buffer]
         if departed:
@@ -347,9 +351,7 @@ class Perception:
         older_than: Stamp | None = None,
     ) -> int:
         """Forget seen objects (all of them with ``all``: a reset; or those last seen before ``older_than``)
-        and enrolled names; returns how many.
-
-        Work already queued or in flight for a forgotten track is dropped, so it cannot come back.
+        and enrolled names; returns how many. Work queued or in flight for a forgotten track is dropped.
         """
         ids = list(dict.fromkeys(track_ids))
         ids = None if all or (older_than is not None and not ids) else ids  # older_than alone: of all objects

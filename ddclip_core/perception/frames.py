@@ -26,8 +26,30 @@ class Box:
     y_max: float
 
 
+def box_problem(box: Box) -> str | None:
+    """What makes a tracked box unusable (no track id, a coordinate that is not a finite number, corners
+    swapped), or None."""
+    if not box.track_id:
+        return "a box with an empty track_id"
+    corners = (box.x_min, box.y_min, box.x_max, box.y_max)
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in corners):
+        return f"box of track {box.track_id!r} has a coordinate that is not a finite number: {corners}"
+    if box.x_max < box.x_min or box.y_max < box.y_min:
+        return f"box of track {box.track_id!r} has its corners swapped: {corners}"
+    return None
+
+
+def usable_boxes(boxes: list[Box]) -> tuple[list[Box], list[str]]:
+    """The boxes without a problem, and the problems of the others."""
+    problems = [box_problem(box) for box in boxes]
+    return [box for box, p in zip(boxes, problems, strict=True) if p is None], [p for p in problems if p]
+
+
 def crop(rgb: np.ndarray, box: Box, min_side: int = 8) -> np.ndarray:
-    """The box's pixels, clamped to the frame; ValueError when less than min_side remains."""
+    """The box's pixels, clamped to the frame; ValueError when it is unusable or less than min_side remains."""
+    problem = box_problem(box)
+    if problem is not None:
+        raise ValueError(problem)
     height, width = rgb.shape[:2]
     x0, x1 = max(0, int(np.floor(box.x_min))), min(width, int(np.ceil(box.x_max)))
     y0, y1 = max(0, int(np.floor(box.y_min))), min(height, int(np.ceil(box.y_max)))

@@ -209,11 +209,15 @@ class EncodeWorker:
                     return
                 self._run_warm_job()
                 continue
-            start = time.monotonic()
+            start, embeddings = time.monotonic(), None
             try:
                 embeddings = self._encode(batch)
                 self.stats.last_encode_ms = (time.monotonic() - start) * 1e3
                 self._deliver(batch, embeddings)
+            except KeyboardInterrupt:  # Ctrl-C on the thread running the encoder (the node's main thread):
+                if embeddings is None:  # finish the encode it cut, as a stop does (a second Ctrl-C ends it);
+                    self._deliver(batch, self._encode(batch))  # one cut in delivery is not redone: no doubles
+                raise
             except Exception as exc:  # one bad batch must not stop the node; it is logged and counted
                 self.stats.failed_batches += 1
                 log.exception("encoding a batch of %d track(s) failed", len(batch))
