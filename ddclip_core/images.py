@@ -42,6 +42,11 @@ def read_image(path: str | os.PathLike) -> View:
 def pil_to_view(image: Image.Image, source: str = "PIL image") -> View:
     if image.width == 0 or image.height == 0:
         raise ValueError(f"{source}: zero-size image ({image.width}x{image.height})")
+    if image.mode.startswith(("I", "F")):  # PIL would clip them to white or black, not scale them
+        raise ValueError(
+            f"{source}: {image.mode} pixels (16-bit or float: depth or thermal?) are not a colour view; "
+            "send 8-bit colour or grey images"
+        )
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))

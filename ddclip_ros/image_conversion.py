@@ -108,6 +108,8 @@ def compressed_to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             _check_size(image.width, image.height, max_pixels)
             image.load()
             return pil_to_view(image, source="compressed image")  # alpha composited on white
+    except PILImage.DecompressionBombError as exc:  # PIL's own bound, met before ours when it is lower
+        raise ValueError(f"compressed image too large: {exc}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot decode compressed image (format {msg.format!r}): {exc}") from exc
 

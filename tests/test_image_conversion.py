@@ -116,6 +116,25 @@ def test_compressed_images():
         compressed_to_rgb(CompressedImage(format="jpeg"))
 
 
+@pytest.mark.parametrize(
+    "pixels",
+    [np.full((8, 9), 40000, np.uint16), np.full((8, 9), 0.5, np.float32)],  # a thermal png, a float tiff
+)
+def test_compressed_16_bit_or_float_images_are_refused_not_misread(pixels):
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="PNG" if pixels.dtype == np.uint16 else "TIFF")
+    with pytest.raises(ValueError, match="16-bit or float: depth or thermal"):  # before: all white, all black
+        compressed_to_rgb(CompressedImage(format="png", data=buffer.getvalue()))
+
+
+def test_a_compressed_image_over_pils_own_bound_is_bad_input(monkeypatch):
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10)
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.zeros((8, 9, 3), np.uint8)).save(buffer, format="PNG")
+    with pytest.raises(ValueError, match="compressed image too large"):  # before: DecompressionBombError
+        compressed_to_rgb(CompressedImage(format="png", data=buffer.getvalue()))
+
+
 def test_masks_and_round_trip():
     rgb = RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)
     mask_pixels = np.zeros((4, 5, 1), np.uint8)
