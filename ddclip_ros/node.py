@@ -311,6 +311,12 @@ class DDClipNode(Node):
     def _check_parameters(self, parameters: list[Any]) -> SetParametersResult:
         """Refuse a change the engine would refuse (checked together, e.g. min_views <= max_views)."""
         changes = {p.name: p.value for p in parameters if p.name in SETTINGS}
+        for parameter in parameters:  # the input queues' depths were set for the image sizes at start
+            if parameter.name in ("max_pixels", "max_view_pixels"):
+                sized_for = getattr(self.p.adapter, parameter.name)
+                if parameter.value > sized_for:
+                    reason = f"{parameter.name} above {sized_for}, its value at start (it sized the input queues)"
+                    return SetParametersResult(successful=False, reason=f"{reason}, needs a restart")
         try:
             self.engine.settings.changed(self.engine.config.max_views, **changes)
         except ValueError as exc:

@@ -66,8 +66,10 @@ DESCRIPTIONS = {
         "run the encoder on the main thread and ROS callbacks on others (default): on CPU the encoder ran "
         "1.3-1.6x faster there than on a thread of its own (bf16, 2 cores); false = an encoder thread"
     ),
-    "max_pixels": "full frames with more pixels than this are dropped and counted, not converted",
-    "max_view_pixels": "views (crops, enrolment images) with more pixels than this are dropped and counted",
+    "max_pixels": "full frames with more pixels than this are dropped and counted, not converted "
+    "(at run time it can only be lowered: the input queues are sized for the value at start)",
+    "max_view_pixels": "views (crops, enrolment images) with more pixels than this are dropped and counted "
+    "(at run time it can only be lowered: the input queues are sized for the value at start)",
 }
 SETTINGS = {item.name for item in fields(PerceptionSettings)}
 WRITABLE = SETTINGS | {"max_pixels", "max_view_pixels"}

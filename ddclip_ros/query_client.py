@@ -19,10 +19,10 @@ def ask(node: Any, text: str, k: int = 5, sources: str = "seen", timeout: float 
 
     client = node.create_client(Query, "ddclip/query")
     if not client.wait_for_service(timeout_sec=timeout):
-        raise TimeoutError("no ddclip node answers on ddclip/query (is it running, same ROS_DOMAIN_ID?)")
+        raise TimeoutError(f"no ddclip node answers on {client.srv_name} (is it running, same ROS_DOMAIN_ID?)")
     future = client.call_async(Query.Request(text=text, k=k, sources=SOURCES[sources]))
     if not spin_until(node, future.done, timeout):
-        raise TimeoutError(f"ddclip/query did not answer within {timeout:.0f} s")
+        raise TimeoutError(f"{client.srv_name} did not answer within {timeout:.0f} s")
     return future.result()
 
 

@@ -78,6 +78,7 @@ def publish_tracks(
             if rate_hz > 0:
                 time.sleep(1.0 / rate_hz)
     publisher.wait_for_all_acked(Duration(seconds=wait_s))  # exiting early would lose the last views
+    node.destroy_publisher(publisher)  # --loop makes a new one each pass
     return sent
 
 
@@ -112,6 +113,7 @@ def publish_bag(
     play(messages, publish, rate=rate)
     for publisher in publishers.values():
         publisher.wait_for_all_acked(Duration(seconds=wait_s))
+        node.destroy_publisher(publisher)  # --loop makes new ones each pass
     return counts
 
 
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rate = 30.0 if args.rate is None else args.rate
                 sent = publish_tracks(node, tracks, rate_hz=rate, topic=args.topic, wait_s=args.wait)
-                print(f"published {sent} views of {len(tracks)} tracks on {args.topic}", flush=True)
+                topic = node.resolve_topic_name(args.topic)  # the name it went out on, remapped
+                print(f"published {sent} views of {len(tracks)} tracks on {topic}", flush=True)
             if not args.loop:
                 break
     except KeyboardInterrupt:

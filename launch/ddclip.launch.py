@@ -47,7 +47,9 @@ def _node(context, *_args, **_kwargs):
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
-    sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
+    sim_time = LaunchConfiguration("use_sim_time").perform(context).lower()
+    if sim_time:  # given: it wins; left empty: the parameter file's use_sim_time (or ROS's default, false)
+        overrides["use_sim_time"] = sim_time in ("true", "1", "yes")
     return [
         Node(
             package="ddclip",
@@ -56,7 +58,7 @@ def _node(context, *_args, **_kwargs):
             namespace=LaunchConfiguration("namespace"),
             output="screen",
             emulate_tty=True,
-            parameters=[LaunchConfiguration("params_file"), overrides, {"use_sim_time": sim_time}],
+            parameters=[LaunchConfiguration("params_file"), overrides],
             remappings=[(name, LaunchConfiguration(argument)) for argument, (name, _) in NAMES.items()],
         )
     ]
@@ -68,7 +70,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=default_params, description="parameter YAML"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its names"),
         DeclareLaunchArgument("node_name", default_value="ddclip", description="name of the node"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="", description="follow /clock (bag replay); empty: the parameter file's"
+        ),
     ]
     declared += [DeclareLaunchArgument(n, default_value="", description=d) for n, d in OVERRIDES.items()]
     declared += [DeclareLaunchArgument(n, default_value=v, description=d) for n, (v, d) in NAMES.items()]

@@ -150,6 +150,11 @@ def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
         assert not ok and "read-only" in reason
         ok, reason = client.param_set("k_matches", 0)
         assert not ok and client.param_get("k_matches") == 2
+        start = client.param_get("max_view_pixels")
+        ok, reason = client.param_set("max_view_pixels", start + 1)  # above the size the queues were made for
+        assert not ok and f"max_view_pixels above {start}, its value at start" in reason
+        assert client.param_set("max_view_pixels", start - 1)[0]  # lowering is fine
+        assert client.param_set("max_view_pixels", start)[0]
 
         # A request the node cannot answer is an answer, not a crash.
         depth = rgb_to_image(random_views(1, size=16)[0])
