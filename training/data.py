@@ -8,7 +8,7 @@ only reads: the selected views of an object and the mean of their frozen CLIP em
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,29 +64,46 @@ class ViewBatchSampler(Sampler[list[Item]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        global_batch = self.batch_size * self.world_size
-        steps = len(self.rows) / global_batch
-        return max(1, math.floor(steps)) if self.drop_last else math.ceil(steps)
+        return len(steps(len(self.rows), self.batch_size, self.world_size, self.drop_last))
 
     def __iter__(self) -> Iterator[list[Item]]:
         epoch = self.epoch if self.shuffle else 0
         order = self.rows
         if self.shuffle:
             order = self.rows[np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))]
-        global_batch = self.batch_size * self.world_size
-        if len(order) < global_batch:  # tiny data sets: repeat objects to fill one batch
-            order = np.resize(order, global_batch)
-        for step in range(len(self)):
+        for step, (start, stop) in enumerate(steps(len(order), self.batch_size, self.world_size, self.drop_last)):
             rng = np.random.default_rng([self.seed, epoch, step])
-            chunk = order[step * global_batch : (step + 1) * global_batch]
+            chunk = order[start:stop]
             views = int(rng.integers(self.min_views, self.max_views + 1))
             picks = [tuple(sorted(rng.choice(self.total_views, views, replace=False).tolist())) for _ in chunk]
             captions = rng.random(len(chunk))
-            mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            mine = rank_slice(len(chunk), self.rank, self.world_size)
             yield [
                 Item(int(row), pick, float(caption))
                 for row, pick, caption in zip(chunk[mine], picks[mine], captions[mine], strict=True)
             ]
+
+
+def steps(count: int, batch_size: int, world_size: int, drop_last: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each step's global batch in ``count`` ordered rows. Each rank gets as many rows as
+    the others at every step (the contrastive loss gathers them across ranks), and no row comes twice (a
+    copy would be its own negative, and count twice in validation): the rows are trimmed to a multiple
+    of world_size, a set smaller than one global batch is one smaller batch, and the last partial batch
+    runs unless ``drop_last``."""
+    usable = count - count % world_size
+    if usable == 0:
+        raise ValueError(f"{count} object(s) cannot be shared by {world_size} ranks: each needs at least one")
+    global_batch = batch_size * world_size
+    full, rest = divmod(usable, global_batch)
+    sizes = [global_batch] * full + ([rest] if rest and (not drop_last or not full) else [])
+    starts = np.cumsum([0, *sizes])
+    return [(int(a), int(b)) for a, b in itertools.pairwise(starts)]
+
+
+def rank_slice(size: int, rank: int, world_size: int) -> slice:
+    """This rank's part of a step's global batch of ``size`` rows (a multiple of world_size)."""
+    per = size // world_size
+    return slice(rank * per, (rank + 1) * per)
 
 
 class FrozenTargets:

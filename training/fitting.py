@@ -70,6 +70,17 @@ def _logger(config: TrainConfig, out: Path):
     return pl.loggers.CSVLogger(out, name="logs")
 
 
+class SamplerEpoch(pl.Callback):
+    """Tells the training batch sampler which epoch starts. Lightning calls ``set_epoch`` only on a
+    loader's sampler (or its batch sampler's ``.sampler``), not on a batch sampler itself: without this,
+    every epoch drew the same objects, view counts, views and captions."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(trainer.current_epoch)
+
+
 def fit(
     module: pl.LightningModule,
     datamodule: pl.LightningDataModule,
@@ -103,7 +114,13 @@ def fit(
         strategy=t.strategy,
         precision=_precision(config),
         logger=_logger(config, out),
-        callbacks=[best_checkpoint, last_checkpoint, pl.callbacks.LearningRateMonitor("step"), *callbacks],
+        callbacks=[
+            best_checkpoint,
+            last_checkpoint,
+            pl.callbacks.LearningRateMonitor("step"),
+            SamplerEpoch(),
+            *callbacks,
+        ],
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.val_every_n_epochs,
         limit_val_batches=t.limit_val_batches if has_val else 0,

@@ -16,7 +16,6 @@ averages the views it was given).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -27,7 +26,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ddclip_core.gaussians import CloudSettings
 
-from .data import FrozenTargets
+from .data import FrozenTargets, rank_slice, steps
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
 from .layout import IMAGE_TARGETS, DataFolder
 
@@ -79,17 +78,18 @@ class GaussianBatchSampler(Sampler[list[GaussianItem]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _steps(self) -> list[tuple[int, int]]:
+        return steps(len(self.rows), self.batch_size, self.world_size, self.drop_last)
+
     def __len__(self) -> int:
-        steps = len(self.rows) / (self.batch_size * self.world_size)
-        return max(1, math.floor(steps)) if self.drop_last else math.ceil(steps)
+        return len(self._steps())
 
     def _order(self, epoch: int) -> np.ndarray:
-        global_batch = self.batch_size * self.world_size
         rng = np.random.default_rng([self.seed, epoch])
         if self.members is not None:
             # Uniform classes; within a class, walk a shuffled cycle of its objects, so a class drawn
             # twice gives two objects (fewer duplicate rows, which are false negatives for InfoNCE).
-            picked = rng.integers(len(self.members), size=len(self) * global_batch)
+            picked = rng.integers(len(self.members), size=self._steps()[-1][1])
             cycles = [rng.permutation(members) for members in self.members]
             seen = np.zeros(len(self.members), dtype=np.int64)
             order = np.empty(len(picked), dtype=np.int64)
@@ -97,17 +97,16 @@ class GaussianBatchSampler(Sampler[list[GaussianItem]]):
                 order[i] = cycles[c][seen[c] % len(cycles[c])]
                 seen[c] += 1
             return order
-        order = self.rows[rng.permutation(len(self.rows))] if self.shuffle else self.rows
-        return np.resize(order, global_batch) if len(order) < global_batch else order  # tiny sets: repeat
+        return self.rows[rng.permutation(len(self.rows))] if self.shuffle else self.rows
 
     def __iter__(self) -> Iterator[list[GaussianItem]]:
         epoch = self.epoch if self.shuffle else 0
-        order, global_batch = self._order(epoch), self.batch_size * self.world_size
-        for step in range(len(self)):
+        order = self._order(epoch)
+        for step, (start, stop) in enumerate(self._steps()):
             rng = np.random.default_rng([self.seed, epoch, step, 1])
-            chunk = order[step * global_batch : (step + 1) * global_batch]
+            chunk = order[start:stop]
             captions, seeds = rng.random(len(chunk)), rng.integers(2**31, size=len(chunk))
-            mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            mine = rank_slice(len(chunk), self.rank, self.world_size)
             yield [
                 GaussianItem(int(row), float(caption), int(seed))
                 for row, caption, seed in zip(chunk[mine], captions[mine], seeds[mine], strict=True)
