@@ -105,3 +105,19 @@ def test_training_configs_and_caption_files_that_do_not_parse_are_named(tmp_path
     (tmp_path / "captions.csv").write_bytes(b"uid,caption\nu0,caf\xe9\n")
     with pytest.raises(ValueError, match="captions.csv: not UTF-8 text"):
         read_captions(tmp_path / "captions.csv")
+
+
+def test_packing_again_retires_what_was_derived_from_the_old_images(tmp_path):
+    from training.pack import pack
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    (meshes / "tetrahedron.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 2 3 4\nf 3 1 4\n")
+    assert main(["data", "render", str(meshes), str(tmp_path / "renders"), "--views", "2", "--workers", "1"]) == 0
+    out = tmp_path / "data"
+    assert pack(tmp_path / "renders", out, progress=False) == 1
+    for stale in ("image_embeddings.h5", "text_embeddings.h5", "gaussians.h5"):
+        (out / stale).write_bytes(b"made from the old images")
+    assert pack(tmp_path / "renders", out, progress=False) == 1  # e.g. after rendering again with a new seed
+    assert sorted(p.name for p in out.iterdir()) == ["model_to_idx.json", "mv_images.h5", "objects.csv"]
+    assert DataFolder(out).uids == ["tetrahedron"]

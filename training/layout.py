@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ddclip_core.atomic import atomic_path
 from ddclip_core.objaverse import read_uid_map
 from ddclip_core.text_files import naming_file, read_json
 
@@ -126,7 +127,7 @@ def check_shards(path: Path) -> None:
 
 
 def write_objects(root: Path, objects: list[ObjectInfo]) -> None:
-    with (root / OBJECTS).open("w", newline="") as f:
+    with atomic_path(root / OBJECTS) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["uid", "name", "category", "split"])
         writer.writeheader()
         for obj in objects:

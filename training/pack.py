@@ -13,10 +13,22 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ddclip_core.atomic import atomic_path
+from ddclip_core.atomic import atomic_path, write_text_atomically
 from ddclip_core.text_files import naming_file, read_json
 
-from .layout import CAPTIONS, IMAGES, SPLITS, UID_MAP, DataError, ObjectInfo, write_objects
+from .gaussian_data import GAUSSIANS
+from .layout import (
+    CAPTIONS,
+    IMAGE_TARGETS,
+    IMAGES,
+    OBJECTS,
+    SPLITS,
+    TEXT_TARGETS,
+    UID_MAP,
+    DataError,
+    ObjectInfo,
+    write_objects,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +131,23 @@ def pack(
         imgs = create_images(f, len(plan.folders), plan.num_views)
         for row, folder in enumerate(tqdm(plan.folders, desc="pack", unit="obj", disable=not progress)):
             imgs[row] = read_views(folder, plan.num_views)
+        retire_derived(out)
     write_index(out, plan, captions)
     return len(plan.uids)
+
+
+def retire_derived(out: Path) -> None:
+    """Before new images land: the old index and targets describe the old images. Gone first, a run cut
+    short leaves a folder that is refused (no uid map), never one that labels the new images with the
+    old uids; and `data targets` must run again (old targets would pass their shape checks)."""
+    for name in (UID_MAP, OBJECTS, CAPTIONS, IMAGE_TARGETS, TEXT_TARGETS, GAUSSIANS):
+        (out / name).unlink(missing_ok=True)
 
 
 def write_index(out: Path, plan: PackPlan, captions: dict[str, list[str]] | None) -> None:
     """model_to_idx.json, objects.csv and captions.json of a pack (everything beside the images)."""
     uids = plan.uids
-    (out / UID_MAP).write_text(json.dumps({uid: row for row, uid in enumerate(uids)}, indent=0))
+    write_text_atomically(out / UID_MAP, json.dumps({uid: row for row, uid in enumerate(uids)}, indent=0))
     objects = []
     for uid, meta in zip(uids, plan.metas, strict=True):
         source = meta.get("object", {})
@@ -137,4 +158,5 @@ def write_index(out: Path, plan: PackPlan, captions: dict[str, list[str]] | None
         missing = [uid for uid in uids if not captions.get(uid)]
         if missing:
             log.warning("%d objects have no caption (e.g. %s); targets use their category", len(missing), missing[0])
-        (out / CAPTIONS).write_text(json.dumps({uid: captions[uid] for uid in uids if captions.get(uid)}, indent=1))
+        text = json.dumps({uid: captions[uid] for uid in uids if captions.get(uid)}, indent=1)
+        write_text_atomically(out / CAPTIONS, text)

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 
 from .layout import IMAGES
-from .pack import create_images, plan_pack, read_views, write_index
+from .pack import create_images, plan_pack, read_views, retire_derived, write_index
 from .shards import delete, discard, new_token, shard_path, write_shard, write_virtual
 
 SHARD_OBJECTS = 256  # ~450 MB of images per shard file at 12 views
@@ -60,6 +60,7 @@ def pack_ray(
             discard(out, "mv_images", token)
             raise result  # a broken render is fatal here, as in `pack`
         parts[index] = result
+    retire_derived(out)
     stale = write_virtual(out / IMAGES, parts, ["imgs"])
     write_index(out, plan, captions)
     delete(stale)
