@@ -36,8 +36,10 @@ class PrecisionChoice:
 
 def candidates(device: torch.device) -> list[str]:
     """16-bit precisions worth measuring on this device."""
-    if device.type == "cuda":
-        return ["bf16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+    if device.type == "cuda":  # (never run here: no GPU) native bf16 from compute capability 8 (Ampere) on:
+        # is_bf16_supported() also says yes for emulated bf16 (V100, T4, Jetson Xavier), where fp16 is fast
+        major, _ = torch.cuda.get_device_capability(device)
+        return ["bf16", "fp16"] if major >= 8 else ["fp16"]
     if device.type == "cpu" and packing_available(device, "bf16"):
         return ["bf16"]  # oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)
     return []

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import PreprocessConfig
+from .images import array_to_view
 
 CropMode = Literal["center", "random"]
 ResizeMode = Literal["stretch", "pad"]
@@ -44,6 +45,8 @@ class Preprocessor:
     def __call__(self, views: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
         if not views:
             raise ValueError("no views to preprocess")
+        # as encode_views reads them (float in [0, 1] -> uint8); anything else is refused, not misread
+        views = [array_to_view(np.asarray(view), f"view {i}") for i, view in enumerate(views)]
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, view in enumerate(views):
             by_shape.setdefault(view.shape, []).append(index)

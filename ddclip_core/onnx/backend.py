@@ -12,6 +12,7 @@ OnnxExportError naming the file and the problem.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -54,7 +55,10 @@ class OnnxRuntimeCLIP:
         source = self.export.get("weights_source")
         # None keeps telling users (and the node) that the engine was made from random weights.
         self.weights_source = f"{self.folder} (ONNX {self.precision}, from {source})" if source else None
-        self.preprocessor = Preprocessor(self.config.preprocess)
+        resize = self.export.get("resize", "stretch")  # exports before it was recorded: stretch
+        if resize not in ("stretch", "pad"):
+            raise OnnxExportError(f"{self.folder / CONFIG}: resize must be 'stretch' or 'pad', got {resize!r}")
+        self.preprocessor = Preprocessor(self.config.preprocess, resize=resize)
         self._tokenizer: Any = None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -149,8 +153,17 @@ class OnnxRuntimeCLIP:
     def _embed(self, pixels: np.ndarray, counts: list[int]) -> np.ndarray:
         return self._cross_view(self._per_view(pixels), counts)
 
+    @property
+    def _one_at_a_time(self) -> bool:
+        """Dynamic int8 sets one activation scale per input tensor: batched, a view's result would depend
+        on the other views (and padding) of the call. Each view and object then runs alone."""
+        return self.precision == "int8-dynamic"
+
     def _per_view(self, pixels: np.ndarray) -> np.ndarray:
-        return self._sessions["per_view"].run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0]
+        pixels = np.ascontiguousarray(pixels, np.float32)
+        if self._one_at_a_time and len(pixels) > 1:
+            return np.concatenate([self._per_view(view[None]) for view in pixels])
+        return self._sessions["per_view"].run(None, {"pixels": pixels})[0]
 
     def _cross_view(self, tokens: np.ndarray, counts: list[int]) -> np.ndarray:
         """Packed tokens of len(counts) objects -> objects side by side, padded to the largest count, masked."""
@@ -162,6 +175,9 @@ class OnnxRuntimeCLIP:
             )
         if tokens.shape[0] != sum(counts):
             raise ValueError(f"{tokens.shape[0]} views given but view counts {counts} sum to {sum(counts)}")
+        if self._one_at_a_time and len(counts) > 1:
+            starts = np.cumsum([0, *counts])
+            return np.concatenate([self._cross_view(tokens[a:b], [b - a]) for a, b in itertools.pairwise(starts)])
         most = max(counts)
         if min(counts) == most:
             padded, mask = tokens.reshape(len(counts), most, *tokens.shape[1:]), np.ones((len(counts), most), bool)

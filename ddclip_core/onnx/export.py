@@ -58,6 +58,8 @@ def export_onnx(
         raise FileExistsError(f"{folder} exists and is not an ONNX export: refusing to replace it")
     if model.device.type != "cpu" or model.precision != "fp32":  # export and reference both run fp32 on the CPU
         model = copy.deepcopy(model).cpu().set_precision("fp32")
+    if model.preprocessor.crop != "center":  # the engine crops the centre; a random reference cannot match
+        model = copy.deepcopy(model).set_preprocessing(crop="center", resize=model.preprocessor.resize)
     model.eval()
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -77,6 +79,7 @@ def export_onnx(
             "weights_aliases": list(model.weights_aliases),
             "weights_source": model.weights_source,
             "precision": precision,
+            "resize": model.preprocessor.resize,  # "pad" letterboxes, in the engine as in the model
             "opset": OPSET,
             "model": model.config.to_dict(),
             "graphs": {part: {"file": name, "sha256": file_sha256(work / name)} for part, name in GRAPHS.items()},
@@ -155,6 +158,7 @@ def check_against_torch(model: Any, folder: Path, precision: str) -> dict[str, f
     rng = np.random.default_rng(0)
     size = model.config.preprocess.image_size
     objects = [list(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)) for count in (1, 2, 3)]
+    objects.append(list(rng.integers(0, 256, (2, size, size // 2, 3), dtype=np.uint8)))  # not square: resize
     texts = ["a chair", "a red mug on a table"]
     engine = OnnxRuntimeCLIP(folder, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
