@@ -177,6 +177,7 @@ def test_a_tracks_cloud_is_embedded_once_until_it_changes():
     rng = np.random.default_rng(0)
     points, colours = rng.normal(size=(200, 3)).astype(np.float32), rng.uniform(size=(200, 3)).astype(np.float32)
     cloud = clouds.add("t", points, colours)
+    engine.add_view("t", random_views(1, size=64)[0])  # a tracked object: it is in the buffer
     from ddclip_core.perception.worker import EncodeJob
 
     first = engine._encode([EncodeJob("t", list(random_views(1, size=64)), points=cloud, keys=[1])])

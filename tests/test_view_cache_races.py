@@ -111,3 +111,22 @@ def test_a_forget_between_a_jobs_number_and_its_queueing_is_honoured(tiny_model)
         batch = engine.worker._take_batch()
         engine._deliver(batch, engine._encode(batch))
     assert results == [] and engine.remembered() == []
+
+
+def test_a_track_that_leaves_takes_its_cloud_so_a_reused_id_starts_afresh():
+    import numpy as np
+
+    from ddclip_core.gaussians import CloudEmbedder, GSCLIPEncoder, GSEncoderConfig
+    from ddclip_core.perception.clouds import TrackClouds
+    from tests.conftest import make_tiny
+
+    model = make_tiny(seed=3)
+    clouds = TrackClouds(CloudEmbedder(GSCLIPEncoder(GSEncoderConfig.tiny(embed_dim=32)).eval(), 300), 0.5, 10)
+    config = PerceptionConfig(max_tracks=1)
+    engine = Perception(model, config, PerceptionSettings(min_views=8, timeout_s=100.0), clouds=clouds)
+    rng = np.random.default_rng(0)
+    points, colours = rng.normal(size=(200, 3)).astype(np.float32), rng.uniform(size=(200, 3)).astype(np.float32)
+    engine.add_view("3", random_views(1, size=64, seed=1)[0])
+    clouds.add("3", points, colours)  # the track's cloud (as add_cloud stores it)
+    engine.add_view("4", random_views(1, size=64, seed=2)[0])  # "3" leaves the buffer (max_tracks=1)
+    assert clouds.get("3") is None  # before: kept, and fused into the next track the tracker called "3"

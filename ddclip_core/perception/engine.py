@@ -241,8 +241,14 @@ class Perception:
                 self.worker.discard(gone, encodes=False)
             for job in jobs:  # under the lock: a forget cannot fall between a job's number and its queueing
                 self._submit(job)
-        if gone and self.view_cache is not None:
-            self.view_cache.forget(gone)
+        if gone:
+            self._forget_caches(gone)
+
+    def _forget_caches(self, track_ids: list[str] | None) -> None:
+        """The tracks' cached tokens and clouds (all when None): a track id used again starts afresh."""
+        for cache in (self.view_cache, self.clouds):
+            if cache is not None:
+                cache.forget(track_ids)
 
     def _warm(self, track_ids: list[str]) -> None:
         """An idle encoder runs the tracks' new views through the per-view blocks ahead of their encode."""
@@ -282,11 +288,11 @@ class Perception:
         self._drop_departed([job.track_id])
 
     def _drop_departed(self, track_ids: list[str]) -> None:
-        """Tokens just stored for tracks that left the buffer meanwhile go again: nothing else would."""
+        """What was just cached for tracks that left the buffer meanwhile goes again: nothing else would."""
         with self._lock:
             departed = [track_id for track_id in track_ids if track_id not in self.buffer]
         if departed:
-            self.view_cache.forget(departed)
+            self._forget_caches(departed)
 
     def _deliver(self, jobs: list[EncodeJob], embeddings: np.ndarray) -> None:
         settings = self.settings
@@ -371,10 +377,7 @@ class Perception:
             self.worker.discard(ids)
             for track_id in list(self.captions) if ids is None else ids:
                 self.captions.pop(track_id, None)
-        if self.clouds is not None:
-            self.clouds.forget(ids)
-        if self.view_cache is not None:
-            self.view_cache.forget(None if ids is None else [*ids, *removed])
+        self._forget_caches(None if ids is None else [*ids, *removed])
         if self.on_memory_change is not None and (count or ids is None):
             self.on_memory_change([], ids or [], ids is None)
         enrolled = list(dict.fromkeys(enrolled_ids))
@@ -384,12 +387,6 @@ class Perception:
                 if self.bank is not None:  # other bank rows are hidden too, until a restart
                     count += self.bank.remove([i for i in enrolled if i in self.bank])
         return count
-
-    def views_of(self, track_id: str) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
-        with self._lock:
-            track = self.buffer.get(track_id)
-            views = list(track.views) if track is not None else []
-        return views, self.clouds.get(track_id) if self.clouds is not None else None
 
     def check_image_count(self, count: int) -> None:
         limit = self.settings.max_enroll_images

@@ -146,7 +146,7 @@ def enroll(engine: Perception, name: str, category: str, track_id: str, images: 
     if images and track_id:
         raise RequestError("give a track_id or images, not both")
     if track_id:
-        views, cloud = engine.views_of(track_id)
+        views, cloud = _views_of(engine, track_id)
         if not views and cloud is None:
             raise RequestError(f"no views of track {track_id!r} (unknown, forgotten or expired)")
         job = EncodeJob(track_id, views, points=cloud)
@@ -188,3 +188,11 @@ def prepare_images(engine: Perception, images: list[np.ndarray]) -> list[np.ndar
         if 0 in image.shape:
             raise RequestError(f"image {i} has no pixels")
     return [downsize(image, engine.buffer.policy.max_side) for image in images]
+
+
+def _views_of(engine: Perception, track_id: str) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """A tracked object's current views and cloud (enrolment by track id)."""
+    with engine._lock:
+        track = engine.buffer.get(track_id)
+        views = list(track.views) if track is not None else []
+    return views, engine.clouds.get(track_id) if engine.clouds is not None else None
