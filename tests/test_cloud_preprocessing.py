@@ -64,6 +64,26 @@ def test_the_encoder_carries_its_training_preprocessing(tmp_path):
     assert loaded.weights_id != GSCLIPEncoder(GSEncoderConfig.tiny(32)).weights_id
 
 
+def test_an_encoder_trained_on_draws_sees_draws_of_the_cloud_it_was_trained_to_lift():
+    from ddclip_core.gaussians import lift_points
+    from ddclip_core.gaussians.preprocess import draw_subset
+
+    torch.manual_seed(0)
+    config = GSEncoderConfig.tiny(32)
+    config.cloud = CloudSettings(max_points=300, voxel_fraction=0.0, min_points=16, draw_points=100)
+    encoder = GSCLIPEncoder(config).eval()
+    rng = np.random.default_rng(5)
+    points, colours = rng.normal(size=(1000, 3)).astype(np.float32), rng.random((1000, 3)).astype(np.float32)
+    embedder = CloudEmbedder(encoder)
+    prepared = embedder.prepare(points, colours)
+    assert len(prepared[0]) == 300  # lifted from as many points as in training
+    features = draw_subset(lift_points(*prepared).to_features(), 100)
+    assert len(features) == 100
+    expected = encoder.encode([features]).numpy()
+    np.testing.assert_allclose(embedder.embed([prepared]), expected, atol=1e-6)
+    assert draw_subset(features, 200) is features  # fewer rows than the draw: all of them
+
+
 def test_the_engine_embeds_a_cloud_as_the_library_does():
     torch.manual_seed(0)
     encoder = GSCLIPEncoder(GSEncoderConfig.tiny(32)).eval()

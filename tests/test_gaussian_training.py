@@ -139,6 +139,10 @@ def test_partial_clouds_are_fewer_views_of_the_same_object(data_root):
     drawn = item["features"][item["mask"]].numpy()
     assert any(np.allclose(drawn, partial[0, k, : counts[0, k]], atol=1e-3) for k in range(2))
     assert dataset.cloud_settings().max_points == POINTS
+    # Trained on draws of half the stored Gaussians: inference lifts all stored points and then draws
+    # (before: it lifted half as many points, so every Gaussian was larger than in training).
+    half = GaussianDataset(data, points=POINTS // 2).cloud_settings()
+    assert (half.max_points, half.draw_points) == (POINTS, POINTS // 2)
 
 
 def test_mesh_surface_source_through_the_cli(data_root, tmp_path):

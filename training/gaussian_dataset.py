@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ddclip_core.gaussians import CloudSettings
+from ddclip_core.gaussians.preprocess import draw_subset
 
 from .data import FrozenTargets, rank_slice, steps
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
@@ -145,8 +146,9 @@ class GaussianDataset(Dataset):
         else:  # written before the settings were stored: what it was made with
             stored = CloudSettings(int(attrs.get("max_points", self.stored_points)),
                                    float(attrs.get("voxel_fraction", 1 / 128)), 4)  # fmt: skip
-        return replace(stored, max_points=min(stored.max_points, self.points),
-                       min_points=min(stored.min_points, self.points))  # fmt: skip
+        # Lifted at the stored count, then drawn (as __getitem__ does): inference does the same.
+        draw = self.points if self.points < stored.max_points else 0
+        return replace(stored, min_points=min(stored.min_points, self.points), draw_points=draw)
 
     def _open(self) -> tuple[h5py.File, h5py.File]:
         if self._files is None:  # here, not in __init__: h5py handles must not cross a fork
@@ -163,9 +165,8 @@ class GaussianDataset(Dataset):
         else:
             count = int(self.counts[item.row])
             features = gaussians["features"][item.row, :count].astype(np.float32)
-        if count > self.points:
-            keep = np.random.default_rng(item.seed).choice(count, self.points, replace=False)
-            features, count = features[np.sort(keep)], self.points
+        features = draw_subset(features, self.points, seed=item.seed)
+        count = len(features)
         padded = np.zeros((self.points, features.shape[1]), np.float32)
         padded[:count] = features
         out = {

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ddclip_core import DuoduoCLIP, LabelSet
 from ddclip_core.fusion import fuse_embeddings
 from ddclip_core.gaussians import GSCLIPEncoder
+from ddclip_core.gaussians.preprocess import draw_subset
 
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
 from .layout import IMAGE_TARGETS, IMAGES, DataError, DataFolder
@@ -81,6 +82,7 @@ def _gaussian_embeddings(
                                 f"(it has: {made or 'none'}; `ddclip data gaussians` makes 1 and 3)")  # fmt: skip
             k, counts = made.index(partial_views), f["partial_counts"][:]
             objects = [f["partial_features"][row, k, : counts[row, k]].astype(np.float32) for row in rows]
+    objects = [draw_subset(features, encoder.config.cloud.draw_points) for features in objects]  # as trained
     return encoder.eval().encode(objects, batch_size=batch).cpu()
 
 

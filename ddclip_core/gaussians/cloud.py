@@ -13,7 +13,7 @@ import numpy as np
 
 from .encoder import GSCLIPEncoder
 from .lift import lift_points
-from .preprocess import CloudSettings, prepare_cloud
+from .preprocess import CloudSettings, draw_subset, prepare_cloud
 
 Cloud = tuple[np.ndarray, np.ndarray]
 
@@ -51,8 +51,9 @@ class CloudEmbedder:
         prepares them first."""
         if not prepared:
             clouds = [self.prepare(points, colours) for points, colours in clouds]
-        gaussians = [lift_points(points, colours) for points, colours in clouds]
-        return self.encoder.encode(gaussians).cpu().numpy()
+        draw = self.settings.draw_points
+        features = [draw_subset(lift_points(points, colours).to_features(), draw) for points, colours in clouds]
+        return self.encoder.encode(features).cpu().numpy()
 
 
 __all__ = ["CloudEmbedder", "CloudSettings"]

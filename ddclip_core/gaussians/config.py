@@ -94,7 +94,10 @@ class GSEncoderConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.cloud.draw_points:  # as written before it existed: an encoder keeps its weights id
+            del data["cloud"]["draw_points"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

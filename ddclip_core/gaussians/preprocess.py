@@ -34,15 +34,31 @@ class CloudSettings:
     max_points: int = 4096
     voxel_fraction: float = 1 / 128  # voxel edge / bounding-box diagonal; 0 = no voxel averaging
     min_points: int = 16  # fewer points after voxel averaging: refused
+    # Trained on random subsets of this many Gaussians, lifted from max_points (0: all of them). Lifted
+    # from fewer points, each Gaussian is larger (scales come from its nearest neighbours): inference
+    # lifts at max_points too and then draws, so it sees what training saw.
+    draw_points: int = 0
 
     def __post_init__(self) -> None:
         if not 4 <= self.min_points <= self.max_points:
             raise ValueError(f"need 4 <= min_points <= max_points, got {self.min_points}, {self.max_points}")
+        if self.draw_points < 0:
+            raise ValueError(f"draw_points must be >= 0, got {self.draw_points}")
         if not 0.0 <= self.voxel_fraction < 1.0:
             raise ValueError(f"voxel_fraction must be in [0, 1), got {self.voxel_fraction}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.draw_points:  # as written before it existed (data files, encoder metadata)
+            del data["draw_points"]
+        return json.dumps(data, sort_keys=True)
+
+
+def draw_subset(features: np.ndarray, draw_points: int, seed: int = 0) -> np.ndarray:
+    """``draw_points`` of the rows (Gaussians), in their order, drawn with ``seed``; all when 0 or fewer."""
+    if not draw_points or len(features) <= draw_points:
+        return features
+    return features[np.sort(np.random.default_rng(seed).choice(len(features), draw_points, replace=False))]
 
 
 @dataclass
