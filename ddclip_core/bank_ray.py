@@ -65,7 +65,7 @@ def build_bank_ray(
     progress: bool = True,
 ) -> EmbeddingBank:
     """``build_bank`` on the Ray cluster joined (``cluster.connect``)."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # workers do not share the driver's working directory
     objects = find_objects(folder)
     extra = extra_metadata(folder)
     ranges = shards(len(objects), shard_objects)

@@ -149,8 +149,8 @@ def map_shards(
     the model there), then called with batches of one shard ``{"shard": [i], "task": [json]}`` and
     returns ``{"shard": [i], "result": [json], ...}``; yields each shard's row as it comes back.
 
-    gpus: one GPU per actor (None: when the cluster has GPUs). actors: pool size (default: one per
-    GPU, else one per CPU, at most one per shard).
+    gpus: one GPU per actor (None: when the cluster has GPUs and the model's device is not "cpu").
+    actors: pool size (default: one per GPU, else one per CPU, at most one per shard).
     """
     ray = require_ray()
     from ray.data import ActorPoolStrategy, DataContext
@@ -159,7 +159,8 @@ def map_shards(
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
     cpus, gpu_count = cluster_resources()
-    use_gpus = gpu_count > 0 if gpus is None else gpus
+    on_cpu = constructor.get("spec", {}).get("device") == "cpu"  # a CPU model must not hold GPUs idle
+    use_gpus = gpu_count > 0 and not on_cpu if gpus is None else gpus
     size = max(1, min(actors or (gpu_count if use_gpus else cpus), len(tasks)))
     items = [{"shard": i, "task": json.dumps(task)} for i, task in enumerate(tasks)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -170,5 +171,9 @@ def map_shards(
         compute=ActorPoolStrategy(size=size),
         num_gpus=1 if use_gpus else 0,
         num_cpus=1,
+        # Ray Data restarts a pool actor and retries its task without end: a shard that always kills
+        # its actor (out of memory, a crashing decoder) would never fail
+        max_restarts=RETRIES,
+        max_task_retries=RETRIES,
     )
     yield from dataset.iter_rows()

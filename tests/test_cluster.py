@@ -167,11 +167,21 @@ def test_a_missing_shard_is_refused_and_reruns_replace_shards(prepared, tmp_path
     shutil.copytree(prepared / "ray" / "data", data)
     shards = sorted((data / "shards").glob("mv_images-*.h5"))
     assert len(shards) == 2  # 4 objects, 3 per shard
+    assert list((data / "shards").glob("targets-*.h5")) and list((data / "shards").glob("gaussians-*.h5"))
     pack_ray(prepared / "ray" / "renders", data, shard_objects=1, progress=False)  # a second run: new shards
     assert not any(shard.exists() for shard in shards) and len(list((data / "shards").glob("mv_images-*"))) == 4
+    # the targets and Gaussians of the old images went, and with them their shards (before: kept for good)
+    assert sorted(p.name.split("-")[0] for p in (data / "shards").iterdir()) == ["mv_images"] * 4
     next((data / "shards").glob("mv_images-*.h5")).unlink()
     with pytest.raises(DataError, match="shard files are missing"):
         DataFolder(data)
+
+
+def test_relative_paths_mean_the_drivers_directory_on_the_workers(prepared, tmp_path, monkeypatch):
+    shutil.copytree(prepared / "ray" / "renders", tmp_path / "renders")
+    monkeypatch.chdir(tmp_path)  # not the directory the workers started in
+    assert pack_ray(Path("renders"), Path("data"), shard_objects=2, progress=False) == len(OBJECTS_USED)
+    assert DataFolder(tmp_path / "data").num_objects == len(OBJECTS_USED)  # before: shards written elsewhere
 
 
 def test_a_worker_killed_mid_run_still_renders_every_object_once(cluster, tmp_path):

@@ -221,7 +221,7 @@ def write_gaussians(
                     features, centre, radius = object_features(renders / uid, settings)
                     parts = partial_features(renders / uid, settings)
             except DataError as exc:
-                raise DataError(f"object {uid!r} (row {row}): {exc}") from exc
+                raise DataError(f"object {uid!r} (row {row + getattr(data, 'first_row', 0)}): {exc}") from exc
             feats[row], counts[row], centres[row], radii[row] = _padded(features, p), len(features), centre, radius
             for j, (part, centre, radius) in enumerate(parts):
                 partial[row, j], partial_counts[row, j] = _padded(part, p), len(part)

@@ -51,7 +51,7 @@ class DataFolder:
     """Index of one data folder: rows, uids, names, categories, splits, captions."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # Ray workers, too, find it whatever their working directory
         if not self.root.is_dir():
             raise DataError(f"{self.root}: no such data folder")
         images = self.root / IMAGES

@@ -29,6 +29,7 @@ from .layout import (
     ObjectInfo,
     write_objects,
 )
+from .shards import delete, shards_of
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,13 @@ def pack(
     Returns the number of objects packed.
     """
     plan = plan_pack(renders, splits, val_fraction, seed)
+    old_shards = shards_of(out / IMAGES)  # a Ray pack's: nothing reads them once the new images are in
     with atomic_path(out / IMAGES) as tmp, h5py.File(tmp, "w") as f:  # a failed view leaves no partial file
         imgs = create_images(f, len(plan.folders), plan.num_views)
         for row, folder in enumerate(tqdm(plan.folders, desc="pack", unit="obj", disable=not progress)):
             imgs[row] = read_views(folder, plan.num_views)
         retire_derived(out)
+    delete(old_shards)
     write_index(out, plan, captions)
     return len(plan.uids)
 
@@ -141,7 +144,9 @@ def retire_derived(out: Path) -> None:
     short leaves a folder that is refused (no uid map), never one that labels the new images with the
     old uids; and `data targets` must run again (old targets would pass their shape checks)."""
     for name in (UID_MAP, OBJECTS, CAPTIONS, IMAGE_TARGETS, TEXT_TARGETS, GAUSSIANS):
+        used = shards_of(out / name)  # a Ray run's targets or Gaussians: their shards go with them
         (out / name).unlink(missing_ok=True)
+        delete(used)
 
 
 def write_index(out: Path, plan: PackPlan, captions: dict[str, list[str]] | None) -> None:

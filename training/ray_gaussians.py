@@ -30,6 +30,7 @@ class ShardRows:
     uids: list[str]
     root: Path
     out: Path
+    first_row: int = 0  # the shard's first row in the data folder (what errors name)
 
     @property
     def num_objects(self) -> int:
@@ -55,12 +56,14 @@ def write_gaussians_ray(
 ) -> Path:
     """``write_gaussians`` on the Ray cluster joined; returns the path of ``gaussians.h5``."""
     settings = settings or FuseSettings()
+    renders = Path(renders).resolve()  # workers do not share the driver's working directory
     token = new_token()
     ranges = shards(data.num_objects, shard_objects)
-    calls = [
-        (ShardRows(data.uids[start:stop], data.root, shard_path(data.root, "gaussians", token, i)), renders, settings)
+    rows = [
+        ShardRows(data.uids[start:stop], data.root, shard_path(data.root, "gaussians", token, i), start)
         for i, (start, stop) in enumerate(ranges)
     ]
+    calls = [(shard, renders, settings) for shard in rows]
     parts: list[Path] = [Path()] * len(calls)
     weights = [stop - start for start, stop in ranges]
     for index, result in run_tasks(gaussians_shard, calls, weights=weights, desc="gaussians (ray)", progress=progress):

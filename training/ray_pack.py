@@ -41,6 +41,7 @@ def pack_ray(
     progress: bool = True,
 ) -> int:
     """``pack`` on the Ray cluster joined; returns the number of objects packed."""
+    renders, out = Path(renders).resolve(), Path(out).resolve()  # workers do not share the driver's directory
     # Here, not at the top: the workers import this module for pack_shard, and need no torch.
     from ddclip_core.cluster import run_tasks, shards
 

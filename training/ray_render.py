@@ -13,9 +13,11 @@ never been run here (no GPU on the development machines).
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .render import MeshObject, RenderReport, RenderSettings, is_done, pending, record, render_job
@@ -25,6 +27,14 @@ SHARD_OBJECTS = 8  # objects per task: ~1 s of work at 12 views, so Ray's per-ta
 
 def render_shard(objects: list[MeshObject], out: Path, settings: RenderSettings) -> list[tuple[str, str | None]]:
     """Render each object of a shard not done yet (the Ray task): (uid, error or None) per object."""
+    if settings.renderer == "egl" and "EGL_VISIBLE_DEVICES" not in os.environ:
+        # (never run: no GPU here) Ray pins the task's GPU with CUDA_VISIBLE_DEVICES, which EGL ignores:
+        # pybullet's plugin would take the first device on every task of a multi-GPU node
+        import ray
+
+        gpus = ray.get_gpu_ids()
+        if gpus:
+            os.environ["EGL_VISIBLE_DEVICES"] = str(gpus[0])
     results = []
     for obj in objects:
         if is_done(out, obj.uid, settings.depth):  # finished by an earlier attempt of this task
@@ -32,6 +42,11 @@ def render_shard(objects: list[MeshObject], out: Path, settings: RenderSettings)
         else:
             results.append(render_job((obj, out, settings)))
     return results
+
+
+def absolute_paths(obj: MeshObject) -> MeshObject:
+    texture = None if obj.texture is None else Path(obj.texture).resolve()
+    return replace(obj, path=Path(obj.path).resolve(), texture=texture)
 
 
 def render_all_ray(
@@ -50,6 +65,9 @@ def render_all_ray(
     settings = settings or RenderSettings()
     if shard_objects < 1:
         raise ValueError(f"shard_objects must be >= 1, got {shard_objects}")
+    # Absolute: a worker's working directory is where its node started Ray, not the driver's.
+    out = Path(out).resolve()
+    objects = [absolute_paths(obj) for obj in objects]
     out.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
     todo = pending(objects, out, settings, report)

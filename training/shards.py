@@ -41,7 +41,7 @@ def write_shard(path: Path, write: Callable[[h5py.File], None]) -> Path:
 
 
 def _sources(path: Path) -> set[Path]:
-    if not path.is_file():
+    if not path.is_file() or not h5py.is_hdf5(path):
         return set()
     found = set()
     with h5py.File(path, "r") as f:
@@ -90,6 +90,11 @@ def write_virtual(
         if extra is not None:
             extra(out)
     return previous - {Path(part).resolve() for part in parts}
+
+
+def shards_of(path: Path) -> set[Path]:
+    """The shard files the virtual datasets of ``path`` read (none: not virtual, or no such file)."""
+    return _sources(path)
 
 
 def delete(paths: set[Path] | list[Path]) -> None:
