@@ -209,6 +209,8 @@ def _write(
 ) -> None:  # fmt: skip
     folder = out / obj.uid
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a worker killed mid-write; one writer per object at a time
+        stale.unlink(missing_ok=True)
     # Each file replaces its old self atomically, meta.json last: an object only counts as done once
     # everything is there, and an interrupted run never leaves a half-written file.
     if depths is not None:
