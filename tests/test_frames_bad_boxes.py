@@ -28,6 +28,13 @@ def test_crop_names_what_is_wrong_with_a_box(box, problem):
         crop(np.zeros((40, 40, 3), np.uint8), box)
 
 
+def test_boxes_with_numpy_coordinates_are_good_boxes():
+    frame = np.zeros((40, 40, 3), np.uint8)
+    for kind in (np.float32, np.int64, np.float64):
+        box = Box("mug", kind(2), kind(3), kind(30), kind(33))
+        assert crop(frame, box).shape == (30, 28, 3)  # a detector's array values, as they come
+
+
 @pytest.mark.parametrize("drawing_fails", [False, True])
 def test_a_bad_box_is_dropped_alone_even_with_annotation(drawing_fails):
     engine = Perception(make_tiny(), settings=PerceptionSettings(min_views=2, timeout_s=100.0))
@@ -64,3 +71,17 @@ def test_ctrl_c_during_an_encode_finishes_the_batch_then_stops():
     with pytest.raises(KeyboardInterrupt):
         worker.run()
     assert delivered == ["ended-track"] and calls == [1, 1]  # before: the batch was abandoned
+
+
+def test_a_failure_while_finishing_the_cut_batch_does_not_hide_the_interrupt():
+    calls = []
+
+    def encode(jobs):
+        calls.append(len(jobs))
+        raise KeyboardInterrupt if len(calls) == 1 else RuntimeError("out of memory")
+
+    worker = EncodeWorker(encode, lambda jobs, embeddings: None)
+    worker.submit(EncodeJob("t", [np.zeros((8, 8, 3), np.uint8)]))
+    with pytest.raises(KeyboardInterrupt):  # before: the RuntimeError, which a clean shutdown does not expect
+        worker.run()
+    assert calls == [1, 1]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ def box_problem(box: Box) -> str | None:
     if not box.track_id:
         return "a box with an empty track_id"
     corners = (box.x_min, box.y_min, box.x_max, box.y_max)
-    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in corners):
+    if not all(isinstance(v, numbers.Real) and np.isfinite(v) for v in corners):  # numpy scalars too
         return f"box of track {box.track_id!r} has a coordinate that is not a finite number: {corners}"
     if box.x_max < box.x_min or box.y_max < box.y_min:
         return f"box of track {box.track_id!r} has its corners swapped: {corners}"

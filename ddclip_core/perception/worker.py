@@ -216,7 +216,10 @@ class EncodeWorker:
                 self._deliver(batch, embeddings)
             except KeyboardInterrupt:  # Ctrl-C on the thread running the encoder (the node's main thread):
                 if embeddings is None:  # finish the encode it cut, as a stop does (a second Ctrl-C ends it);
-                    self._deliver(batch, self._encode(batch))  # one cut in delivery is not redone: no doubles
+                    try:  # one cut in delivery is not redone: no doubles
+                        self._deliver(batch, self._encode(batch))
+                    except Exception:  # the interrupt, not this, is what ends the run
+                        log.exception("finishing the interrupted batch of %d track(s) failed", len(batch))
                 raise
             except Exception as exc:  # one bad batch must not stop the node; it is logged and counted
                 self.stats.failed_batches += 1
