@@ -163,13 +163,12 @@ class ObjectMemory:
             self.identity.check(meta.get("weights_id"), f"{folder / legacy.OLD_FILE}: the object memory was")
         batch = [(Sighting(r["track_id"], r["stamp"], r["num_views"], r["camera_frame"], r["pose"]), v)
                  for r, v in records]  # fmt: skip
-        vectors = [as_queries(vector, self.dim)[0] for _, vector in batch]
+        vectors = self._vectors(batch)
         with self._writing():
             self._record(batch, vectors)
             for record, _ in records:
                 if record["name"] and record["track_id"] in self._row:  # not evicted (max_objects)
-                    self._objects[self._row[record["track_id"]]].name = record["name"]
-                    self.store.rename(record["track_id"], record["name"])
+                    self._rename(record["track_id"], record["name"])
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -203,9 +202,12 @@ class ObjectMemory:
     def record(self, batch: list[tuple[Sighting, Any]]) -> tuple[list[SeenObject], list[str]]:
         """Store a batch of sightings with their embeddings in one transaction; returns (updated objects,
         ids evicted to stay within max_objects)."""
-        vectors = [as_queries(vector, self.dim)[0] for _, vector in batch]  # bad input: before any write
+        vectors = self._vectors(batch)  # bad input: before any write
         with self._writing():
             return self._record(batch, vectors)
+
+    def _vectors(self, batch: list[tuple[Sighting, Any]]) -> list[np.ndarray]:
+        return [as_queries(vector, self.dim)[0] for _, vector in batch]
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -295,10 +297,14 @@ class ObjectMemory:
         self._objects.pop()
 
     def name(self, track_id: str, name: str) -> None:
-        row = self._row[track_id]
-        with self.store.transaction():
-            self.store.rename(track_id, name)
-        self._objects[row].name = name  # once committed
+        self._row[track_id]  # an unknown id is a KeyError before any write
+        with self._writing():
+            self._rename(track_id, name)
+
+    def _rename(self, track_id: str, name: str) -> None:
+        """Inside a transaction (``_writing``, which reads RAM back should it fail)."""
+        self.store.rename(track_id, name)
+        self._objects[self._row[track_id]].name = name
 
     def forget(self, track_ids: list[str] | None = None, older_than: Stamp | None = None) -> list[str]:
         """Forget these objects (all when None and no older_than), or those last seen before older_than."""

@@ -133,14 +133,14 @@ class ViewTokenCache:
         with self._lock:
             self._running -= 1
             self.stats.misses += len(missing)
-            if self._forgotten_since(object_id, forgets):
-                self._prune()
-                return 0  # a forgotten object's tokens must not come back
-            self.stats.warmed += len(missing)
-            self._store(object_id, keys, {key: _own(fresh[i], self.storage) for i, (key, _) in enumerate(missing)})
-            self._evict()
+            kept = not self._forgotten_since(object_id, forgets)  # a forgotten object's tokens must not come back
+            if kept:
+                self.stats.warmed += len(missing)
+                new = {key: _own(fresh[i], self.storage) for i, (key, _) in enumerate(missing)}
+                self._store(object_id, keys, new)
+                self._evict()
             self._prune()
-        return len(missing)
+        return len(missing) if kept else 0
 
     def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor]) -> None:
         """The object's tokens of ``keys`` only, with ``new`` added; most recently used last (lock held; the
