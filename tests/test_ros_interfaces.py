@@ -52,6 +52,7 @@ def test_messages_round_trip_through_serialisation():
 SERVER = textwrap.dedent(
     """
     import array, rclpy
+    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from ddclip.msg import QueryResult, ShapeEmbedding
     from ddclip.srv import Query
@@ -70,7 +71,7 @@ SERVER = textwrap.dedent(
     node.create_timer(0.1, lambda: publisher.publish(message))
     try:
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # SIGINT: rclpy's handler may shut down first
         pass
     node.destroy_node()
     rclpy.try_shutdown()
