@@ -15,6 +15,7 @@ from conftest import make_tiny
 
 from ddclip_core import load_model, save_export
 from ddclip_core.gaussians import load_gs_encoder
+from ddclip_core.text_space import TextSpaceMismatch, text_probe
 from training.catalog import pybullet_objects
 from training.config import TrainConfig
 from training.data import collate
@@ -283,6 +284,14 @@ def test_training_reduces_the_loss_and_exports(data_root, tiny_weights, tmp_path
     assert {"val/top1", "val/top1_class_mean", "val/loss"} <= set(result.metrics)
     exported = load_gs_encoder(result.export)
     assert exported.weights_id == encoder_from_checkpoint(result.best or result.last).weights_id
+    # it says which CLIP text space it embeds into: that of the tower that made its targets
+    assert np.abs(exported.text_space - text_probe(load_model(tiny_weights, device="cpu"))).max() < 1e-3
+
+
+def test_validation_classes_need_the_targets_text_tower(data_root, tmp_path):
+    other = save_export(make_tiny(layers_threshold=2, seed=9), tmp_path / "other")
+    with pytest.raises(TextSpaceMismatch, match="targets.* another CLIP text space.* model.init_weights .* scores the"):
+        train(_config(data_root, other, tmp_path / "run", "trainer.max_epochs=1"))
 
 
 def test_evaluation_writes_the_per_class_table(data_root, tiny_weights, tmp_path):

@@ -11,6 +11,7 @@ Every row ranks the same class prompts, embedded by the Duoduo model's text towe
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,12 @@ from ddclip_core import DuoduoCLIP, LabelSet
 from ddclip_core.fusion import fuse_embeddings
 from ddclip_core.gaussians import GSCLIPEncoder
 from ddclip_core.gaussians.preprocess import draw_subset
+from ddclip_core.text_space import check_text_space
 
 from .gaussian_data import GAUSSIANS, read_gaussians_h5
 from .layout import IMAGE_TARGETS, IMAGES, DataError, DataFolder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,6 +131,10 @@ def evaluate_gaussians(
     text = torch.from_numpy(LabelSet(classes, templates=templates).embeddings(model, cache=False)).float()
     if text.shape[1] != encoder.embed_dim:
         raise ValueError(f"the GS encoder embeds into {encoder.embed_dim} dims, the text tower into {text.shape[1]}")
+    if not check_text_space(encoder.text_space, model, f"the GS encoder {encoder.weights_id}", "Evaluate it with -w "
+                            "naming the view model whose text tower made its targets."):  # fmt: skip
+        log.warning("the GS encoder %s does not record the CLIP text space it was trained against: its rows are "
+                    "scored by %s's text tower on trust", encoder.weights_id, model.weights_id)  # fmt: skip
     result = GaussianZeroShot(classes, {c: names.count(c) for c in classes})
     gs = _gaussian_embeddings(encoder, data, rows, batch_size, partial_views)
     gs_name = "GS-CLIP (Gaussians)" if not partial_views else f"GS-CLIP ({partial_views}-view partial clouds)"

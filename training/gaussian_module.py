@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ddclip_core.gaussians import CloudSettings, GSCLIPEncoder, GSEncoderConfig, load_gs_encoder
+from ddclip_core.text_space import decode_probe, encode_probe
 
 from .config import GaussianConfig, TrainConfig
 from .loss import ContrastiveLoss
@@ -137,6 +138,8 @@ class GaussianTraining(pl.LightningModule):
             "gs_encoder_config": self.encoder.config.to_json(),
             "train_config": json.dumps(self.config.to_dict()),
         }
+        if self.encoder.text_space is not None:
+            checkpoint["hyper_parameters"]["text_space"] = encode_probe(self.encoder.text_space)
 
 
 def encoder_from_checkpoint(path: str | Path) -> GSCLIPEncoder:
@@ -148,4 +151,6 @@ def encoder_from_checkpoint(path: str | Path) -> GSCLIPEncoder:
     encoder = GSCLIPEncoder(GSEncoderConfig.from_json(hyper["gs_encoder_config"]))
     prefix = "encoder."
     encoder.load_state_dict({k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)})
+    if "text_space" in hyper:
+        encoder.text_space = decode_probe(hyper["text_space"], str(path))
     return encoder.eval()

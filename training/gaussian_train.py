@@ -9,19 +9,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from ddclip_core import LabelSet, load_model
 from ddclip_core.gaussians import save_gs_encoder
+from ddclip_core.text_space import check_text_space
 
 from .config import TrainConfig
 from .fitting import SplitDataModule, TrainResult, fit, scalar_metrics
 from .gaussian_dataset import GaussianBatchSampler, GaussianDataset, class_ids
 from .gaussian_module import GaussianTraining, build_encoder, encoder_from_checkpoint
-from .layout import TEXT_TARGETS, DataFolder
+from .layout import TEXT_TARGETS, DataFolder, read_text_space
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,17 @@ class GaussianData(SplitDataModule):
         return self._loader(sampler)
 
 
-def class_embeddings(config: TrainConfig, data: DataFolder, categories: list[str]) -> torch.Tensor | None:
-    """CLIP text embeddings of the validation classes, from the frozen CLIP named by model.init_weights."""
+def class_embeddings(config: TrainConfig, categories: list[str], text_space: np.ndarray | None) -> torch.Tensor | None:
+    """CLIP text embeddings of the validation classes, from the frozen CLIP named by model.init_weights,
+    which must be the text tower that made the targets (``text_space``, their probe) when they say."""
     if not categories:
         return None
     clip = load_model(config.model.init_weights or None, device="cpu", arch=config.model.arch)
-    with h5py.File(data.path(TEXT_TARGETS), "r") as f:
-        made_by = f.attrs.get("weights_id", "")
-    if made_by and made_by != clip.weights_id:
-        # A fine-tuned Duoduo model keeps CLIP's text tower, so this can be right; say it, do not stop.
-        log.warning("targets were made by %s, class prompts use %s: the text towers must be the same CLIP",
-                    made_by, clip.weights_id)  # fmt: skip
+    weights = config.model.init_weights or "random"
+    advice = f"model.init_weights ({weights}) scores the validation classes: name the CLIP that made the targets."
+    if not check_text_space(text_space, clip, f"{TEXT_TARGETS} (the targets)", advice):
+        log.warning("%s does not record its CLIP text space (made before ddclip kept it): cannot check that "
+                    "model.init_weights has the text tower that made it", TEXT_TARGETS)  # fmt: skip
     return torch.from_numpy(LabelSet(categories, templates=config.data.templates).embeddings(clip, cache=False))
 
 
@@ -71,7 +72,8 @@ def train_gaussian(config: TrainConfig, callbacks: list[pl.Callback] | tuple = (
     categories = data.categories(data.rows("val"))
     datamodule = GaussianData(data, config, categories)
     encoder = build_encoder(config.gaussian, datamodule.dataset.targets.embed_dim, datamodule.dataset.cloud_settings())
-    module = GaussianTraining(encoder, config, categories, class_embeddings(config, data, categories))
+    encoder.text_space = read_text_space(data.path(TEXT_TARGETS))  # the space it learns: its checkpoints carry it
+    module = GaussianTraining(encoder, config, categories, class_embeddings(config, categories, encoder.text_space))
     log.info("GS encoder: %d trainable parameters", module.trainable)
     has_val = len(datamodule.val_rows) > 0
     monitor = "val/top1_class_mean" if has_val and categories else None

@@ -23,6 +23,7 @@ import numpy as np
 from ddclip_core.atomic import atomic_path
 from ddclip_core.objaverse import read_uid_map
 from ddclip_core.text_files import naming_file, read_json
+from ddclip_core.text_space import decode_probe
 
 from .shards import missing_sources
 
@@ -132,6 +133,17 @@ def write_objects(root: Path, objects: list[ObjectInfo]) -> None:
         writer.writeheader()
         for obj in objects:
             writer.writerow({"uid": obj.uid, "name": obj.name, "category": obj.category, "split": obj.split})
+
+
+def read_text_space(path: Path) -> np.ndarray | None:
+    """The text-space probe (ddclip_core.text_space) of the CLIP that made text_embeddings.h5; None for
+    targets written before it was kept."""
+    with h5py.File(path, "r") as f:
+        recorded = f.attrs.get("text_space")
+    try:
+        return None if recorded is None else decode_probe(recorded, str(path))
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def read_text_targets(path: Path, num_objects: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ddclip_core.cluster import ModelSpec, map_shards, shards
+from ddclip_core.text_space import encode_probe, text_probe
 
 from .layout import IMAGE_TARGETS, IMAGES, TEXT_TARGETS, DataError, DataFolder
 from .shards import delete, discard, new_token, shard_path, write_shard, write_virtual
@@ -35,6 +36,7 @@ class TargetShardWriter:
         self.data = DataFolder(root)
         self.captions = object_captions(self.data, templates)
         self.batch_size, self.dtype = batch_size, dtype
+        self.text_space = encode_probe(text_probe(self.model))  # the tower's fingerprint, once per actor
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [json.dumps(self.shard(**json.loads(task))) for task in batch["task"]]
@@ -55,7 +57,7 @@ class TargetShardWriter:
             f.attrs["weights_id"] = self.model.weights_id
 
         write_shard(Path(path), write)
-        return {"weights_id": self.model.weights_id, "texts": len(flat)}
+        return {"weights_id": self.model.weights_id, "texts": len(flat), "text_space": self.text_space}
 
 
 def compute_targets_ray(
@@ -94,13 +96,14 @@ def compute_targets_ray(
         discard(data.root, "targets", token)
         raise DataError(f"targets: {len(results)} of {len(tasks)} shards came back, from weights {sorted(weights)}")
     weights_id = weights.pop()
+    text_space = results[0]["text_space"]  # one model: the shards' probes differ at most by their device's rounding
     parts = [Path(task["path"]) for task in tasks]
     stale = write_virtual(
         data.path(IMAGE_TARGETS), parts, ["img_feat"], extra=lambda f: f.attrs.__setitem__("weights_id", weights_id)
     )
     stale |= write_virtual(
         data.path(TEXT_TARGETS), parts, ["text_feat"],
-        extra=lambda f: write_text_index(f, flat, offsets, weights_id, templates),
+        extra=lambda f: write_text_index(f, flat, offsets, weights_id, templates, text_space),
     )  # fmt: skip
     delete(stale)
     return data.num_objects * data.num_views, len(flat)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ddclip_core import DuoduoCLIP, PreprocessConfig, Preprocessor
 from ddclip_core.atomic import atomic_path
 from ddclip_core.labels import TEMPLATE_SETS
+from ddclip_core.text_space import encode_probe, text_probe
 
 from .layout import IMAGE_TARGETS, IMAGES, TEXT_TARGETS, DataError, DataFolder
 
@@ -56,12 +57,16 @@ def flat_captions(captions: list[list[str]]) -> tuple[list[str], np.ndarray]:
     return flat, np.concatenate([[0], np.cumsum([len(texts) for texts in captions])]).astype(np.int64)
 
 
-def write_text_index(dst: h5py.File, flat: list[str], offsets: np.ndarray, weights_id: str, templates: str) -> None:
-    """Everything of text_embeddings.h5 beside text_feat."""
+def write_text_index(
+    dst: h5py.File, flat: list[str], offsets: np.ndarray, weights_id: str, templates: str, text_space: str
+) -> None:
+    """Everything of text_embeddings.h5 beside text_feat. text_space: ``encode_probe`` of the text
+    tower's probe, which the GS encoders trained on these targets carry to say which space they embed into."""
     dst.create_dataset("text_offsets", data=offsets)
     dst.create_dataset("captions", data=np.array(flat, dtype=h5py.string_dtype()))
     dst.attrs["weights_id"] = weights_id
     dst.attrs["templates"] = templates
+    dst.attrs["text_space"] = text_space
 
 
 @torch.inference_mode()
@@ -95,6 +100,6 @@ def compute_targets(
     text = model.encode_text(flat, batch_size=256).cpu().numpy().astype(dtype)
     with atomic_path(data.path(TEXT_TARGETS)) as tmp, h5py.File(tmp, "w") as dst:
         dst.create_dataset("text_feat", data=text)
-        write_text_index(dst, flat, offsets, model.weights_id, templates)
+        write_text_index(dst, flat, offsets, model.weights_id, templates, encode_probe(text_probe(model)))
     log.info("targets: %d views, %d captions, weights %s", data.num_objects * views, len(flat), model.weights_id)
     return data.num_objects * views, len(flat)

@@ -9,6 +9,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
+from ..text_space import decode_probe, encode_probe
 from ..weights import CheckpointError, check_state_dict
 from .config import GSEncoderConfig
 from .encoder import GSCLIPEncoder
@@ -18,12 +20,16 @@ FORMAT_VERSION = "1"
 
 
 def save_gs_encoder(model: GSCLIPEncoder, path: str | os.PathLike) -> Path:
-    """Write weights + config to ``path`` (a .safetensors file)."""
+    """Write weights + config (+ the CLIP text space it was trained against, ``model.text_space``, where
+    known) to ``path`` (a .safetensors file), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
-    save_file(state, str(path), metadata=metadata)
+    if model.text_space is not None:
+        metadata["text_space"] = encode_probe(model.text_space)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
@@ -60,4 +66,9 @@ def load_gs_encoder(
     model = GSCLIPEncoder(file_config)
     check_state_dict(model.state_dict(), state, str(path), "GS encoder")
     model.load_state_dict(state, strict=True)
+    if "text_space" in metadata:
+        try:
+            model.text_space = decode_probe(metadata["text_space"], str(path))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
     return model.to(device).eval()

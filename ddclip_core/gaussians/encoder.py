@@ -82,6 +82,9 @@ class GSCLIPEncoder(nn.Module):
             nn.Linear(cfg.head_hidden, cfg.embed_dim),
         )
         self._weights_id: str | None = None
+        # The CLIP text space its training targets lived in (ddclip_core.text_space), kept by its
+        # checkpoint; None: not known (an encoder built here, or saved before probes were kept).
+        self.text_space: np.ndarray | None = None
 
     @property
     def device(self) -> torch.device:

@@ -9,15 +9,20 @@ named by ``fusion_suffix``: the GS encoder's weights and the weight.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from ..fusion import fuse_embeddings
 from ..gaussians import CloudEmbedder
+from ..text_space import check_text_space
 from .worker import EncodeJob
+
+log = logging.getLogger(__name__)
 
 Cloud = tuple[np.ndarray, np.ndarray]  # prepared: points (N, 3) float32 in the unit sphere, colours in [0, 1]
 
@@ -31,10 +36,27 @@ class TrackClouds:
         self._embedded: dict[str, tuple[Cloud, np.ndarray]] = {}  # the embedding of each track's current cloud
         self._lock = threading.Lock()  # callbacks add, services forget, the encoder thread reads jobs only
         self.reused = 0  # cloud embeddings not computed again
+        self._checked = ""  # the weights id whose text space check_space has compared
 
     @property
     def fusion_suffix(self) -> str:
         return f"+gs:{self.embedder.encoder.weights_id}@w{self.gaussian_weight:g}"
+
+    def check_space(self, model: Any) -> str:
+        """Refuse a view model whose space is not the GS encoder's: another width, or, where the encoder's
+        checkpoint records it, another CLIP text tower (TextSpaceMismatch). Returns ``fusion_suffix``."""
+        encoder = self.embedder.encoder
+        name = f"the GS encoder {encoder.weights_id}"
+        if encoder.embed_dim != model.embed_dim:
+            raise ValueError(f"{name} embeds into {encoder.embed_dim} dimensions, the model into {model.embed_dim}: "
+                             "they must share one CLIP space")  # fmt: skip
+        if self._checked != model.weights_id:
+            advice = "Use the view model whose text tower made its targets, or retrain it on targets of this one."
+            if not check_text_space(encoder.text_space, model, name, advice):
+                log.warning("%s does not record the CLIP text space it was trained against (saved before ddclip "
+                            "kept it): it is fused with %s on trust", name, model.weights_id)  # fmt: skip
+            self._checked = model.weights_id
+        return self.fusion_suffix
 
     def add(self, track_id: str, points: np.ndarray, colours: np.ndarray) -> Cloud:
         """Keep a track's newest cloud, prepared as the encoder's training clouds were (``prepare_cloud``:

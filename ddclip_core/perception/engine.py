@@ -69,7 +69,7 @@ class Perception:
         self.frame_listener: Callable[[Header, np.ndarray, list[Box]], None] | None = None
         self.identity: WeightsIdentity = model.identity
         # Fused embeddings live in a space of their own: a memory made with another fusion is refused.
-        self.embedding_identity = self.identity.fused(clouds.fusion_suffix) if clouds else self.identity
+        self.embedding_identity = self.identity.fused(clouds.check_space(model)) if clouds else self.identity
         if labels is not None:
             labels.embeddings(model)  # computed (and kept by the label set) now, not in the first batch
         # enrolled names beside the memory's database (memory_path: its folder, or the .db file itself)

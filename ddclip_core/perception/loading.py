@@ -72,13 +72,13 @@ def _warm(model: DuoduoCLIP, max_views: int) -> DuoduoCLIP:
 
 
 def _clouds(config: PerceptionConfig, model) -> TrackClouds:
-    encoder = load_gs_encoder(config.gs_encoder, device=model.device)
-    if encoder.embed_dim != model.embed_dim:
-        raise ValueError(
-            f"{config.gs_encoder} embeds into {encoder.embed_dim} dimensions, the model into {model.embed_dim}: "
-            "they must share one CLIP space"
-        )
-    return TrackClouds(CloudEmbedder(encoder, config.max_points), config.gaussian_weight, config.max_tracks)
+    embedder = CloudEmbedder(load_gs_encoder(config.gs_encoder, device=model.device), config.max_points)
+    if embedder.max_points < config.max_points:
+        log.info("max_points %d: %s was trained on clouds of at most %d points, so clouds are drawn down to that",
+                 config.max_points, config.gs_encoder, embedder.max_points)  # fmt: skip
+    clouds = TrackClouds(embedder, config.gaussian_weight, config.max_tracks)
+    clouds.check_space(model)  # here, so that a mismatch is reported under gs_encoder
+    return clouds
 
 
 def _step(setting: str, load):
