@@ -6,7 +6,9 @@ view) that doubles the time of the matmuls, which are ~95 % of the encoder's FLO
 weights once into oneDNN's blocked layout (what ``torch.compile`` does for frozen CPU graphs, through
 the same ``mkldnn`` ops) removes that, and lets oneDNN fuse GELU into the MLP's first matmul and the
 residual add into the second. The patch embedding (a stride-32 convolution whose oneDNN kernel is slow
-on one image) becomes a reshape and one packed matmul.
+on one image) becomes a reshape and one packed matmul. At hundreds of rows MKL's own packing costs little
+and on some CPUs (AVX2 EPYC) its GEMMs beat oneDNN's, so each fp32 layer times both once per row bucket
+and keeps the faster (``_Linear._mkl_wins``).
 
 Only the inference API uses this (``encode_views``, ``view_tokens``, ``embed_view_tokens``): training
 and ``forward`` keep the plain modules and autograd. Numbers agree with the plain path to fp32 rounding
@@ -47,22 +49,24 @@ class _Linear:
     weight: torch.Tensor  # oneDNN-packed (out, in)
     bias: torch.Tensor | None
     parts: dict[int, int] | None = None  # 16-bit: per row count, in how many row pieces it runs fastest
+    plain: torch.Tensor | None = None  # fp32: the module's own (out, in) weight, for MKL
+    mkl: dict[tuple[int, str], bool] | None = None  # fp32: per (row bucket, op), whether MKL runs it faster
 
     @classmethod
-    def pack(
-        cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, splits: _Splits | None = None
-    ) -> _Linear:
-        """splits: a tower's row-split decisions, shared by its layers of one shape (measured once)."""
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> _Linear:
         packed = _mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), None)
         bias = None if bias is None else bias.detach().to(dtype).contiguous()
+        shared = _CHOICES.setdefault((dtype, tuple(weight.shape)), {})
         if dtype == torch.float32:
-            return cls(packed, bias)
-        return cls(packed, bias, (splits if splits is not None else {}).setdefault(tuple(weight.shape), {}))
+            return cls(packed, bias, plain=weight.detach(), mkl=shared)
+        return cls(packed, bias, shared)
 
     def __call__(self, x: torch.Tensor, post_op: str = "none") -> torch.Tensor:
         # post_op "gelu" fuses exact (erf) GELU, as nn.GELU() computes it
         rows = x.shape[0]
-        if self.parts is None or rows < _SPLIT_MIN_ROWS:
+        if self.parts is None:
+            return self._mkl(x, post_op) if self._mkl_wins(x, post_op) else self._run(x, post_op)
+        if rows < _SPLIT_MIN_ROWS:
             return self._run(x, post_op)
         parts = self.parts.get(rows)
         if parts is None:
@@ -71,6 +75,30 @@ class _Linear:
 
     def _run(self, x: torch.Tensor, post_op: str) -> torch.Tensor:
         return _mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], "none" if post_op == "gelu" else "")
+
+    def _mkl(self, x: torch.Tensor, post_op: str, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = F.linear(x, self.plain, self.bias)
+        if post_op == "gelu":
+            return F.gelu(out)
+        return out if residual is None else out.add_(residual)
+
+    def _mkl_wins(self, x: torch.Tensor, op: str, residual: torch.Tensor | None = None) -> bool:
+        """Whether MKL's fp32 GEMM beats the packed oneDNN one at this many rows, measured once per row
+        bucket (the next power of two) and op. oneDNN wins at one object's 50-200 rows everywhere; at
+        600+ rows MKL wins on some CPUs (AVX2 EPYC: the packed tower at 12 views took 1.18x the plain
+        one's time) and loses on others, so neither can be fixed in advance."""
+        key = (1 << (x.shape[0] - 1).bit_length(), op)
+        wins = self.mkl.get(key)
+        if wins is None:
+            if residual is None:
+                runs = (lambda: self._mkl(x, op), lambda: self._run(x, op))
+            else:
+                runs = (lambda: self._mkl(x, "none", residual.clone()), lambda: self.add(x, residual, fused=True))
+            mkl, onednn = _best_times(*runs)
+            wins = mkl < 0.95 * onednn  # a clear win only: the two differ in the last bit of some sums
+            if len(self.mkl) < _SPLIT_MAX_ENTRIES:
+                self.mkl[key] = wins
+        return wins
 
     def _measure_parts(self, x: torch.Tensor, post_op: str) -> int:
         """In how many row pieces (1, 2 or 4) this row count runs fastest, measured once. oneDNN's bf16
@@ -86,8 +114,10 @@ class _Linear:
             self.parts[x.shape[0]] = parts
         return parts
 
-    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """linear(x) + residual in one oneDNN call (same dtype)."""
+    def add(self, x: torch.Tensor, residual: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """linear(x) + residual (fp32): in one oneDNN call, or MKL's GEMM and an add where that is faster."""
+        if not fused and self._mkl_wins(x, "add", residual):
+            return self._mkl(x, "none", residual)
         return _mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
 
 
@@ -95,7 +125,10 @@ _SPLIT_MIN_ROWS = 256  # below, one call always won where measured
 _SPLIT_MAX_ENTRIES = 512  # row counts remembered per layer; others run in one call
 
 
-_Splits = dict[tuple[int, ...], dict[int, int]]
+# Kernel decisions per (dtype, weight shape), shared by every layer of that shape in the process: measured
+# once, and two models with the same weights (a checkpoint and its export) give the same bits.
+# bf16: row count -> pieces; fp32: (row bucket, op) -> whether MKL wins.
+_CHOICES: dict[tuple[torch.dtype, tuple[int, ...]], dict] = {}
 
 
 def _best_times(*runs: Any, rounds: int = 3) -> list[float]:
@@ -144,15 +177,15 @@ def _norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
 class _Block:
     """One open_clip ResidualAttentionBlock with packed weights."""
 
-    def __init__(self, block: nn.Module, dtype: torch.dtype, splits: _Splits) -> None:
+    def __init__(self, block: nn.Module, dtype: torch.dtype) -> None:
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads = block.attn.num_heads
         self.dtype = dtype
         attn, mlp = block.attn, block.mlp
-        self.qkv = _Linear.pack(attn.in_proj_weight, attn.in_proj_bias, dtype, splits)
-        self.out = _Linear.pack(attn.out_proj.weight, attn.out_proj.bias, dtype, splits)
-        self.fc = _Linear.pack(mlp.c_fc.weight, mlp.c_fc.bias, dtype, splits)
-        self.proj = _Linear.pack(mlp.c_proj.weight, mlp.c_proj.bias, dtype, splits)
+        self.qkv = _Linear.pack(attn.in_proj_weight, attn.in_proj_bias, dtype)
+        self.out = _Linear.pack(attn.out_proj.weight, attn.out_proj.bias, dtype)
+        self.fc = _Linear.pack(mlp.c_fc.weight, mlp.c_fc.bias, dtype)
+        self.proj = _Linear.pack(mlp.c_proj.weight, mlp.c_proj.bias, dtype)
         self.fused_gelu = type(block.mlp.gelu) is nn.GELU and block.mlp.gelu.approximate == "none"
         self.activation = block.mlp.gelu
         self.attention = F.scaled_dot_product_attention if dtype == torch.float32 else _half_attention()
@@ -211,8 +244,7 @@ class PrepackedVisual:
         conv = visual.conv1
         self.patch = conv.kernel_size[0]
         self.patch_embed = _Linear.pack(conv.weight.flatten(1), conv.bias, dtype)
-        splits: _Splits = {}
-        self.blocks = [_Block(block, dtype, splits) for block in visual.transformer.resblocks]
+        self.blocks = [_Block(block, dtype) for block in visual.transformer.resblocks]
 
     @staticmethod
     def supports(visual: nn.Module) -> bool:
@@ -247,8 +279,7 @@ class PrepackedText:
 
     def __init__(self, clip: nn.Module, precision: str) -> None:
         self.clip = clip
-        splits: _Splits = {}
-        self.blocks = [_Block(block, _DTYPES[precision], splits) for block in clip.transformer.resblocks]
+        self.blocks = [_Block(block, _DTYPES[precision]) for block in clip.transformer.resblocks]
         self.mask = clip.attn_mask == 0  # causal: 0 where a token may attend, -inf elsewhere
 
     @staticmethod

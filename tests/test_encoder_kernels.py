@@ -48,6 +48,33 @@ def test_prepacked_fp32_equals_the_modules_on_mixed_view_counts(vit_b32, monkeyp
 
 
 @needs_onednn
+@pytest.mark.parametrize("use_mkl", [False, True])
+def test_either_fp32_gemm_kernel_gives_the_modules_numbers(vit_b32, monkeypatch, use_mkl):
+    """Each fp32 layer runs oneDNN's packed GEMM or MKL's, whichever it timed faster at that row count:
+    both must give the network's numbers, with every op (plain, GELU, residual add) on either."""
+    vit_b32.set_precision("fp32")
+    batch = objects([1, 5])
+    reference = plain(vit_b32, monkeypatch, lambda: vit_b32.encode_views(batch))
+    packed = vit_b32._inference_weights()
+    layers = [packed.patch_embed, *(getattr(b, n) for b in packed.blocks for n in ("qkv", "out", "fc", "proj"))]
+    decided = {id(layer.mkl): layer.mkl for layer in layers}  # shared per (dtype, shape)
+    saved = {key: dict(choices) for key, choices in decided.items()}
+    try:
+        for choices in decided.values():
+            choices.clear()
+            for rows in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+                choices.update({(rows, op): use_mkl for op in ("none", "gelu", "add")})
+        fast = vit_b32.encode_views(batch)
+        measured_anew = [c for c in decided.values() if set(c.values()) != {use_mkl}]
+    finally:
+        for key, choices in decided.items():
+            choices.clear()
+            choices.update(saved[key])
+    assert (fast - reference).abs().max().item() <= 1e-5
+    assert not measured_anew  # every layer ran the kernel the test forced
+
+
+@needs_onednn
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_inference_runs_the_last_block_for_each_views_cls_alone(vit_b32, monkeypatch, precision):
     """Only each view's CLS leaves the tower, so inference runs the last block's output for it alone
