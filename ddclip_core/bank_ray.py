@@ -73,7 +73,9 @@ def build_bank_ray(
     constructor = {"spec": asdict(model), "num_views": num_views, "batch_size": batch_size}
     embedded: dict[int, tuple[dict[str, Any], bytes]] = {}
     with tqdm(total=len(objects), desc="embedding objects (ray)", unit="obj", disable=not progress) as bar:
-        for row in map_shards(tasks, BankShardEncoder, constructor, actors=actors, gpus=gpus, progress=progress):
+        for row in map_shards(
+            tasks, BankShardEncoder, constructor, device=model.device, actors=actors, gpus=gpus, progress=progress
+        ):
             index = int(row["shard"])
             embedded[index] = (json.loads(row["result"]), row["vectors"])
             bar.update(ranges[index][1] - ranges[index][0])

@@ -147,6 +147,7 @@ def map_shards(
     actor: type,
     constructor: dict[str, Any],
     *,
+    device: str | None = None,
     actors: int | None = None,
     gpus: bool | None = None,
     progress: bool = True,
@@ -155,7 +156,8 @@ def map_shards(
     the model there), then called with batches of one shard ``{"shard": [i], "task": [json]}`` and
     returns ``{"shard": [i], "result": [json], ...}``; yields each shard's row as it comes back.
 
-    gpus: one GPU per actor (None: when the cluster has GPUs and the model's device is not "cpu").
+    device: the model's device in the actors ("cpu" keeps them off the cluster's GPUs).
+    gpus: one GPU per actor (None: when the cluster has GPUs and ``device`` is not "cpu").
     actors: pool size (default: one per GPU, else one per CPU, at most one per shard).
     """
     ray = require_ray()
@@ -165,8 +167,7 @@ def map_shards(
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
     cpus, gpu_count = cluster_resources()
-    on_cpu = constructor.get("spec", {}).get("device") == "cpu"  # a CPU model must not hold GPUs idle
-    use_gpus = gpu_count > 0 and not on_cpu if gpus is None else gpus
+    use_gpus = gpu_count > 0 and device != "cpu" if gpus is None else gpus  # a CPU model holds no GPU idle
     size = max(1, min(actors or (gpu_count if use_gpus else cpus), len(tasks)))
     items = [{"shard": i, "task": json.dumps(task)} for i, task in enumerate(tasks)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(

@@ -11,9 +11,10 @@ from conftest import make_tiny
 
 from ddclip_cli import main
 from training.config import TrainConfig
-from training.gaussian_data import write_gaussians
+from training.gaussian_data import FuseSettings, write_gaussians
 from training.layout import DataError, DataFolder
 from training.pack import read_captions
+from training.ray_gaussians import ShardRows, gaussians_shard
 from training.targets import compute_targets
 
 pytest.importorskip("pybullet", reason="data preparation renders with pybullet (the 'train' extra)")
@@ -90,6 +91,10 @@ def test_a_failed_gaussians_run_leaves_no_partial_file(tmp_path):
     with pytest.raises(DataError, match="object 'u0' \\(row 0\\).*no depth"):
         write_gaussians(data, tmp_path / "renders", progress=False)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["model_to_idx.json", "mv_images.h5"]
+    shard = ShardRows(data.uids[1:], data.root, tmp_path / "shards" / "gaussians-1.h5", first_row=1)
+    with pytest.raises(DataError, match="object 'u1' \\(row 1\\)"):  # a Ray shard names the folder's row
+        gaussians_shard(shard, tmp_path / "renders", FuseSettings())
+    assert not (tmp_path / "shards" / "gaussians-1.h5").exists()
 
 
 def test_training_configs_and_caption_files_that_do_not_parse_are_named(tmp_path):

@@ -177,9 +177,10 @@ def partial_features(folder: Path, settings: FuseSettings) -> list[tuple[np.ndar
 
 def write_gaussians(
     data: DataFolder, renders: Path | None, settings: FuseSettings | None = None, progress: bool = True,
-    meshes: dict[str, MeshObject] | None = None,
+    meshes: dict[str, MeshObject] | None = None, first_row: int = 0,
 ) -> Path:  # fmt: skip
-    """Lift every object of ``data``; write ``gaussians.h5``.
+    """Lift every object of ``data``; write ``gaussians.h5``. first_row: the row in the whole data folder
+    of ``data``'s first object (a Ray shard's offset), what errors name.
 
     Source: the RGB-D render in ``renders/<uid>`` (full and partial clouds), or with ``meshes`` ({uid:
     mesh}) points sampled on each mesh's surface (``gaussian_mesh.py``; no partial clouds: no cameras).
@@ -221,7 +222,7 @@ def write_gaussians(
                     features, centre, radius = object_features(renders / uid, settings)
                     parts = partial_features(renders / uid, settings)
             except DataError as exc:
-                raise DataError(f"object {uid!r} (row {row + getattr(data, 'first_row', 0)}): {exc}") from exc
+                raise DataError(f"object {uid!r} (row {first_row + row}): {exc}") from exc
             feats[row], counts[row], centres[row], radii[row] = _padded(features, p), len(features), centre, radius
             for j, (part, centre, radius) in enumerate(parts):
                 partial[row, j], partial_counts[row, j] = _padded(part, p), len(part)

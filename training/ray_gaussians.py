@@ -43,7 +43,7 @@ class ShardRows:
 def gaussians_shard(rows: ShardRows, renders: Path, settings: FuseSettings) -> Path:
     """Lift one shard of rows into its shard file (a Ray task)."""
     rows.out.parent.mkdir(parents=True, exist_ok=True)
-    return write_gaussians(rows, renders, settings, progress=False)  # type: ignore[arg-type]
+    return write_gaussians(rows, renders, settings, progress=False, first_row=rows.first_row)  # type: ignore[arg-type]
 
 
 def write_gaussians_ray(

@@ -86,7 +86,9 @@ def compute_targets_ray(
     }  # fmt: skip
     results: dict[int, dict] = {}
     try:
-        for row in map_shards(tasks, TargetShardWriter, constructor, actors=actors, gpus=gpus, progress=progress):
+        for row in map_shards(
+            tasks, TargetShardWriter, constructor, device=model.device, actors=actors, gpus=gpus, progress=progress
+        ):
             results[int(row["shard"])] = json.loads(row["result"])
     except BaseException:
         discard(data.root, "targets", token)
