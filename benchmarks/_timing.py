@@ -57,14 +57,23 @@ def read_bandwidth(nbytes: int, device: torch.device) -> float:
     return buffer.numel() * 4 / min(timed(buffer.sum, device, repeats=1) for _ in range(5))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int,
+    setups: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, float]:
     """Median wall time of each fn, run in turns (a, b, a, b, ...) after one warm-up each, so that a
-    shared machine's load changes hit every contender alike."""
-    for fn in fns.values():
+    shared machine's load changes hit every contender alike. setups: per name, run untimed before each
+    call (to put back the state the call starts from)."""
+    setups = setups or {}
+    for name, fn in fns.items():
+        setups.get(name, lambda: None)()
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            setups.get(name, lambda: None)()
             sync(device)
             start = time.perf_counter()
             fn()

@@ -3,7 +3,7 @@ per-view tokens) against the full encode of the same views, in the same run; and
 
 The arithmetic floor of an incremental re-encode after n new views is n/12 of the per-view half plus all
 of the cross-view half (~0.58 of the full cost after 2 new views at threshold 6); both halves are timed
-on their own here too.
+on their own here too, all in turns (a, b, c, ...) so that a shared machine's load hits each alike.
 
     .venv/bin/python benchmarks/view_cache.py                         # CPU fp32, ViT-B-32
     .venv/bin/python benchmarks/view_cache.py --device cuda --precision bf16 --batch 200
@@ -12,15 +12,16 @@ on their own here too.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
 import torch
-from _timing import rss_mb, sync, timed
+from _timing import interleaved, rss_mb
 
 from ddclip_core import load_model
 from ddclip_core.view_cache import ViewTokenCache
+
+NEW_VIEWS = (1, 2, 4)
 
 
 def main() -> None:
@@ -43,33 +44,28 @@ def main() -> None:
     print(f"ViT-B-32 at threshold {model.layers_threshold} on {device} ({args.precision}), {args.batch} track(s) "
           f"x 12 views, cache storage {args.storage}, {torch.get_num_threads()} threads")  # fmt: skip
 
-    full = timed(lambda: model.encode_views(tracks, batch_size=args.batch), device, repeats=args.repeats)
     all_views = [v for track in tracks for v in track]
     tokens = model.view_tokens(all_views)
-    per_view = timed(lambda: model.view_tokens(all_views), device, repeats=args.repeats)
-    cross = timed(lambda: model.embed_view_tokens(tokens, [12] * args.batch), device, repeats=args.repeats)
-    print(f"full encode {full * 1e3:8.1f} ms   (per-view half {per_view * 1e3:.1f} ms, cross-view half "
-          f"{cross * 1e3:.1f} ms)")  # fmt: skip
-    for new in (1, 2, 4):
+    runs = {
+        "full": lambda: model.encode_views(tracks, batch_size=args.batch),
+        "per-view half": lambda: model.view_tokens(all_views),
+        "cross-view half": lambda: model.embed_view_tokens(tokens, [12] * args.batch),
+    }
+    setups = {}
+    for new in NEW_VIEWS:  # each timed from the same state: 12 - new views cached, then the grown track
         cache = ViewTokenCache(model, max_bytes=2**40, storage=args.storage)
-        keys = [list(range(12)) for _ in tracks]
-        seen = [(str(i), k[: 12 - new], t[: 12 - new]) for i, (k, t) in enumerate(zip(keys, tracks, strict=True))]
-        cache.encode(seen)
+        seen = [(str(i), list(range(12 - new)), t[: 12 - new]) for i, t in enumerate(tracks)]
         fresh = [np.ascontiguousarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)) for _ in range(new)]
-
         grown = [(str(i), list(range(12)), [*t[: 12 - new], *fresh]) for i, t in enumerate(tracks)]
-        times = []
-        for _ in range(args.repeats + 1):  # each from the same state: 12 - new views cached
-            cache.forget()
-            cache.encode(seen)
-            sync(device)
-            start = time.perf_counter()
-            cache.encode(grown)
-            sync(device)
-            times.append(time.perf_counter() - start)
-        seconds = float(np.median(times[1:]))
+        setups[new] = lambda cache=cache, seen=seen: (cache.forget(), cache.encode(seen))
+        runs[new] = lambda cache=cache, grown=grown: cache.encode(grown)
+    times = interleaved(runs, device, args.repeats, setups=setups)
+    full, per_view, cross = times["full"], times["per-view half"], times["cross-view half"]
+    print(f"full encode {full * 1e3:8.1f} ms   (per-view half {per_view * 1e3:.1f} ms, cross-view half "
+          f"{cross * 1e3:.1f} ms; all timed in turns)")  # fmt: skip
+    for new in NEW_VIEWS:
         floor = (new / 12 * per_view + cross) / full
-        print(f"after {new} new view(s): incremental {seconds * 1e3:8.1f} ms = {seconds / full:.2f} x full "
+        print(f"after {new} new view(s): incremental {times[new] * 1e3:8.1f} ms = {times[new] / full:.2f} x full "
               f"(arithmetic floor {floor:.2f} x; goal after 2: <= 0.62 x)")  # fmt: skip
 
     per_view_bytes = tokens[0].numel() * {"fp32": 4, "fp16": 2, "bf16": 2}[args.storage]
