@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _memory_legacy as legacy
 from .bank import as_queries
-from .identity import WeightsIdentity, identity_of
+from .identity import WeightsIdentity, WeightsMismatchError, identity_of
 from .memory_store import MemoryStore, database_path, embedding_blob, pose_columns, pose_from_columns
 from .stamped import Pose, Stamp
 
@@ -78,6 +78,7 @@ class MemoryFilter:
 
 class ObjectMemory:
     """identity: the embedding space the memory holds (weights, and fusion if any); files of others are refused.
+    A memory written to disk needs one (None: only in RAM, or read_only, which opens any memory).
     path: the memory folder or database file; None keeps it in RAM only."""
 
     def __init__(
@@ -95,6 +96,11 @@ class ObjectMemory:
             raise ValueError(f"max_objects and max_sightings must be >= 1, got {max_objects}, {max_sightings}")
         self.dim, self.max_objects, self.max_sightings = dim, max_objects, max_sightings
         self.identity = identity_of(identity)
+        if path is not None and not read_only and self.identity is None:
+            raise ValueError(
+                "an object memory kept on disk records which weights made its embeddings: give identity= "
+                "(the model, its weights id or a WeightsIdentity), or open it read_only"
+            )
         self._objects: list[SeenObject] = []
         self._row: dict[str, int] = {}
         self._frames: dict[str, int] = {}
@@ -120,10 +126,18 @@ class ObjectMemory:
             if not read_only:
                 self.store.set_meta(dim=self.dim, weights_id=self.identity.id if self.identity else "")
             return
-        if self.identity is not None:
-            self.identity.check(meta.get("weights_id"), f"{where}: the object memory was", "Use another memory_path.")
         if int(meta["dim"]) != self.dim:
             raise ValueError(f"{where}: embeddings of {meta['dim']} dimensions, not {self.dim}")
+        if self.identity is not None and not read_only and not meta.get("weights_id"):
+            # written without an identity (by a script): nothing tells whose embeddings it holds
+            if self.store.count():
+                raise WeightsMismatchError(
+                    f"{where}: the object memory records no weights, so its {self.store.count()} objects cannot "
+                    f"be checked against {self.identity.id!r}. Use another memory_path."
+                )
+            self.store.set_meta(weights_id=self.identity.id)  # empty: it becomes ours
+        if self.identity is not None:
+            self.identity.check(meta.get("weights_id"), f"{where}: the object memory was", "Use another memory_path.")
 
     @property
     def weights_id(self) -> str:

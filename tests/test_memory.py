@@ -111,6 +111,35 @@ def test_refusals_name_the_problem(tmp_path):
         ObjectMemory(DIM, identity="w", path=other)
 
 
+def _forget_weights(folder) -> None:
+    """What a memory written without an identity (an older script) records: no weights."""
+    db = sqlite3.connect(folder / "memory.db")
+    db.execute("UPDATE meta SET value = '' WHERE key = 'weights_id'")
+    db.commit()
+    db.close()
+
+
+def test_a_memory_without_weights_on_disk_is_never_adopted_with_objects(tmp_path):
+    with pytest.raises(ValueError, match="kept on disk records which weights made its embeddings: give identity="):
+        ObjectMemory(DIM, path=tmp_path / "new")
+    assert ObjectMemory(DIM).weights_id == ""  # in RAM only: nothing to check later
+    held, empty = tmp_path / "held", tmp_path / "empty"
+    memory = ObjectMemory(DIM, identity="w", path=held)
+    memory.record([(sighting("mug", 10), unit(0))])
+    memory.close()
+    ObjectMemory(DIM, identity="w", path=empty).close()
+    _forget_weights(held), _forget_weights(empty)
+    with pytest.raises(
+        WeightsMismatchError, match="records no weights, so its 1 objects cannot be checked against 'v'"
+    ):
+        ObjectMemory(DIM, identity="v", path=held)
+    assert len(ObjectMemory(DIM, path=held, read_only=True)) == 1  # still readable as it is
+    adopted = ObjectMemory(DIM, identity="v", path=empty)  # nothing in it: it becomes v's
+    adopted.close()
+    with pytest.raises(WeightsMismatchError, match="made with weights 'v', not 'w'"):
+        ObjectMemory(DIM, identity="w", path=empty)
+
+
 def test_two_writers_on_one_memory_are_refused(tmp_path):
     first = ObjectMemory(DIM, identity="w", path=tmp_path)
     with pytest.raises(MemoryInUse, match=r"in use by another running node \(pid \d+\)"):
