@@ -11,6 +11,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+from ddclip_cli import main
 from ddclip_core import save_export
 from ddclip_core.memory import ObjectMemory, Sighting
 from ddclip_core.stamped import Pose, Stamp
@@ -20,6 +21,15 @@ from tests.conftest import make_tiny, random_views
 def ddclip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ddclip_cli", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "DDCLIP_CACHE": "/nonexistent-ddclip-cache"})  # fmt: skip
+
+
+def in_process(capsys, *args: str) -> tuple[int, str]:
+    """``ddclip ARGS`` through the CLI's own entry point in this process: (exit code, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +47,7 @@ def run(tmp_path_factory):
     return folder, weights
 
 
-def test_info_list_query_and_export(run, tmp_path):
+def test_info_list_query_and_export(run, tmp_path, capsys):
     folder, weights = run
     info = ddclip("memory", "info", str(folder / "memory"))
     assert info.returncode == 0 and "objects    3 (3 sightings)" in info.stdout and "map (2), odom (1)" in info.stdout
@@ -63,8 +73,9 @@ def test_info_list_query_and_export(run, tmp_path):
     assert json.loads(rows[0]["sightings_json"])[0]["pose"]["frame_id"] in ("map", "odom")
     assert ddclip("memory", "export", str(folder / "memory"), str(tmp_path / "m.parquet")).returncode == 0
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 3
-    missing = ddclip("memory", "info", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "no object memory at" in missing.stderr
+    # Bad arguments run in this process (the same entry point; each subprocess costs seconds of imports).
+    code, stderr = in_process(capsys, "memory", "info", str(tmp_path / "nowhere"))
+    assert code == 2 and "no object memory at" in stderr
     memory = str(folder / "memory")
     for args, message in [
         (["--near", "0,0,0", "--frame", "map"], "--near wants four finite numbers X,Y,Z,R"),
@@ -74,5 +85,5 @@ def test_info_list_query_and_export(run, tmp_path):
         (["--since", "inf"], "--since wants a number of seconds > 0"),  # did no filtering
         (["--frame", "map"], "--frame applies to --near"),  # was ignored
     ]:
-        bad = ddclip("memory", "list", memory, *args)
-        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+        code, stderr = in_process(capsys, "memory", "list", memory, *args)
+        assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
