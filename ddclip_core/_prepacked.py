@@ -93,7 +93,7 @@ class _Linear:
             if residual is None:
                 runs = (lambda: self._mkl(x, op), lambda: self._run(x, op))
             else:
-                runs = (lambda: self._mkl(x, "none", residual.clone()), lambda: self.add(x, residual, fused=True))
+                runs = (lambda: self._mkl(x, "none", residual), lambda: self._run_add(x, residual))
             mkl, onednn = _best_times(*runs)
             wins = mkl < 0.95 * onednn  # a clear win only: the two differ in the last bit of some sums
             if len(self.mkl) < _SPLIT_MAX_ENTRIES:
@@ -114,10 +114,13 @@ class _Linear:
             self.parts[x.shape[0]] = parts
         return parts
 
-    def add(self, x: torch.Tensor, residual: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """linear(x) + residual (fp32): in one oneDNN call, or MKL's GEMM and an add where that is faster."""
-        if not fused and self._mkl_wins(x, "add", residual):
+        if self._mkl_wins(x, "add", residual):
             return self._mkl(x, "none", residual)
+        return self._run_add(x, residual)
+
+    def _run_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return _mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
 
 

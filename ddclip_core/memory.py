@@ -130,9 +130,9 @@ class ObjectMemory:
             raise ValueError(f"{where}: embeddings of {meta['dim']} dimensions, not {self.dim}")
         if self.identity is not None and not read_only and not meta.get("weights_id"):
             # written without an identity (by a script): nothing tells whose embeddings it holds
-            if self.store.count():
+            if held := self.store.count():
                 raise WeightsMismatchError(
-                    f"{where}: the object memory records no weights, so its {self.store.count()} objects cannot "
+                    f"{where}: the object memory records no weights, so its {held} objects cannot "
                     f"be checked against {self.identity.id!r}. Use another memory_path."
                 )
             self.store.set_meta(weights_id=self.identity.id)  # empty: it becomes ours
