@@ -12,7 +12,7 @@ import warnings
 
 from ddclip_core import __version__
 from ddclip_core import cli as core_cli
-from ddclip_core.factory import RandomWeightsWarning
+from ddclip_core.hub import RandomWeightsWarning
 from training import cli as training_cli
 
 
@@ -31,13 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ddclip ARGV``; returns the exit status. Callable from Python too: the logging handler and
+    warning filters it sets last only for the call."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    warnings.simplefilter("default")
-    warnings.simplefilter("ignore", RandomWeightsWarning)  # load_model also logs it; say it once
+    handler = logging.StreamHandler()  # sys.stderr as it is now (a caller may have redirected it)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not args.verbose:  # faiss logs which CPU build it tried at INFO: noise unless debugging
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith("faiss"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.simplefilter("ignore", RandomWeightsWarning)  # load_model also logs it; say it once
+            return _run(args)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except ImportError as exc:

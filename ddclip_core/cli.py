@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .cli_bank import register as register_bank
 from .cli_common import add_model_args, image_files, load_from_args, objects_from_args, output_path, positive_int
@@ -106,6 +105,8 @@ def _calibration_views(folder: Path) -> list[list[np.ndarray]]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from importlib import resources
+
+    import torch
 
     from .images import read_image, split_strip
 

@@ -6,11 +6,13 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .bank import EmbeddingBank, Match
 from .cli_common import load_from_args, objects_from_args, output_path, positive_int
 from .cluster import add_ray_argument
+
+if TYPE_CHECKING:  # the commands import the bank (and torch) when they run: `ddclip --help` stays fast
+    from .bank import EmbeddingBank, Match
 
 
 def _index_args(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,8 @@ def _build_index(bank: EmbeddingBank, args: argparse.Namespace) -> None:
 
 
 def cmd_import_objaverse(args: argparse.Namespace) -> int:
+    from .bank import EmbeddingBank
+
     start = time.perf_counter()
     bank = EmbeddingBank.from_objaverse(
         args.h5, args.uid_map, names=args.names, captions=args.captions, weights_id=args.weights_id
@@ -80,6 +84,8 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
 
 
 def cmd_bank_index(args: argparse.Namespace) -> int:
+    from .bank import EmbeddingBank
+
     bank = EmbeddingBank.load(args.bank, mmap=False)
     _build_index(bank, args)
     bank.save(args.bank)
@@ -87,6 +93,8 @@ def cmd_bank_index(args: argparse.Namespace) -> int:
 
 
 def cmd_bank_info(args: argparse.Namespace) -> int:
+    from .bank import EmbeddingBank
+
     bank = EmbeddingBank.load(args.bank)
     manifest = json.loads((Path(args.bank) / "bank.json").read_text())
     if args.json:
@@ -112,6 +120,7 @@ def _print_matches(title: str, matches: list[Match]) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from . import retrieval
+    from .bank import EmbeddingBank
 
     given = [bool(args.text), bool(args.views), bool(args.like), bool(args.mix)]
     if sum(given) != 1:

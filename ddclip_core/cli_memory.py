@@ -12,12 +12,14 @@ import csv
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cli_common import add_model_args, load_from_args, non_negative_int, output_path, positive_int
-from .memory import MemoryFilter, ObjectMemory, SeenObject
 from .memory_store import MemoryStore, database_path
 from .stamped import Stamp
+
+if TYPE_CHECKING:  # imported by the commands that run (the memory pulls in torch): `ddclip --help` stays fast
+    from .memory import MemoryFilter, ObjectMemory, SeenObject
 
 
 def _open(args: argparse.Namespace) -> ObjectMemory:
@@ -25,6 +27,8 @@ def _open(args: argparse.Namespace) -> ObjectMemory:
     store = MemoryStore(path, read_only=True)  # the dimension is recorded in the database
     dim = int(store.meta.get("dim", 0))
     store.close()
+    from .memory import ObjectMemory  # after the cheap checks: a wrong path is reported without importing torch
+
     return ObjectMemory(dim, max_objects=10_000_000, path=path, read_only=True)
 
 
@@ -46,6 +50,8 @@ def _filter(args: argparse.Namespace, memory: ObjectMemory) -> MemoryFilter:
         if not args.frame:
             raise ValueError("--near needs --frame (the frame X,Y,Z are given in)")
         centre, radius = tuple(parts[:3]), parts[3]
+    from .memory import MemoryFilter
+
     return MemoryFilter(seen_after=after, frame=args.frame or "", centre=centre, radius=radius,
                         min_views=args.min_views, name_contains=args.name or "")  # fmt: skip
 

@@ -11,7 +11,7 @@ import torch
 
 from ._runtime import check_precision, resolve_device
 from .config import DEFAULT_ARCH, DuoduoConfig
-from .hub import PUBLISHED
+from .hub import PUBLISHED, RandomWeightsWarning
 from .model import DuoduoCLIP
 from .onnx.files import is_onnx_export
 from .weights import CheckpointError, WeightFile, check_state_dict, read_weights
@@ -23,10 +23,6 @@ RANDOM_WEIGHTS_WARNING = (
     "Pass weights=PATH (the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP ViT-B-32 file or a ddclip "
     "export); `ddclip weights download` fetches the published checkpoint when online."
 )
-
-
-class RandomWeightsWarning(UserWarning):
-    """Issued when a model is built without weights."""
 
 
 # The published checkpoints by file stem; only these, as published, share the released embeddings' space.

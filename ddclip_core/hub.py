@@ -10,6 +10,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+
+class RandomWeightsWarning(UserWarning):
+    """Issued when a model is built without weights (no file given and none downloaded)."""
+
+
 EMBEDDINGS = "model_embeddings/Four_1to6F_bs1600_LT6"
 PUBLISHED = {
     # name: (repo id, file name, repo type)

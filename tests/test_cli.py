@@ -1,4 +1,4 @@
-"""The ddclip command line, run as a real subprocess."""
+"""The ddclip command line: its commands through the entry point, and as a real process where that matters."""
 
 from __future__ import annotations
 
@@ -14,17 +14,8 @@ from PIL import Image
 
 from ddclip_cli import main
 from ddclip_core import load_model, save_export
+from tests.cli_run import ddclip, ddclip_process
 from tests.conftest import make_tiny, random_views
-
-
-def ddclip(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ddclip_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "DDCLIP_CACHE": "/nonexistent-ddclip-cache", **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +35,31 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
-def test_console_script_is_installed():
+def test_console_script_is_installed(tmp_path):
     script = Path(sys.executable).with_name("ddclip")
     assert script.is_file(), "pip install -e . should install the ddclip console script"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ddclip 0.1.0" in result.stdout
+    missing = subprocess.run(
+        [str(script), "encode", "/no/such/view.png", "--out", str(tmp_path / "x.npy")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2  # one line, before the model loads (no random-weights warning first)
+    assert missing.stderr == "ddclip encode: error: image file not found: /no/such/view.png\n"
+
+
+def test_help_and_input_errors_answer_before_torch_is_imported():
+    """`ddclip --help`, a wrong option or a missing image must not cost the seconds torch takes to import."""
+    probe = (
+        "import sys\nfrom ddclip_cli import main\n"
+        "codes = []\n"
+        "for argv in (['encode', '--help'], ['encode', 'v.png', '--views', '0', '-o', 'x'],"
+        " ['encode', '/no/such.png', '-o', 'x'], ['memory', 'list', '/no/such/memory']):\n"
+        "    try:\n        codes.append(main(argv))\n    except SystemExit as exc:\n        codes.append(exc.code)\n"
+        "print(codes, [name for name in ('torch', 'open_clip') if name in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == "[0, 2, 2, 2] []", result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
@@ -125,7 +136,7 @@ def test_demo_names_the_shipped_example_objects(export):
 
 
 def test_random_weights_warn_loudly(images, tmp_path):
-    result = ddclip("encode", str(images / "mug"), "--out", str(tmp_path / "r.npy"))
+    result = ddclip_process("encode", str(images / "mug"), "--out", str(tmp_path / "r.npy"))
     assert result.returncode == 0, result.stderr
     assert "RANDOMLY INITIALISED" in result.stderr
 
@@ -157,7 +168,7 @@ def test_errors_are_one_clear_line(export, images, tmp_path, args, message):
 
 
 def test_offline_download_says_so(tmp_path):
-    result = ddclip("weights", "download", "--dir", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
+    result = ddclip_process("weights", "download", "--dir", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert "cannot download 3dlg-hcvc/DuoduoCLIP/Four_1to6F_bs1600_LT6.ckpt" in result.stderr
 
@@ -166,11 +177,11 @@ def test_a_missing_training_dependency_is_named_not_a_missing_command(tmp_path):
     """`ddclip train` stays a command when Lightning cannot be imported, and says what is missing."""
     (tmp_path / "pytorch_lightning.py").write_text("raise ImportError('No module named pytorch_lightning')\n")
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    listed = ddclip("--help", env=env)
+    listed = ddclip_process("--help", env=env)
     assert listed.returncode == 0 and "train" in listed.stdout and "data" in listed.stdout
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  root: nowhere\n")
-    result = ddclip("train", str(config), env=env)
+    result = ddclip_process("train", str(config), env=env)
     assert result.returncode == 2
     assert "ddclip train: error: a dependency is missing (No module named pytorch_lightning)" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""The retrieval commands of the ddclip CLI as real subprocesses: bank, search, classify."""
+"""The retrieval commands of the ddclip CLI through its entry point: bank, search, classify."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ddclip_core import save_export
+from tests.cli_run import ddclip
 from tests.conftest import make_tiny, random_views
-from tests.test_cli import ddclip
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,18 @@
-"""`ddclip memory ...` on a real memory database, as an engineer reads it after a run (subprocesses)."""
+"""`ddclip memory ...` on a real memory database, as an engineer reads it after a run (its entry point)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
-from ddclip_cli import main
 from ddclip_core import save_export
 from ddclip_core.memory import ObjectMemory, Sighting
 from ddclip_core.stamped import Pose, Stamp
+from tests.cli_run import ddclip
 from tests.conftest import make_tiny, random_views
-
-
-def ddclip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ddclip_cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DDCLIP_CACHE": "/nonexistent-ddclip-cache"})  # fmt: skip
-
-
-def in_process(capsys, *args: str) -> tuple[int, str]:
-    """``ddclip ARGS`` through the CLI's own entry point in this process: (exit code, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +30,7 @@ def run(tmp_path_factory):
     return folder, weights
 
 
-def test_info_list_query_and_export(run, tmp_path, capsys):
+def test_info_list_query_and_export(run, tmp_path):
     folder, weights = run
     info = ddclip("memory", "info", str(folder / "memory"))
     assert info.returncode == 0 and "objects    3 (3 sightings)" in info.stdout and "map (2), odom (1)" in info.stdout
@@ -73,9 +56,8 @@ def test_info_list_query_and_export(run, tmp_path, capsys):
     assert json.loads(rows[0]["sightings_json"])[0]["pose"]["frame_id"] in ("map", "odom")
     assert ddclip("memory", "export", str(folder / "memory"), str(tmp_path / "m.parquet")).returncode == 0
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 3
-    # Bad arguments run in this process (the same entry point; each subprocess costs seconds of imports).
-    code, stderr = in_process(capsys, "memory", "info", str(tmp_path / "nowhere"))
-    assert code == 2 and "no object memory at" in stderr
+    missing = ddclip("memory", "info", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no object memory at" in missing.stderr
     memory = str(folder / "memory")
     for args, message in [
         (["--near", "0,0,0", "--frame", "map"], "--near wants four finite numbers X,Y,Z,R"),
@@ -85,5 +67,5 @@ def test_info_list_query_and_export(run, tmp_path, capsys):
         (["--since", "inf"], "--since wants a number of seconds > 0"),  # did no filtering
         (["--frame", "map"], "--frame applies to --near"),  # was ignored
     ]:
-        code, stderr = in_process(capsys, "memory", "list", memory, *args)
-        assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
+        refused = ddclip("memory", "list", memory, *args)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, args

@@ -87,3 +87,11 @@ def test_files_stay_short_enough_to_read():
         if ".venv" not in path.parts and (count := len(path.read_text().splitlines())) > MAX_LINES
     ]
     assert not long, long
+
+
+def test_every_exported_name_resolves_through_the_lazy_package():
+    import ddclip_core
+
+    assert sorted(ddclip_core.__all__) == sorted(ddclip_core._MODULE_OF)  # one list, kept in step
+    for name in ddclip_core.__all__:
+        assert getattr(ddclip_core, name).__name__ == name and name in dir(ddclip_core)

@@ -380,7 +380,7 @@ def test_resume_gives_the_same_next_step_and_each_epoch_draws_anew(data_root, ti
 
 
 def test_cli_commands_run_end_to_end(data_root, tiny_weights, tmp_path):
-    from test_cli import ddclip
+    from tests.cli_run import ddclip
 
     shown = ddclip("train", "training/configs/published.yaml", "data.batch_size=3", "--print-config")
     assert shown.returncode == 0, shown.stderr

@@ -98,7 +98,7 @@ def read_labels(data: DataFolder, labels: str | Path | None) -> dict[str, str]:
 
 
 def _class_embeddings(model: DuoduoCLIP, classes: list[str], templates: str) -> torch.Tensor:
-    return torch.from_numpy(LabelSet(classes, templates=templates).embeddings(model, cache=False)).to(model.device)
+    return torch.tensor(LabelSet(classes, templates=templates).embeddings(model, cache=False)).to(model.device)
 
 
 def _encode_rows(model: DuoduoCLIP, data: DataFolder, rows: np.ndarray, views: int, seed: int, batch: int):

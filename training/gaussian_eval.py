@@ -128,7 +128,7 @@ def evaluate_gaussians(
     names = [data.objects[r].category for r in rows]
     classes = sorted(set(names))
     target = torch.tensor([classes.index(n) for n in names])
-    text = torch.from_numpy(LabelSet(classes, templates=templates).embeddings(model, cache=False)).float()
+    text = torch.tensor(LabelSet(classes, templates=templates).embeddings(model, cache=False)).float()
     if text.shape[1] != encoder.embed_dim:
         raise ValueError(f"the GS encoder embeds into {encoder.embed_dim} dims, the text tower into {text.shape[1]}")
     if not check_text_space(encoder.text_space, model, f"the GS encoder {encoder.weights_id}", "Evaluate it with -w "

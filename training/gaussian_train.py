@@ -61,7 +61,7 @@ def class_embeddings(config: TrainConfig, categories: list[str], text_space: np.
     if not check_text_space(text_space, clip, f"{TEXT_TARGETS} (the targets)", advice):
         log.warning("%s does not record its CLIP text space (made before ddclip kept it): cannot check that "
                     "model.init_weights has the text tower that made it", TEXT_TARGETS)  # fmt: skip
-    return torch.from_numpy(LabelSet(categories, templates=config.data.templates).embeddings(clip, cache=False))
+    return torch.tensor(LabelSet(categories, templates=config.data.templates).embeddings(clip, cache=False))
 
 
 def train_gaussian(config: TrainConfig, callbacks: list[pl.Callback] | tuple = ()) -> TrainResult:

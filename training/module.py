@@ -79,7 +79,7 @@ class DuoduoTraining(pl.LightningModule):
         if self.val_categories and self.class_embeddings.numel() == 0:
             # The text tower is frozen: the class embeddings never change during training.
             labels = LabelSet(self.val_categories, templates=self.config.data.templates)
-            self.class_embeddings = torch.from_numpy(labels.embeddings(self.model, cache=False)).to(self.device)
+            self.class_embeddings = torch.tensor(labels.embeddings(self.model, cache=False)).to(self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         shape = self.model(self._pixels(batch["pixels"], train=False))
