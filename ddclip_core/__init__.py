@@ -9,23 +9,24 @@ scores = shape @ text.T
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-# Names are imported on first use (PEP 562): `import ddclip_core` and the command line's parser then
-# cost no torch import, so `ddclip --help` and argument errors answer at once.
-_EXPORTS = {
-    "bank": ("BankError", "BankMismatchError", "EmbeddingBank", "Match"),
-    "config": ("DuoduoConfig", "PreprocessConfig"),
-    "factory": ("load_model",),
-    "hub": ("RandomWeightsWarning",),
-    "gaussians": ("Gaussians", "GSCLIPEncoder", "GSEncoderConfig", "lift_points", "load_gs_encoder", "read_gaussians"),
-    "labels": ("LabelSet",),
-    "model": ("DuoduoCLIP", "embeddings_to_numpy"),
-    "preprocess": ("Preprocessor",),
-    "weights": ("CheckpointError", "read_weights", "save_export"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+from ._lazy import lazy_exports
+
+_MODULE_OF, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "bank": "BankError BankMismatchError EmbeddingBank Match",
+        "config": "DuoduoConfig PreprocessConfig",
+        "factory": "load_model",
+        "gaussians": "Gaussians GSCLIPEncoder GSEncoderConfig lift_points load_gs_encoder read_gaussians",
+        "hub": "RandomWeightsWarning",
+        "labels": "LabelSet",
+        "model": "DuoduoCLIP embeddings_to_numpy",
+        "preprocess": "Preprocessor",
+        "weights": "CheckpointError read_weights save_export",
+    },
+)
 
 if TYPE_CHECKING:
     from .bank import BankError, BankMismatchError, EmbeddingBank, Match
@@ -37,19 +38,6 @@ if TYPE_CHECKING:
     from .model import DuoduoCLIP, embeddings_to_numpy
     from .preprocess import Preprocessor
     from .weights import CheckpointError, read_weights, save_export
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ddclip_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_MODULE_OF])
 
 
 __version__ = "0.1.0"

@@ -10,7 +10,6 @@ from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
-import torch
 
 IP = faiss.METRIC_INNER_PRODUCT
 _gpu: dict[str, Any] = {}
@@ -43,8 +42,8 @@ def exact_search(segments: list[np.ndarray], q: np.ndarray, k: int) -> tuple[np.
     if len(scores) == 1:
         return scores[0], rows[0]
     s, i = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
-    best = torch.from_numpy(s).topk(min(k, s.shape[1]), dim=1)
-    return best.values.numpy(), np.take_along_axis(i, best.indices.numpy(), axis=1)
+    values, order = _topk(s, min(k, s.shape[1]))
+    return values, np.take_along_axis(i, order, axis=1)
 
 
 def _block_topk(q: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +51,15 @@ def _block_topk(q: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, n
         if "res" not in _gpu:
             _gpu["res"] = faiss.StandardGpuResources()
         return faiss.knn_gpu(_gpu["res"], q, np.ascontiguousarray(block), k, metric=IP)
-    best = torch.from_numpy(q @ block.T).topk(k, dim=1)
+    return _topk(q @ block.T, k)
+
+
+def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row, best first (torch's top-k; imported here so that opening a bank for its
+    metadata, as `ddclip bank info` does, never pays torch's import)."""
+    import torch
+
+    best = torch.from_numpy(scores).topk(k, dim=1)
     return best.values.numpy(), best.indices.numpy()
 
 

@@ -22,8 +22,6 @@ from typing import Any
 from rclpy.callback_groups import CallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-from ddclip_core.perception.worker import single_threaded_torch
-
 
 class GroupExecutor(SingleThreadedExecutor):
     """A SingleThreadedExecutor for the callbacks of some callback groups of its nodes (``only``), or of
@@ -82,6 +80,8 @@ def spin_on_thread(executor: GroupExecutor, worker: Any, failure: list[BaseExcep
     """An executor on a thread beside the encoder's; when it ends (a signal shut the context down), the
     encoder ``worker`` (if given) stops. A crash of any executor ends the whole node, as it did with one
     executor: not a node that runs on without its services or its inputs."""
+    from ddclip_core.perception.worker import single_threaded_torch  # torch: loaded by the engine by now
+
     single_threaded_torch()  # services' and callbacks' torch work must not slow the encoder down
     try:
         spin_until_shutdown(executor)

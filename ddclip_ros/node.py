@@ -29,7 +29,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from ddclip_core.perception import ObjectResult, QueryRequest, RequestError, open_perception
+from ddclip_core.perception import ObjectResult, QueryRequest, RequestError
 from ddclip_core.stamped import Stamp
 
 from .annotate import draw_detections
@@ -60,6 +60,8 @@ class DDClipNode(Node):
         self.p: NodeParameters = declare_parameters(self)
         self.max_pixels, self.max_view_pixels = self.p.adapter.max_pixels, self.p.adapter.max_view_pixels
         clock = lambda: stamp_in(self.get_clock().now().to_msg())  # noqa: E731 - ROS time: sim time under use_sim_time
+        from ddclip_core.perception import open_perception  # after the parameters: a bad one is refused at once
+
         self.engine = open_perception(self.p.config, self.p.settings, self._publish_results, clock)
         model = self.engine.model
         self.get_logger().info(

@@ -106,7 +106,8 @@ def declare_parameters(node: Any) -> NodeParameters:
     """Declare every parameter (read-only unless the engine can change it at run time) and read them.
 
     Raises rclpy's InvalidParameterValueException for a value outside its range and ValueError for
-    one the engine refuses (min_views > max_views, an unknown image_transport): start-up errors.
+    one the engine refuses (min_views > max_views, an unknown image_transport), and a StartupError when
+    there are no weights: start-up errors.
     """
     values = {}
     for name, default in parameter_defaults().items():
@@ -128,6 +129,7 @@ def declare_parameters(node: Any) -> NodeParameters:
         groups[group] = group(**{item.name: values[item.name] for item in fields(group)})
     config, settings = groups[PerceptionConfig], groups[PerceptionSettings]
     settings.changed(config.max_views)  # checked together: min_views <= max_views
+    config.weights_to_load()  # no weights at all: refused here, before the engine's seconds of imports
     return NodeParameters(config, settings, groups[AdapterParameters])
 
 

@@ -89,9 +89,12 @@ def test_files_stay_short_enough_to_read():
     assert not long, long
 
 
-def test_every_exported_name_resolves_through_the_lazy_package():
+def test_every_exported_name_resolves_through_the_lazy_packages():
     import ddclip_core
+    import ddclip_core.perception
 
-    assert sorted(ddclip_core.__all__) == sorted(ddclip_core._MODULE_OF)  # one list, kept in step
-    for name in ddclip_core.__all__:
-        assert getattr(ddclip_core, name).__name__ == name and name in dir(ddclip_core)
+    for package in (ddclip_core, ddclip_core.perception):
+        assert sorted(package.__all__) == sorted(package._MODULE_OF)  # the three lists kept in step
+        for name in package.__all__:
+            value = getattr(package, name)
+            assert getattr(value, "__name__", name) == name and name in dir(package)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -214,3 +215,28 @@ def test_bad_start_up_parameters_are_one_fatal_line(tmp_path, override, message,
     assert process.returncode == 1, output
     assert "Traceback" not in output and output.count("[FATAL]") == 1 and message in output, output
     assert time.monotonic() - started < 120
+
+
+def test_parameters_are_checked_before_the_engines_imports(tmp_path, monkeypatch):
+    """A launch with a bad parameter fails at once: the node module and its parameter checks import no torch
+    (seconds on a robot's CPU), only the engine they then open does."""
+    monkeypatch.delenv("DDCLIP_WEIGHTS", raising=False)
+    probe = """
+import sys, rclpy
+from ddclip_ros.node import DDClipNode
+for override, refused in (("min_views:=20", ValueError), ("weights:=''", RuntimeError)):
+    rclpy.init(args=["--ros-args", "-p", override])
+    try:
+        DDClipNode()
+    except refused as exc:
+        print(str(exc)[:40])
+    rclpy.shutdown()
+print([name for name in ("torch", "open_clip") if name in sys.modules])
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env=ros_env(tmp_path))  # fmt: skip
+    assert result.stdout.splitlines()[-3:] == [
+        "min_views (20) must be <= max_views (12)",
+        "no weights: set the 'weights' parameter ",
+        "[]",
+    ], result.stdout + result.stderr

@@ -9,20 +9,40 @@ engine.query(QueryRequest("a red mug"))
 engine.close()
 """
 
-from .engine import Perception
-from .frames import Box
-from .loading import open_perception
-from .settings import RANGES, PerceptionConfig, PerceptionSettings
-from .types import (
-    EnrollAnswer,
-    ObjectResult,
-    QueryAnswer,
-    QueryHit,
-    QueryRequest,
-    RequestError,
-    Source,
-    StartupError,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+# Lazy, so the ROS node reads and checks its parameters (settings, types) before the engine's imports
+# (torch, open_clip) and refuses a bad one at once.
+_MODULE_OF, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "engine": "Perception",
+        "frames": "Box",
+        "loading": "open_perception",
+        "settings": "RANGES PerceptionConfig PerceptionSettings",
+        "types": "EnrollAnswer ObjectResult QueryAnswer QueryHit QueryRequest RequestError Source StartupError",
+    },
 )
+
+if TYPE_CHECKING:
+    from .engine import Perception
+    from .frames import Box
+    from .loading import open_perception
+    from .settings import RANGES, PerceptionConfig, PerceptionSettings
+    from .types import (
+        EnrollAnswer,
+        ObjectResult,
+        QueryAnswer,
+        QueryHit,
+        QueryRequest,
+        RequestError,
+        Source,
+        StartupError,
+    )
 
 __all__ = [
     "RANGES",

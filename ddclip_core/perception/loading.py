@@ -12,7 +12,6 @@ from collections.abc import Callable
 from ..bank import EmbeddingBank
 from ..factory import load_model
 from ..gaussians import CloudEmbedder, load_gs_encoder
-from ..hub import default_weights
 from ..labels import LabelSet
 from ..memory_store import MemoryInUse
 from ..model import DuoduoCLIP
@@ -25,12 +24,6 @@ from .types import ObjectResult, StartupError
 
 log = logging.getLogger(__name__)
 
-NO_WEIGHTS = (
-    "no weights: set the 'weights' parameter (the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP ViT-B-32 file "
-    "or a ddclip export; `ddclip weights download` fetches the published one), or allow_random_weights:=true to run "
-    "with RANDOM weights, whose names and scores mean nothing (demos and tests only)"
-)
-
 
 def open_perception(
     config: PerceptionConfig,
@@ -38,9 +31,7 @@ def open_perception(
     on_results: Callable[[list[ObjectResult]], None] | None = None,
     clock: Callable[[], Stamp] | None = None,
 ) -> Perception:
-    weights = config.weights or default_weights()
-    if weights is None and not config.allow_random_weights:
-        raise StartupError(NO_WEIGHTS)
+    weights = config.weights_to_load()
     model = _step(
         "weights",
         lambda: _warm(

@@ -8,6 +8,12 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+NO_WEIGHTS = (
+    "no weights: set the 'weights' parameter (the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP ViT-B-32 file "
+    "or a ddclip export; `ddclip weights download` fetches the published one), or allow_random_weights:=true to run "
+    "with RANDOM weights, whose names and scores mean nothing (demos and tests only)"
+)
+
 # name: (lowest, highest) allowed value, for every numeric setting of the engine
 RANGES: dict[str, tuple[float, float]] = {
     "max_views": (1, 64),
@@ -63,6 +69,18 @@ class PerceptionConfig:
             raise ValueError(f"backend must be torch or onnxruntime, got {self.backend!r}")
         if self.memory_sync not in ("normal", "full"):
             raise ValueError(f"memory_sync must be normal or full, got {self.memory_sync!r}")
+
+    def weights_to_load(self) -> str | None:
+        """``weights``, else the downloaded published checkpoint; None (random weights) only with
+        ``allow_random_weights``. A StartupError when there are none: cheap, so the node checks it with its
+        parameters, before the model's imports."""
+        from ..hub import default_weights
+        from .types import StartupError
+
+        weights = self.weights or default_weights()
+        if weights is None and not self.allow_random_weights:
+            raise StartupError(NO_WEIGHTS)
+        return None if weights is None else str(weights)
 
 
 @dataclass(frozen=True)
