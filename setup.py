@@ -41,7 +41,9 @@ setup(
         "train": ["pytorch-lightning>=2.1", "pybullet>=3.2", "trimesh>=4", "matplotlib>=3.7", "pyyaml>=6"],
         "tensorboard": ["tensorboard>=2.12"],
         # --ray: data preparation and bank building on a Ray cluster (tasks + Ray Data batch inference)
-        "cluster": ["ray[data]>=2.40"],
+        # <2.64: bounded actor restarts (map_batches's max_restarts) pass through ray_remote_args, which
+        # Ray 2.64 removes with no named replacement yet; without them a poison shard retries forever
+        "cluster": ["ray[data]>=2.40,<2.64"],
         # GS-CLIP refinement: gsplat's reference projection (CPU) and its CUDA kernels (GPU, JIT-compiled)
         "gaussians": ["gsplat>=1.4,<1.6"],
         # ddclip_core/onnx: ONNX export (torch's exporter needs onnxscript) and the ONNX Runtime backend (CPU;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,17 +171,19 @@ def map_shards(
     use_gpus = gpu_count > 0 and device != "cpu" if gpus is None else gpus  # a CPU model holds no GPU idle
     size = max(1, min(actors or (gpu_count if use_gpus else cpus), len(tasks)))
     items = [{"shard": i, "task": json.dumps(task)} for i, task in enumerate(tasks)]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        actor,
-        fn_constructor_kwargs=constructor,
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=size),
-        num_gpus=1 if use_gpus else 0,
-        num_cpus=1,
-        # Ray Data restarts a pool actor and retries its task without end: a shard that always kills
-        # its actor (out of memory, a crashing decoder) would never fail
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-    )
+    with warnings.catch_warnings():  # the retry bounds below have no named parameter yet (setup.py pins Ray)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            actor,
+            fn_constructor_kwargs=constructor,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=size),
+            num_gpus=1 if use_gpus else 0,
+            num_cpus=1,
+            # Ray Data restarts a pool actor and retries its task without end: a shard that always kills
+            # its actor (out of memory, a crashing decoder) would never fail
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+        )
     yield from dataset.iter_rows()

@@ -61,7 +61,7 @@ def test_fused_rows_sit_between_the_two_and_match_a_fusion_by_hand(setup, tmp_pa
     with h5py.File(data_root / "mv_images.h5") as f:
         mv = model.encode_views([f["imgs"][r].transpose(0, 2, 3, 1) for r in rows])
     half = torch.nn.functional.normalize(gs / gs.norm(dim=1, keepdim=True) + mv / mv.norm(dim=1, keepdim=True), dim=1)
-    text = torch.from_numpy(LabelSet(result.classes, templates="simple").embeddings(model, cache=False)).float()
+    text = torch.tensor(LabelSet(result.classes, templates="simple").embeddings(model, cache=False)).float()
     target = torch.tensor([result.classes.index(data.objects[r].category) for r in rows])
     assert result.rows[fused[2]] == pytest.approx(per_class_top1(half, text, target, result.classes))
     for top1 in result.rows.values():
