@@ -15,6 +15,8 @@ from ddclip_core import cli as core_cli
 from ddclip_core.hub import RandomWeightsWarning
 from training import cli as training_cli
 
+OUR_MODULES = r"(ddclip_core|ddclip_cli|ddclip_ros|training)(\.|$)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``ddclip ARGV``; returns the exit status. Callable from Python too: the logging handler and
-    warning filters it sets last only for the call."""
+    """Run ``ddclip ARGV``; returns the exit status. Callable from Python too: the logging handler (on the
+    root logger, beside any of the caller's) and the warning filters it sets last only for the call; not
+    from several threads at once, as logging and warning settings are the process's."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()  # sys.stderr as it is now (a caller may have redirected it)
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            # the libraries the commands import (torch, open_clip, Ray) may deprecate things at import
+            # time: theirs to fix, so shown only when our own code calls something deprecated
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("default", category=DeprecationWarning, module=OUR_MODULES)
             warnings.simplefilter("ignore", RandomWeightsWarning)  # load_model also logs it; say it once
             return _run(args)
     finally:

@@ -20,8 +20,13 @@ def lazy_exports(
 
     def getattr_(name: str) -> Any:
         module = module_of.get(name)
-        if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if module is None:  # a submodule (`ddclip_core.bank`), as an eager package would have it
+            try:
+                return importlib.import_module(f".{name}", package)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{package}.{name}":
+                    raise  # the submodule exists but needs something missing: say what
+                raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
         value = getattr(importlib.import_module(f".{module}", package), name)
         setattr(sys.modules[package], name, value)  # later look-ups skip this function
         return value

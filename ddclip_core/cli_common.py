@@ -94,7 +94,7 @@ def objects_from_args(inputs: list[str], per_image: bool) -> tuple[list[list[Pat
     folders = [Path(p) for p in inputs if Path(p).is_dir()]
     files = [Path(p) for p in inputs if not Path(p).is_dir()]
     for path in files:  # before the model loads: a typo is reported at once, not after seconds of loading
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"image file not found: {path}")
     objects = [image_files(folder) for folder in folders]
     names = [str(folder) for folder in folders]

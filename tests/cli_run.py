@@ -13,6 +13,7 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from unittest import mock
 
@@ -24,12 +25,24 @@ NO_CACHE = {"DDCLIP_CACHE": "/nonexistent-ddclip-cache"}  # tests never find a u
 def ddclip(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``ddclip ARGS`` through its entry point in this process."""
     out, err = io.StringIO(), io.StringIO()
-    with mock.patch.dict(os.environ, {**NO_CACHE, **(env or {})}), redirect_stdout(out), redirect_stderr(err):
+    with (
+        mock.patch.dict(os.environ, {**NO_CACHE, **(env or {})}),
+        redirect_stdout(out),
+        redirect_stderr(err),
+        warnings.catch_warnings(),
+    ):
+        warnings.showwarning = _to_stderr  # as Python prints them, not into pytest's record
         try:
             code = main(list(args))
-        except SystemExit as exc:  # argparse's --help and refusals
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    return subprocess.CompletedProcess(["ddclip", *args], code, out.getvalue(), err.getvalue())
+        except SystemExit as exc:  # argparse's --help and refusals, or sys.exit(message)
+            code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["ddclip", *args], code or 0, out.getvalue(), err.getvalue())
+
+
+def _to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def ddclip_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ddclip_core import save_export
-from tests.cli_run import ddclip
+from tests.cli_run import ddclip, ddclip_process
 from tests.conftest import make_tiny, random_views
 
 
@@ -30,8 +30,8 @@ def setup(tmp_path_factory):
 
 def test_bank_info(setup):
     root, _, _ = setup
-    result = ddclip("bank", "info", str(root / "bank"))
-    assert result.returncode == 0, result.stderr
+    result = ddclip_process("bank", "info", str(root / "bank"))  # one real process: its stderr as users see it
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # no faiss loader lines, no warnings
     assert "objects    3 x 32" in result.stdout and "tiny-test-lt2-" in result.stdout
     manifest = json.loads(ddclip("bank", "info", str(root / "bank"), "--json").stdout)
     assert manifest["rows"] == 3

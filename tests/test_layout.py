@@ -98,3 +98,12 @@ def test_every_exported_name_resolves_through_the_lazy_packages():
         for name in package.__all__:
             value = getattr(package, name)
             assert getattr(value, "__name__", name) == name and name in dir(package)
+
+
+def test_submodules_are_attributes_of_the_lazy_package_as_of_an_eager_one():
+    import subprocess
+    import sys
+
+    probe = "import ddclip_core\nprint(ddclip_core.memory_store.__name__, hasattr(ddclip_core, 'no_such_module'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["ddclip_core.memory_store", "False"], result.stderr
