@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .cli_common import load_from_args, objects_from_args, output_path, positive_int
 from .cluster import add_ray_argument
 
-if TYPE_CHECKING:  # the commands import the bank (and torch) when they run: `ddclip --help` stays fast
+if TYPE_CHECKING:  # the commands import the bank (faiss, pyarrow) when they run: `ddclip --help` stays fast
     from .bank import EmbeddingBank, Match
 
 

@@ -18,7 +18,7 @@ from .cli_common import add_model_args, load_from_args, non_negative_int, output
 from .memory_store import MemoryStore, database_path
 from .stamped import Stamp
 
-if TYPE_CHECKING:  # imported by the commands that run (the memory pulls in torch): `ddclip --help` stays fast
+if TYPE_CHECKING:  # imported by the commands that run (the memory pulls in faiss): `ddclip --help` stays fast
     from .memory import MemoryFilter, ObjectMemory, SeenObject
 
 
@@ -27,7 +27,7 @@ def _open(args: argparse.Namespace) -> ObjectMemory:
     store = MemoryStore(path, read_only=True)  # the dimension is recorded in the database
     dim = int(store.meta.get("dim", 0))
     store.close()
-    from .memory import ObjectMemory  # after the cheap checks: a wrong path is reported without importing torch
+    from .memory import ObjectMemory  # after the cheap checks: a wrong path is reported before faiss loads
 
     return ObjectMemory(dim, max_objects=10_000_000, path=path, read_only=True)
 
