@@ -24,6 +24,7 @@ _MODULE_OF, __getattr__, __dir__ = lazy_exports(
         "labels": "LabelSet",
         "model": "DuoduoCLIP embeddings_to_numpy",
         "preprocess": "Preprocessor",
+        "view_cache": "ObjectViews ViewTokenCache",
         "weights": "CheckpointError read_weights save_export",
     },
 )
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .labels import LabelSet
     from .model import DuoduoCLIP, embeddings_to_numpy
     from .preprocess import Preprocessor
+    from .view_cache import ObjectViews, ViewTokenCache
     from .weights import CheckpointError, read_weights, save_export
 
 
@@ -54,9 +56,11 @@ __all__ = [
     "Gaussians",
     "LabelSet",
     "Match",
+    "ObjectViews",
     "PreprocessConfig",
     "Preprocessor",
     "RandomWeightsWarning",
+    "ViewTokenCache",
     "embeddings_to_numpy",
     "lift_points",
     "load_gs_encoder",

@@ -10,9 +10,9 @@ threshold 6.
 (least recently used objects first) and kept on the model's device. ``ObjectViews`` is the one-object
 handle for scripts that add views one at a time.
 
-    views = ObjectViews(model)
-    views.add(first_view); views.add(second_view)
-    embedding = views.embedding()            # equals model.encode_views([first_view, second_view])
+    views = ddclip_core.ObjectViews(model)
+    views.add("mug_0.png"); views.add(second_view)
+    embedding = views.embedding()            # equals model.encode_views(["mug_0.png", second_view])[0]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .images import to_view
 
 STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -205,7 +207,11 @@ def _own(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class ObjectViews:
-    """One object whose views come one at a time; each view is encoded once."""
+    """One object whose views come one at a time; each view runs through the per-view blocks once.
+
+    storage: the type the kept tokens are stored in; "fp32" (the default) keeps embeddings equal to
+    ``encode_views`` of the same views to fp32 rounding, "fp16" / "bf16" halve the memory (the node's
+    default is fp16)."""
 
     def __init__(self, model, storage: str = "fp32") -> None:
         self._cache = ViewTokenCache(model, max_bytes=2**62, storage=storage)
@@ -215,12 +221,15 @@ class ObjectViews:
     def __len__(self) -> int:
         return len(self._views)
 
-    def add(self, view: np.ndarray) -> int:
-        """Add an (H, W, 3) uint8 view; returns its key (to ``remove`` it later)."""
-        if not (isinstance(view, np.ndarray) and view.ndim == 3 and view.shape[2] == 3 and view.dtype == np.uint8):
-            raise ValueError("a view must be an (H, W, 3) uint8 array")
+    def add(self, view) -> int:
+        """Add one view: a path, PIL image or (H, W, 3) array (uint8, or float RGB in [0, 1]), as
+        ``encode_views`` takes them; returns its key (to ``remove`` it later). The view is read and
+        checked now; its tokens are computed at the next ``embedding``."""
+        checked = to_view(view, f"view {len(self._views)}")
+        # a caller's array is copied: a camera loop that reuses its frame buffer must not change a view
+        # whose tokens are computed later
         key = next(self._keys)
-        self._views[key] = view
+        self._views[key] = checked.copy() if checked is view else checked
         return key
 
     def remove(self, key: int) -> None:
@@ -237,4 +246,10 @@ class ObjectViews:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the kept tokens."""
         return self._cache.nbytes
+
+    @property
+    def stats(self) -> CacheStats:
+        """Views reused (``hits``) and run through the per-view blocks (``misses``) so far."""
+        return self._cache.stats

@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import ddclip_core
 from ddclip_core import load_model
 from ddclip_core.gaussians import CloudEmbedder, GSCLIPEncoder, GSEncoderConfig
 from ddclip_core.perception import Perception, PerceptionConfig, PerceptionSettings
@@ -106,8 +108,35 @@ def test_object_views_for_scripts(tiny_model):
     torch.testing.assert_close(
         views.embedding()[None], tiny_model.encode_views(list(random_views(3, seed=4)[[0, 2]])), atol=1e-5, rtol=0
     )
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"view 2: expected an \(H, W, 3\) RGB image, got shape \(4, 4\)"):
         views.add(np.zeros((4, 4), np.float32))
+    assert len(views) == 2  # the bad view took nothing with it
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        views.add("missing.png")
+    with pytest.raises(KeyError, match="no view with key 1"):
+        views.remove(keys[1])
+
+
+def test_a_script_adds_views_in_every_form_encode_views_takes_and_each_is_encoded_once(tmp_path):
+    """The library's one-object handle, from the top-level package, on a checkpoint in the published
+    layout: files, PIL images, float arrays and a camera buffer reused between views."""
+    model = ddclip_core.load_model(published_tiny(tmp_path), device="cpu")
+    views = list(random_views(5, size=80, seed=21))
+    Image.fromarray(views[0]).save(tmp_path / "v0.png")
+    forms = [tmp_path / "v0.png", Image.fromarray(views[1]), views[2].astype(np.float32) / 255.0]
+    buffer = np.empty_like(views[3])  # a camera loop writing each frame into one buffer
+    handle = ddclip_core.ObjectViews(model)
+    for form in forms:
+        handle.add(form)
+    first = handle.embedding()
+    for view in views[3:]:
+        buffer[:] = view
+        handle.add(buffer)
+    second = handle.embedding()
+    assert handle.stats.misses == 5 and handle.stats.hits == 3  # each view through the per-view blocks once
+    torch.testing.assert_close(first[None], model.encode_views(views[:3]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(second[None], model.encode_views(views), atol=1e-5, rtol=0)
+    assert handle.nbytes > 0 and len(handle) == 5
 
 
 def test_the_engine_encodes_each_view_once_and_equals_a_full_encode(tmp_path):
