@@ -131,7 +131,10 @@ class TrackBuffer:
         track.ended = False
         if pose is not None:
             track.pose = pose
-        view = downsize(view, self.policy.max_side)
+        small = downsize(view, self.policy.max_side)
+        # the caller's array is copied: a camera loop that reuses its frame buffer (or a crop that is a
+        # slice of the frame) must not change a kept view
+        view = small if small is not view else np.array(view, order="C")
         descriptor = _descriptor(view)
         if waiting and len(track.views) >= self.policy.max_views:
             kept = self._refresh(track, view, descriptor)

@@ -31,6 +31,21 @@ def test_near_duplicate_frames_do_not_crowd_out_diverse_views():
     assert len(kept) == 4 and all(np.array_equal(kept[i], pattern(i)) for i in range(4))
 
 
+def test_a_reused_camera_buffer_does_not_change_kept_views():
+    """Views come from one buffer that the caller overwrites, as a camera loop does, and as crops that
+    are slices of a frame (a full-width box is a contiguous slice): the buffer keeps what it was given."""
+    buffer = TrackBuffer(TrackPolicy(max_views=4, min_views=1, max_side=64))
+    frame = np.empty((64, 64, 3), np.uint8)
+    for seed in range(3):
+        frame[:] = pattern(seed)
+        assert buffer.add("mug", frame, now=seed)
+        assert buffer.add("cup", frame[16:48], now=seed)  # rows of the frame: a contiguous view of it
+    frame[:] = 0
+    assert all(np.array_equal(v, pattern(i)) for i, v in enumerate(buffer.get("mug").views))
+    assert all(np.array_equal(v, pattern(i)[16:48]) for i, v in enumerate(buffer.get("cup").views))
+    assert all(v.flags.c_contiguous and v.flags.owndata for v in buffer.get("cup").views)
+
+
 def test_a_new_side_replaces_the_most_redundant_view():
     buffer = TrackBuffer(TrackPolicy(max_views=3, min_views=1))
     a = pattern(0)

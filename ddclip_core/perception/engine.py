@@ -169,7 +169,9 @@ class Perception:
         return kept
 
     def add_frame(self, header: Header, rgb: np.ndarray) -> list[str]:
-        """A full camera frame; its tracked boxes may come before or after it. Returns problems with boxes."""
+        """A full camera frame; its tracked boxes may come before or after it. Returns problems with boxes.
+        The frame is kept by reference until its boxes come (the node's frames are its messages' own
+        memory): a caller that reuses one buffer for every frame passes a copy."""
         with self._lock:
             waiting = self.pairer.add_frame(stamp_key(header), rgb)
         return self._add_crops(header, rgb, *waiting) if waiting is not None else []
@@ -191,7 +193,7 @@ class Perception:
         now = time.monotonic()
         for box in boxes:
             try:
-                view = np.ascontiguousarray(crop(rgb, box))
+                view = crop(rgb, box)  # a slice of the frame: the buffer keeps a copy
                 waiting = self.worker.queued(box.track_id)
                 with self._lock:
                     self.buffer.add(box.track_id, view, now, stamp=header, waiting=waiting)
