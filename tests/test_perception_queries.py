@@ -96,3 +96,24 @@ def test_forget_older_than_is_one_call(engine):
     assert engine.forget(older_than=Stamp(150)) == 1
     assert "mug" not in engine.memory and len(engine.memory) == 3 and changes == [([], ["mug"], False)]
     engine.on_memory_change = None
+
+
+def test_a_query_text_asked_again_is_not_encoded_again(engine):
+    """The second ask of a text answers from the kept embedding, the same answer; the kept ones are
+    bounded, most recently asked first."""
+    calls = []
+    encode_text = engine.model.encode_text
+    engine.model.encode_text = lambda text: calls.append(text) or encode_text(text)
+    try:
+        first = engine.query(QueryRequest(text="a lamp on a desk", k=10))
+        again = engine.query(QueryRequest(text="  a lamp on a desk ", k=10))  # the text the request strips
+        assert calls == ["a lamp on a desk"]
+        assert [(h.track_id, h.score) for h in again.hits] == [(h.track_id, h.score) for h in first.hits]
+        engine.query_texts.size = 2
+        for text in ("a chair", "a lamp on a desk", "a sofa", "a lamp on a desk", "a chair"):
+            engine.query(QueryRequest(text=text, k=1))
+        assert calls == ["a lamp on a desk", "a chair", "a sofa", "a chair"]  # a chair had gone first
+        assert dict(engine.stats())["query texts answered without the text encoder"] == engine.query_texts.hits >= 2
+    finally:
+        engine.model.encode_text = encode_text
+        engine.query_texts.size = 256

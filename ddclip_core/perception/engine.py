@@ -81,6 +81,7 @@ class Perception:
         self.pairer = FramePairer()
         self.health = Health()
         self.captions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # track -> best (name, score)
+        self.query_texts = requests.QueryTexts()
         self._forgotten: dict[str, int] = {}  # track -> job sequence number at which it was forgotten
         self._reset_at = 0  # sequence number of the last forget-all
         self._lock = threading.RLock()

@@ -7,6 +7,8 @@ into one too (named as such), so a service built on these answers ``success=fals
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,7 +115,7 @@ def _query_vector(engine: Perception, request: QueryRequest) -> np.ndarray:
             "empty query text" if not any(given) else "give one of: a text, images, or like_track_id, not several"
         )
     if text:
-        return model_call(engine.model.encode_text, text, what="encoding the query text").cpu().numpy()
+        return engine.query_texts.embedding(engine.model, text)
     if request.images:
         job = EncodeJob("", prepare_images(engine, list(request.images)))
         return model_call(engine._encode, [job], what="encoding the query images")
@@ -164,6 +166,34 @@ def enroll(engine: Perception, name: str, category: str, track_id: str, images: 
                 engine.memory.name(track_id, name)
     what = f"{len(job.views)} view(s)" + (" and a point cloud" if job.points is not None else "")
     return EnrollAnswer(PREFIX + name, f"enrolled {name!r} from {what}")
+
+
+class QueryTexts:
+    """The embeddings of the latest query texts, most recently asked kept. A robot asks for the same
+    things again and again (a task loop, a UI that re-asks every second), and the text tower's pass
+    (ViT-B-32: 77 tokens through 12 blocks, tens of ms on CPU) depends on the text alone: the engine's
+    model never changes."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def embedding(self, model, text: str) -> np.ndarray:
+        """(1, embed_dim) unit embedding of ``text``; RequestError when the model cannot encode it."""
+        with self._lock:
+            known = self._embeddings.get(text)
+            if known is not None:
+                self._embeddings.move_to_end(text)
+                self.hits += 1
+                return known.copy()  # the caller's to change
+        vector = model_call(model.encode_text, text, what="encoding the query text").cpu().numpy()
+        with self._lock:
+            self._embeddings[text] = vector.copy()
+            while len(self._embeddings) > self.size:
+                self._embeddings.popitem(last=False)
+        return vector
 
 
 def model_call(function, *args, what: str):

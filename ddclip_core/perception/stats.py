@@ -45,4 +45,5 @@ def engine_stats(engine: Perception) -> list[tuple[str, Any]]:
         ]
     if engine.clouds is not None:
         rows.append(("cloud embeddings reused", engine.clouds.reused))
+    rows.append(("query texts answered without the text encoder", engine.query_texts.hits))
     return rows + engine.health.counters()
