@@ -148,10 +148,10 @@ def enroll(engine: Perception, name: str, category: str, track_id: str, images: 
     if images and track_id:
         raise RequestError("give a track_id or images, not both")
     if track_id:
-        views, cloud = _views_of(engine, track_id)
+        views, keys, cloud = _views_of(engine, track_id)
         if not views and cloud is None:
             raise RequestError(f"no views of track {track_id!r} (unknown, forgotten or expired)")
-        job = EncodeJob(track_id, views, points=cloud)
+        job = EncodeJob(track_id, views, points=cloud, keys=keys)  # keys: the views' cached tokens serve
     elif images:
         job = EncodeJob("", prepare_images(engine, images))
     else:
@@ -220,9 +220,12 @@ def prepare_images(engine: Perception, images: list[np.ndarray]) -> list[np.ndar
     return [downsize(image, engine.buffer.policy.max_side) for image in images]
 
 
-def _views_of(engine: Perception, track_id: str) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
-    """A tracked object's current views and cloud (enrolment by track id)."""
+def _views_of(
+    engine: Perception, track_id: str
+) -> tuple[list[np.ndarray], list[int] | None, tuple[np.ndarray, np.ndarray] | None]:
+    """A tracked object's current views, their buffer keys and its cloud (enrolment by track id)."""
     with engine._lock:
         track = engine.buffer.get(track_id)
         views = list(track.views) if track is not None else []
-    return views, engine.clouds.get(track_id) if engine.clouds is not None else None
+        keys = list(track.keys) if track is not None and views else None
+    return views, keys, engine.clouds.get(track_id) if engine.clouds is not None else None
