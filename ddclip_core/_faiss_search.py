@@ -46,8 +46,11 @@ def exact_search(segments: list[np.ndarray], q: np.ndarray, k: int) -> tuple[np.
     return values, np.take_along_axis(i, order, axis=1)
 
 
+GPU_MAX_K = 2048  # faiss's GPU k-selection takes k up to this; beyond, the CPU path answers
+
+
 def _block_topk(q: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if gpu_available():
+    if k <= GPU_MAX_K and gpu_available():  # (never run here: no GPU)
         if "res" not in _gpu:
             _gpu["res"] = faiss.StandardGpuResources()
         return faiss.knn_gpu(_gpu["res"], q, np.ascontiguousarray(block), k, metric=IP)

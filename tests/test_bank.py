@@ -290,3 +290,30 @@ def test_bad_banks_and_arguments(small_bank, tmp_path):
         small_bank.build_index("lsh")
     with pytest.raises(ValueError, match="at least 1000 rows"):
         small_bank.build_index("ivfpq")
+
+
+def test_gpu_faiss_answers_only_the_k_it_can_select(monkeypatch):
+    """faiss's GPU k-selection takes k <= 2048: a larger k (or one grown by removed rows) is answered on
+    the CPU, not refused (a GPU faiss is simulated here: none is installed)."""
+    import faiss
+
+    from ddclip_core import _faiss_search
+
+    calls = []
+
+    def knn_gpu(resources, queries, block, k, metric):
+        calls.append(k)
+        return _faiss_search._topk(queries @ block.T, k)
+
+    monkeypatch.setattr(_faiss_search, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "knn_gpu", knn_gpu, raising=False)
+    monkeypatch.setitem(_faiss_search._gpu, "res", object())
+    vectors = clustered(3000, 16)
+    query = vectors[:2]
+    for k in (10, 2048, 2049, 3000):
+        scores, rows = _faiss_search.exact_search([vectors], query, k)
+        expected = np.sort(query @ vectors.T, axis=1)[:, ::-1][:, :k]
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+        assert rows.shape == (2, k)
+    assert calls == [10, 2048]

@@ -248,6 +248,23 @@ def test_auto_keeps_fp32_without_16_bit_kernels_and_restores_the_precision(monke
     assert model.precision == "fp32"  # probing leaves the model as it was
 
 
+def test_auto_probes_a_batch_where_the_device_asks_for_one(monkeypatch):
+    """On CUDA one object's pass is mostly kernel launches, the same in every precision, so auto times a
+    batch there (``PROBE_OBJECTS``); the batch is what each timed pass encodes (the CPU stands in here)."""
+    model = make_tiny()
+    passes = []
+    encode_views = model.encode_views
+    monkeypatch.setattr(model, "encode_views", lambda objects: passes.append(len(objects)) or encode_views(objects))
+    monkeypatch.setattr(precision, "candidates", lambda device: ["bf16"])
+    monkeypatch.setattr(precision, "PROBE_OBJECTS", {"cpu": 3})
+    choice = precision.choose_precision(model, repeats=2)
+    assert passes == [3] * 6 and "bf16" in choice.reason  # warm-up + 2 timed, in fp32 and in bf16
+    monkeypatch.setattr(precision, "PROBE_OBJECTS", {"cuda": 8})
+    passes.clear()
+    precision.choose_precision(model, repeats=1)
+    assert passes == [1] * 4  # one object on a CPU
+
+
 def test_matmul_attention_equals_pytorchs_fused_kernel():
     """The 16-bit attention of CPUs without AMX: with a causal mask (text), and with fewer queries than
     keys (the last block's CLS queries)."""

@@ -71,7 +71,7 @@ class TrainerConfig:
     devices: Any = "auto"  # number of devices per node, or a list of ids
     num_nodes: int = 1
     strategy: str = "auto"  # auto (DDP with >1 device) | ddp | ...
-    precision: str = "auto"  # auto: bf16-mixed on GPUs with bf16, else 16-mixed; 32-true on CPU
+    precision: str = "auto"  # auto: bf16-mixed on GPUs with native bf16 (Ampere on), else 16-mixed; 32-true on CPU
     seed: int = 123
     logger: str = "csv"  # csv | tensorboard | wandb
     log_every_n_steps: int = 50

@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ddclip_core.precision import candidates
+
 from .config import TrainConfig
 from .data import collate
 from .layout import DataFolder
@@ -58,7 +60,9 @@ def _precision(config: TrainConfig) -> str:
         return config.trainer.precision
     if config.trainer.accelerator == "cpu" or not torch.cuda.is_available():
         return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    # native bf16 only (Ampere on): is_bf16_supported() also says yes where it is emulated (V100, T4,
+    # Jetson Xavier), which trains far slower than fp16 there (never run here: no GPU)
+    return "bf16-mixed" if "bf16" in candidates(torch.device("cuda", torch.cuda.current_device())) else "16-mixed"
 
 
 def _logger(config: TrainConfig, out: Path):
