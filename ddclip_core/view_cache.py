@@ -68,13 +68,18 @@ class ViewTokenCache:
             return sum(len(entries) for entries in self._objects.values())
 
     def encode(
-        self, objects: Sequence[tuple[str, Sequence[int], Sequence[np.ndarray]]], *, normalize: bool = True
+        self,
+        objects: Sequence[tuple[str, Sequence[int], Sequence[np.ndarray]]],
+        *,
+        normalize: bool = True,
+        prune: bool = True,
     ) -> torch.Tensor:
         """(object id, view keys, views) per object -> (B, embed_dim): equal to ``encode_views`` of the views.
 
         A key names one view of its object for as long as the view is kept; views whose keys have tokens
         are not encoded again, and keys an object no longer lists are dropped (a view replaced by a more
-        diverse one takes its tokens with it).
+        diverse one takes its tokens with it). ``prune=False`` keeps them: for a caller whose keys may be
+        older than the cache's (a request encoding a track's views beside the encoder that warms them).
         """
         missing, hits = [], {}
         with self._lock:
@@ -107,7 +112,7 @@ class ViewTokenCache:
                 if self._forgotten_since(object_id, forgets):
                     continue  # a forgotten object's tokens must not come back
                 new = {key: _own(found[(object_id, key)], self.storage) for key in keys if (object_id, key) in found}
-                self._store(object_id, keys, new)
+                self._store(object_id, keys, new, prune)
             self._evict()
             self._prune()
         tokens = torch.stack(packed)
@@ -144,14 +149,14 @@ class ViewTokenCache:
             self._prune()
         return len(missing) if kept else 0
 
-    def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor]) -> None:
-        """The object's tokens of ``keys`` only, with ``new`` added; most recently used last (lock held; the
-        caller evicts once it has stored every object it handles)."""
+    def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor], prune: bool = True) -> None:
+        """The object's tokens of ``keys`` only (all it had, unless ``prune``), with ``new`` added; most
+        recently used last (lock held; the caller evicts once it has stored every object it handles)."""
         if object_id not in self._objects and not new:
             return
         entries = self._objects.pop(object_id, {})
         listed = set(keys)
-        kept = {key: tokens for key, tokens in entries.items() if key in listed}
+        kept = {key: tokens for key, tokens in entries.items() if key in listed or not prune}
         for key, tokens in new.items():
             kept.setdefault(key, tokens)
         self._bytes += sum(t.nbytes for t in kept.values()) - sum(t.nbytes for t in entries.values())

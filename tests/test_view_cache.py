@@ -159,9 +159,13 @@ def test_the_engine_encodes_each_view_once_and_equals_a_full_encode(tmp_path):
     ahead = stats["of those, ahead of their track's encode (idle encoder)"]  # as timing allowed
     assert stats["views encoded once and reused"] == 2 + 4 + 6 + ahead
     np.testing.assert_allclose(results[-1].embedding, model.encode_views(views).numpy()[0], atol=1e-5)
+    keys = list(engine.buffer.get("t").keys)
+    newer = random_views(1, size=96, seed=70)[0]  # a view the encoder warmed after enrolment read the keys
+    engine.view_cache.warm("t", [*keys, 10**6], [*views, newer])
     engine.enroll("Ana's mug", track_id="t")  # the track's cached tokens serve its enrolment too
+    assert 10**6 in engine.view_cache._objects["t"]  # the enrolment's older key list took nothing away
     after = dict(engine.stats())
-    assert after["views through the per-view blocks"] == 8 and after["views encoded once and reused"] == 20 + ahead
+    assert after["views through the per-view blocks"] == 9 and after["views encoded once and reused"] == 20 + ahead
     enrolled = engine.bank.embedding("enrolled:Ana's mug")
     np.testing.assert_allclose(enrolled, model.encode_views(views).numpy()[0], atol=1e-5)
     engine.forget(["t"])

@@ -280,7 +280,8 @@ class Perception:
         out = np.empty((len(jobs), self.model.embed_dim), np.float32)
         if cached:
             parts = [(jobs[i].track_id, jobs[i].keys, jobs[i].views) for i in cached]
-            out[cached] = self.view_cache.encode(parts).cpu().numpy()
+            prune = not any(jobs[i].request for i in cached)  # a request's snapshot must not drop newer tokens
+            out[cached] = self.view_cache.encode(parts, prune=prune).cpu().numpy()
             self._drop_departed([jobs[i].track_id for i in cached])
         if full:
             out[full] = self.model.encode_views([jobs[i].views for i in full], batch_size=len(full)).cpu().numpy()

@@ -151,7 +151,7 @@ def enroll(engine: Perception, name: str, category: str, track_id: str, images: 
         views, keys, cloud = _views_of(engine, track_id)
         if not views and cloud is None:
             raise RequestError(f"no views of track {track_id!r} (unknown, forgotten or expired)")
-        job = EncodeJob(track_id, views, points=cloud, keys=keys)  # keys: the views' cached tokens serve
+        job = EncodeJob(track_id, views, points=cloud, keys=keys, request=True)  # cached tokens serve
     elif images:
         job = EncodeJob("", prepare_images(engine, images))
     else:

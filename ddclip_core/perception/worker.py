@@ -40,6 +40,7 @@ class EncodeJob:
     seq: int = field(default_factory=lambda: next(_sequence))
     first: Header | None = None  # the track's first view, when known (when the object was first seen)
     keys: list[int] | None = None  # the buffer's key of each view (their tokens are cached); None: no cache
+    request: bool = False  # a request's encode (enrolment) beside the encoder: its keys may be stale
 
 
 @dataclass
