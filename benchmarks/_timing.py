@@ -30,6 +30,11 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
     return statistics.median(times)
 
 
+def percentiles(times: list[float]) -> tuple[float, float]:
+    """(p50, p99) of the times, in their unit."""
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
 def rss_mb(pid: int | str = "self") -> float:
     """Resident memory of a process in MiB (this one by default)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from _timing import copy_bandwidth, rss_mb
+from _timing import copy_bandwidth, percentiles, rss_mb
 
 from ddclip_core import _faiss_search as fs
 from ddclip_core.bank import EmbeddingBank
@@ -51,7 +51,7 @@ def latencies(fn, queries: np.ndarray, batch: int, repeats: int) -> tuple[float,
         start = time.perf_counter()
         fn(q)
         times.append((time.perf_counter() - start) * 1e3)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+    return percentiles(times)
 
 
 def numpy_bruteforce(vectors: np.ndarray, q: np.ndarray, k: int = 10) -> np.ndarray:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _timing import copy_bandwidth, rss_mb
+from _timing import copy_bandwidth, percentiles, rss_mb
 
 from ddclip_core.memory import MemoryFilter, ObjectMemory, Sighting
 from ddclip_core.stamped import Pose, Stamp
@@ -36,10 +36,6 @@ def batch(rng: np.random.Generator, start: int, size: int, objects: int) -> list
         pose = Pose(frame, Stamp(n), tuple(rng.uniform(-20, 20, 3)))
         out.append((Sighting(f"track-{n}", Stamp(n, 0), 6, "camera", pose, [("a mug", 0.3)]), rng.normal(size=DIM)))
     return out
-
-
-def percentiles(times: list[float]) -> tuple[float, float]:
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
 def write_through(folder: Path, batches: int) -> None:

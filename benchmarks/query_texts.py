@@ -17,7 +17,7 @@ import time
 import warnings
 
 import numpy as np
-from _timing import sync
+from _timing import percentiles, sync
 
 from ddclip_core import load_model
 from ddclip_core.perception import Perception, PerceptionConfig, PerceptionSettings, QueryRequest
@@ -69,7 +69,7 @@ def main() -> None:
     engine.close()
 
     def line(name: str, times: list[float]) -> str:
-        p50, p99 = statistics.median(times), float(np.percentile(times, 99))
+        p50, p99 = percentiles(times)
         return f"  {name:<28} p50 {p50 * 1e3:8.3f} ms  p99 {p99 * 1e3:8.3f} ms  ({len(times)} asks)"
 
     print(f"device {model.device}, precision {model.precision}; {len(texts)} texts over {args.objects} objects")
