@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from .hub import PUBLISHED, RandomWeightsWarning
 from .model import DuoduoCLIP
 from .onnx.files import is_onnx_export
 from .weights import CheckpointError, WeightFile, check_state_dict, read_weights
+
+if TYPE_CHECKING:
+    from .onnx.providers import ShapeLimits
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ def load_model(
     trust_pickle: bool = False,
     backend: str = "torch",
     providers: list | None = None,
+    shape_limits: ShapeLimits | None = None,
 ) -> DuoduoCLIP:
     """Build a Duoduo CLIP model, ready for inference (eval mode).
 
@@ -60,6 +65,8 @@ def load_model(
             (``ddclip weights export SRC OUT --onnx``), run by ONNX Runtime behind the same inference API
             (``ddclip_core.onnx.backend.OnnxRuntimeCLIP``); its precision is the export's.
         providers: onnxruntime only: execution providers, best first (default: from ``device``).
+        shape_limits: onnxruntime only: the largest input of each graph per call
+            (``ddclip_core.onnx.providers.ShapeLimits``), the range TensorRT builds its engines for.
     """
     if backend == "onnxruntime":
         from .onnx.backend import open_engine
@@ -71,11 +78,12 @@ def load_model(
             layers_threshold=layers_threshold,
             arch=arch,
             providers=providers,
+            shape_limits=shape_limits,
         )
     if backend != "torch":
         raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    if providers is not None:
-        raise ValueError("providers only apply to backend='onnxruntime'")
+    if providers is not None or shape_limits is not None:
+        raise ValueError("providers and shape_limits only apply to backend='onnxruntime'")
     if weights is not None and is_onnx_export(weights):
         raise CheckpointError(f"{weights} is an ONNX export: load it with backend='onnxruntime'")
     precision = check_precision(precision, allow_auto=True)

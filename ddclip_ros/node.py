@@ -320,7 +320,7 @@ class DDClipNode(Node):
                     reason = f"{parameter.name} above {sized_for}, its value at start (it sized the input queues)"
                     return SetParametersResult(successful=False, reason=f"{reason}, needs a restart")
         try:
-            self.engine.settings.changed(self.engine.config.max_views, **changes)
+            self.engine.checked_settings(**changes)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)

@@ -20,8 +20,8 @@ from ddclip_core import CheckpointError, load_model
 from ddclip_core.onnx.backend import OnnxRuntimeCLIP
 from ddclip_core.onnx.export import export_onnx
 from ddclip_core.onnx.files import OnnxExportError
-from ddclip_core.onnx.providers import ProviderError
-from ddclip_core.perception import PerceptionConfig, StartupError, open_perception
+from ddclip_core.onnx.providers import ProviderError, ShapeLimits, tensorrt_profile, with_profile
+from ddclip_core.perception import PerceptionConfig, PerceptionSettings, StartupError, open_perception
 from ddclip_core.view_cache import ViewTokenCache
 from tests.conftest import published_tiny, random_views
 
@@ -274,3 +274,82 @@ def test_float_views_mean_the_same_on_every_path(exported, engine):
         torch.testing.assert_close(via_tokens, expected, rtol=0, atol=TOLERANCE)
     with pytest.raises(ValueError, match="view 0: unsupported image dtype int32"):
         model.view_tokens([views[0].astype(np.int32)])
+
+
+class _Recorded:
+    """An ONNX Runtime session that records the shape of every input it is given."""
+
+    def __init__(self, session, shapes):
+        self.session, self.shapes = session, shapes
+
+    def run(self, outputs, feed):
+        self.shapes.append({name: value.shape for name, value in feed.items()})
+        return self.session.run(outputs, feed)
+
+
+def test_tensorrt_profiles_name_every_input_of_the_exported_graphs(exported):
+    limits = ShapeLimits(views_per_call=96, objects_per_call=8, views_per_object=24, texts_per_call=256)
+    graphs = {}
+    for part in ("per_view", "cross_view", "text"):
+        proto = onnx.load(str(exported[1] / f"{part}.onnx"))
+        graphs[part] = {
+            i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input
+        }
+    assert tensorrt_profile(graphs["per_view"], limits) == {
+        "trt_profile_min_shapes": "pixels:1x3x224x224",
+        "trt_profile_opt_shapes": "pixels:12x3x224x224",
+        "trt_profile_max_shapes": "pixels:96x3x224x224",
+    }
+    assert tensorrt_profile(graphs["cross_view"], limits) == {
+        "trt_profile_min_shapes": "tokens:1x1x50x64,view_mask:1x1",
+        "trt_profile_opt_shapes": "tokens:1x12x50x64,view_mask:1x12",
+        "trt_profile_max_shapes": "tokens:8x24x50x64,view_mask:8x24",
+    }
+    assert tensorrt_profile(graphs["text"], limits)["trt_profile_max_shapes"] == "text:256x77"
+    assert tensorrt_profile({"x": ["batch", 3]}, limits) == {}  # an axis the limits do not name: ORT's own
+    providers = [
+        ("TensorrtExecutionProvider", {"device_id": 0}),
+        ("CUDAExecutionProvider", {}),
+        ("CPUExecutionProvider", {}),
+    ]
+    added = with_profile(providers, graphs["per_view"], limits)
+    assert added[0][1]["trt_profile_max_shapes"] == "pixels:96x3x224x224" and added[0][1]["device_id"] == 0
+    assert added[1:] == providers[1:]
+    own = [("TensorrtExecutionProvider", {"trt_profile_max_shapes": "pixels:4x3x224x224"})]
+    assert with_profile(own, graphs["per_view"], limits) == own  # the user's own profile is kept
+    with pytest.raises(ValueError, match="ShapeLimits.objects_per_call must be a positive integer, got 0"):
+        ShapeLimits(objects_per_call=0)
+
+
+def test_shape_limits_split_calls_and_refuse_an_object_beyond_them(exported, engine):
+    limits = ShapeLimits(views_per_call=4, objects_per_call=2, views_per_object=6, texts_per_call=2)
+    limited = OnnxRuntimeCLIP(exported[1], providers=["cpu"], shape_limits=limits)
+    shapes = []
+    limited._sessions = {part: _Recorded(session, shapes) for part, session in limited._sessions.items()}
+    objects = [random_views(count, seed=40 + count) for count in (1, 6, 3, 2, 5)]
+    torch.testing.assert_close(limited.encode_views(objects), engine.encode_views(objects), rtol=0, atol=1e-6)
+    texts = ["a red mug", "a chair", "duck", "a lamp", "a toy car"]
+    torch.testing.assert_close(limited.encode_text(texts), engine.encode_text(texts), rtol=0, atol=1e-6)
+    assert max(s["pixels"][0] for s in shapes if "pixels" in s) == 4
+    assert max(s["tokens"][0] for s in shapes if "tokens" in s) == 2
+    assert max(s["tokens"][1] for s in shapes if "tokens" in s) == 6
+    assert max(s["text"][0] for s in shapes if "text" in s) == 2
+    with pytest.raises(ValueError, match="an object of 7 views: this engine takes at most 6 views of one object"):
+        limited.encode_views(random_views(7, seed=50))
+    assert engine.shape_limits is None  # no TensorRT, none given: any size in one call, as before
+
+
+def test_the_engine_sets_its_limits_from_the_node_settings_and_refuses_more_enrolment_images(exported):
+    config = PerceptionConfig(
+        weights=str(exported[1]), backend="onnxruntime", device="cpu", max_views=6, max_batch=3, view_cache_mb=0
+    )
+    perception = open_perception(config, PerceptionSettings(min_views=2, max_enroll_images=10))
+    try:
+        assert perception.model.shape_limits == ShapeLimits(18, 3, 10, 256)
+        with pytest.raises(ValueError, match=r"max_enroll_images \(11\) must be <= 10, the most views of one object"):
+            perception.update_settings(max_enroll_images=11)
+        with pytest.raises(ValueError, match="the most views of one object this ONNX engine takes"):
+            perception.checked_settings(max_enroll_images=11)  # what the node asks before a parameter changes
+        assert perception.update_settings(max_enroll_images=8).max_enroll_images == 8
+    finally:
+        perception.close()

@@ -29,7 +29,7 @@ from ..encode_inputs import all_finite, check_preprocessed, checked_texts, view_
 from ..identity import WeightsIdentity
 from ..preprocess import CropMode, Preprocessor, ResizeMode
 from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, OnnxExportError, file_sha256
-from .providers import Provider, resolve_providers
+from .providers import PREFERENCE, Provider, ShapeLimits, resolve_providers, with_profile
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,16 @@ class OnnxRuntimeCLIP:
     """An ONNX export folder (``ddclip weights export SRC OUT --onnx``) run by ONNX Runtime."""
 
     def __init__(
-        self, folder: str | Path, *, providers: list[Provider] | None = None, device: str = "auto", threads: int = 0
+        self,
+        folder: str | Path,
+        *,
+        providers: list[Provider] | None = None,
+        device: str = "auto",
+        threads: int = 0,
+        shape_limits: ShapeLimits | None = None,
     ) -> None:
+        """shape_limits: the largest input of each graph per call; calls above them are split. With the
+        TensorRT provider (default limits if None) its engines are built once for that range."""
         import onnxruntime as ort
 
         self.folder = _export_folder(Path(folder).expanduser())
@@ -64,10 +72,13 @@ class OnnxRuntimeCLIP:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         self.providers = resolve_providers(providers, str(device), self.folder, self.precision)
+        tensorrt = any(name == PREFERENCE[0] for name, _ in self.providers)
+        self.shape_limits = shape_limits if shape_limits is not None or not tensorrt else ShapeLimits()
         self._sessions = {}
         for part in GRAPHS:
-            path = _checked_graph(self.folder, self.export, part)
-            self._sessions[part] = ort.InferenceSession(str(path), options, providers=self.providers)
+            path, inputs = _checked_graph(self.folder, self.export, part)
+            part_providers = with_profile(self.providers, inputs, self.shape_limits) if tensorrt else self.providers
+            self._sessions[part] = ort.InferenceSession(str(path), options, providers=part_providers)
         tokens = self._sessions["per_view"].get_outputs()[0].shape
         self._token_shape = (int(tokens[1]), int(tokens[2]))
         log.info("ONNX engine %s (%s) on %s", self.folder, self.precision, [name for name, _ in self.providers])
@@ -143,6 +154,8 @@ class OnnxRuntimeCLIP:
         """Text(s) -> (N, embed_dim) CLIP text embeddings, as DuoduoCLIP.encode_text."""
         texts = checked_texts(texts)
         session = self._sessions["text"]
+        if self.shape_limits is not None:
+            batch_size = min(batch_size, self.shape_limits.texts_per_call)
         out = [
             session.run(None, {"text": self.tokenizer(list(texts[start : start + batch_size])).numpy()})[0]
             for start in range(0, len(texts), batch_size)
@@ -163,6 +176,9 @@ class OnnxRuntimeCLIP:
         pixels = np.ascontiguousarray(pixels, np.float32)
         if self._one_at_a_time and len(pixels) > 1:
             return np.concatenate([self._per_view(view[None]) for view in pixels])
+        most = len(pixels) if self.shape_limits is None else self.shape_limits.views_per_call
+        if len(pixels) > most:
+            return np.concatenate([self._per_view(pixels[i : i + most]) for i in range(0, len(pixels), most)])
         return self._sessions["per_view"].run(None, {"pixels": pixels})[0]
 
     def _cross_view(self, tokens: np.ndarray, counts: list[int]) -> np.ndarray:
@@ -175,9 +191,19 @@ class OnnxRuntimeCLIP:
             )
         if tokens.shape[0] != sum(counts):
             raise ValueError(f"{tokens.shape[0]} views given but view counts {counts} sum to {sum(counts)}")
-        if self._one_at_a_time and len(counts) > 1:
+        limits = self.shape_limits
+        if limits is not None and max(counts) > limits.views_per_object:
+            raise ValueError(
+                f"an object of {max(counts)} views: this engine takes at most {limits.views_per_object} views of "
+                "one object (its shape_limits, for the TensorRT profile; the node sets them from max_views and "
+                "max_enroll_images at start)"
+            )
+        per_call = 1 if self._one_at_a_time else len(counts) if limits is None else limits.objects_per_call
+        if len(counts) > per_call:
             starts = np.cumsum([0, *counts])
-            return np.concatenate([self._cross_view(tokens[a:b], [b - a]) for a, b in itertools.pairwise(starts)])
+            ends = [min(first + per_call, len(counts)) for first in range(0, len(counts), per_call)]
+            pieces = itertools.pairwise([0, *ends])  # objects [first, end) per call
+            return np.concatenate([self._cross_view(tokens[starts[i] : starts[j]], counts[i:j]) for i, j in pieces])
         most = max(counts)
         if min(counts) == most:
             padded, mask = tokens.reshape(len(counts), most, *tokens.shape[1:]), np.ones((len(counts), most), bool)
@@ -247,7 +273,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _checked_graph(folder: Path, config: dict[str, Any], part: str) -> Path:
+def _checked_graph(folder: Path, config: dict[str, Any], part: str) -> tuple[Path, dict[str, list[int | str]]]:
+    """The graph's file, checked, and its inputs: name -> dims (a size, or a dynamic axis's name)."""
     entry = config["graphs"][part]
     path = folder / entry["file"]
     if not path.is_file():
@@ -270,7 +297,8 @@ def _checked_graph(folder: Path, config: dict[str, Any], part: str) -> Path:
         )
     if file_sha256(path) != entry.get("sha256"):
         raise OnnxExportError(f"{path} does not match {CONFIG}: its sha256 differs from the one recorded at export")
-    return path
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    return path, dims
 
 
 def open_engine(
@@ -281,6 +309,7 @@ def open_engine(
     layers_threshold: int | None = None,
     arch: str | None = None,
     providers: list[Provider] | None = None,
+    shape_limits: ShapeLimits | None = None,
 ) -> OnnxRuntimeCLIP:
     """``load_model(..., backend="onnxruntime")``: an ONNX export folder, its settings checked against the call."""
     if weights is None:
@@ -288,7 +317,7 @@ def open_engine(
             "the onnxruntime backend runs an ONNX export: pass its folder as weights "
             "(make one with `ddclip weights export SRC OUT --onnx`)"
         )
-    engine = OnnxRuntimeCLIP(weights, providers=providers, device=str(device))
+    engine = OnnxRuntimeCLIP(weights, providers=providers, device=str(device), shape_limits=shape_limits)
     # An engine's precision is fixed when it is exported; fp32 (the default) and auto take what it is.
     if precision not in ("fp32", "auto", engine.precision):
         raise ValueError(

@@ -7,6 +7,7 @@ paths are written to ONNX Runtime's documented options but have NEVER BEEN RUN, 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,67 @@ NEVER_RUN = (
 )
 
 Provider = str | tuple[str, dict[str, Any]]
+PROFILE_OPTIONS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """The largest inputs each graph gets in one call, and the sizes TensorRT tunes its kernels for.
+
+    TensorRT builds an engine for a range of input sizes (an optimisation profile). Without one, ONNX
+    Runtime builds the engine for the sizes seen so far and builds it again, tens of seconds for ViT-B,
+    each time an input grows past them: a node meeting view counts 1, 2, 3, ... would stall at each. With
+    these limits each graph's engine is built once for the whole range (and cached on disk), and the
+    backend splits any larger call to stay inside it. The default fits the node's defaults."""
+
+    views_per_call: int = 96  # per-view graph: views in one call (max_batch x max_views)
+    objects_per_call: int = 8  # cross-view graph: objects in one call (max_batch)
+    views_per_object: int = 24  # cross-view graph: views of one object (max(max_views, max_enroll_images))
+    texts_per_call: int = 256  # text graph: texts in one call (encode_text's batch_size)
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ShapeLimits.{name} must be a positive integer, got {value!r}")
+
+    def ranges(self) -> dict[str, tuple[int, int, int]]:
+        """(min, opt, max) of each named dynamic axis of the exported graphs. Opt: one object of 12 views,
+        what a re-encode of a full track sends, and a few texts, what a query sends."""
+        return {
+            "views_total": (1, min(12, self.views_per_call), self.views_per_call),
+            "objects": (1, 1, self.objects_per_call),
+            "views": (1, min(12, self.views_per_object), self.views_per_object),
+            "texts": (1, min(32, self.texts_per_call), self.texts_per_call),
+        }
+
+
+def tensorrt_profile(inputs: dict[str, list[int | str]], limits: ShapeLimits) -> dict[str, str]:
+    """TensorRT's explicit profile options for a graph with these inputs (name -> dims, a dim a size or
+    the name of a dynamic axis), in ONNX Runtime's format "input:1x3x224x224,other:...". Empty when an
+    input has an axis the limits do not name: ONNX Runtime then keeps its own profiles."""
+    ranges = limits.ranges()
+    if any(isinstance(dim, str) and dim not in ranges for dims in inputs.values() for dim in dims):
+        return {}
+    shapes = []
+    for which in range(3):  # min, opt, max
+        parts = [
+            f"{name}:" + "x".join(str(ranges[dim][which] if isinstance(dim, str) else dim) for dim in dims)
+            for name, dims in inputs.items()
+        ]
+        shapes.append(",".join(parts))
+    return dict(zip(PROFILE_OPTIONS, shapes, strict=True))
+
+
+def with_profile(
+    providers: list[tuple[str, dict[str, Any]]], inputs: dict[str, list[int | str]], limits: ShapeLimits
+) -> list[tuple[str, dict[str, Any]]]:
+    """``providers`` with TensorRT's explicit profile for one graph added, unless the user set one."""
+    out = []
+    for name, options in providers:
+        if name == PREFERENCE[0] and not any(key in options for key in PROFILE_OPTIONS):
+            options = {**options, **tensorrt_profile(inputs, limits)}
+        out.append((name, options))
+    return out
 
 
 class ProviderError(ValueError):

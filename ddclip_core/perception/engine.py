@@ -35,7 +35,7 @@ from . import requests
 from .clouds import TrackClouds
 from .frames import Box, FramePairer, crop, stamp_key, usable_boxes
 from .health import Health
-from .settings import PerceptionConfig, PerceptionSettings
+from .settings import PerceptionConfig, PerceptionSettings, model_views_per_object
 from .stats import engine_stats
 from .types import EnrollAnswer, ObjectResult, QueryAnswer, QueryRequest, RequestError
 from .worker import EncodeJob, EncodeWorker, WarmJob, next_sequence
@@ -58,7 +58,7 @@ class Perception:
         clock: Callable[[], Stamp] | None = None,
     ) -> None:
         self.config, self.model = config or PerceptionConfig(), model
-        self.settings = (settings or PerceptionSettings()).changed(self.config.max_views)
+        self.settings = (settings or PerceptionSettings()).changed(self.config.max_views, model_views_per_object(model))
         self.clouds, self.labels = clouds, labels
         self.on_results = on_results
         # ROS time (the node's clock: sim time under use_sim_time) for unstamped views and "the last N seconds".
@@ -131,9 +131,13 @@ class Perception:
             max_age_s=settings.max_age_s,
         )
 
+    def checked_settings(self, **changes: Any) -> PerceptionSettings:
+        """The settings with ``changes``, checked together and with the model (ValueError names the problem)."""
+        return self.settings.changed(self.config.max_views, model_views_per_object(self.model), **changes)
+
     def update_settings(self, **changes: Any) -> PerceptionSettings:
         """Apply changed settings at once, checked together (ValueError names the problem; nothing changes)."""
-        new = self.settings.changed(self.config.max_views, **changes)
+        new = self.checked_settings(**changes)
         with self._lock:
             self.settings = new
             self.buffer.policy = self._policy(new)

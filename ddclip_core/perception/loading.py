@@ -15,6 +15,7 @@ from ..gaussians import CloudEmbedder, load_gs_encoder
 from ..labels import LabelSet
 from ..memory_store import MemoryInUse
 from ..model import DuoduoCLIP
+from ..onnx.providers import ShapeLimits
 from ..precision import probe_views
 from ..stamped import Stamp
 from .clouds import TrackClouds
@@ -35,7 +36,13 @@ def open_perception(
     model = _step(
         "weights",
         lambda: _warm(
-            load_model(weights, device=config.device, precision=config.precision, backend=config.backend),
+            load_model(
+                weights,
+                device=config.device,
+                precision=config.precision,
+                backend=config.backend,
+                shape_limits=_shape_limits(config, settings or PerceptionSettings()),
+            ),
             config.max_views,
         ),
     )
@@ -47,6 +54,18 @@ def open_perception(
         lambda: Perception(
             model, config, settings, bank=bank, labels=labels, clouds=clouds, on_results=on_results, clock=clock
         ),
+    )
+
+
+def _shape_limits(config: PerceptionConfig, settings: PerceptionSettings) -> ShapeLimits | None:
+    """What the engine's calls can hold (onnxruntime only): the range its TensorRT engines are built for."""
+    if config.backend != "onnxruntime":
+        return None
+    most = max(config.max_views, settings.max_enroll_images)
+    return ShapeLimits(
+        views_per_call=max(config.max_batch * config.max_views, most),
+        objects_per_call=config.max_batch,
+        views_per_object=most,
     )
 
 

@@ -98,15 +98,20 @@ class PerceptionSettings:
     def __post_init__(self) -> None:
         check_ranges(self)
 
-    def changed(self, fixed_max_views: int, /, **changes: Any) -> PerceptionSettings:
-        """A copy with ``changes``, checked together with the fixed ``max_views``."""
-        max_views = fixed_max_views
+    def changed(self, max_views: int, views_per_object: int | None = None, /, **changes: Any) -> PerceptionSettings:
+        """A copy with ``changes``, checked together with the fixed ``max_views`` and, for a model with shape
+        limits (an ONNX engine on TensorRT: ``model_views_per_object``), the most views of one object it takes."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise ValueError(f"unknown or read-only settings: {', '.join(unknown)}")
         new = replace(self, **changes)
         if new.min_views > max_views:
             raise ValueError(f"min_views ({new.min_views}) must be <= max_views ({max_views})")
+        if views_per_object is not None and new.max_enroll_images > views_per_object:
+            raise ValueError(
+                f"max_enroll_images ({new.max_enroll_images}) must be <= {views_per_object}, the most views of one "
+                "object this ONNX engine takes (its shape limits, set at start from max_views and max_enroll_images)"
+            )
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,3 +131,10 @@ def check_ranges(settings: Any) -> None:
             low, high = RANGES[item.name]
             if not (math.isfinite(value) and low <= value <= high):
                 raise ValueError(f"{item.name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def model_views_per_object(model: Any) -> int | None:
+    """The most views of one object the model takes in one call, where it has such a limit (an ONNX engine
+    whose TensorRT profile fixes it: ``OnnxRuntimeCLIP.shape_limits``); None: any number."""
+    limits = getattr(model, "shape_limits", None)
+    return None if limits is None else limits.views_per_object
