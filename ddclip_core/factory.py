@@ -56,7 +56,8 @@ def load_model(
         precision: "fp32", "fp16", "bf16" or "auto" (the fastest of them whose embeddings match fp32's,
             measured once at load on this device: ``ddclip_core.precision``). Weights stay fp32; on CPU
             the image tower's matmuls run on a pre-packed copy in the precision's type (``_prepacked``),
-            on CUDA 16-bit runs under autocast.
+            on CUDA 16-bit runs under autocast on a copy of the image tower with 16-bit weights
+            (``_half_weights``; never run on a GPU here).
         layers_threshold: first visual block with cross-view attention. None: what the checkpoint
             records, else 6 (the published model). Equal to the number of blocks: plain CLIP.
         arch: open_clip architecture name when the file does not record one (default ViT-B-32).

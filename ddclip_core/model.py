@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._half_weights import HalfTowerCache
 from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tokens
 from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
@@ -54,6 +55,7 @@ class DuoduoCLIP(nn.Module):
         self._weights_id: tuple[tuple, str] | None = None  # (the weights' state, its id)
         self._prepacked = PrepackedCache(PrepackedVisual)
         self._prepacked_text = PrepackedCache(PrepackedText)
+        self._half_visual = HalfTowerCache()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -130,19 +132,21 @@ class DuoduoCLIP(nn.Module):
 
         view_mask (B, F) bool marks real views in a padded batch; each object needs >= 1.
         """
-        return self._forward(pixels, view_mask, None)
+        return self._forward(pixels, view_mask, self.clip.visual, None)
 
     def _forward(
-        self, pixels: torch.Tensor, view_mask: torch.Tensor | None, prepacked: PrepackedVisual | None
+        self,
+        pixels: torch.Tensor,
+        view_mask: torch.Tensor | None,
+        visual: nn.Module,
+        prepacked: PrepackedVisual | None,
     ) -> torch.Tensor:
         check_preprocessed(pixels, self.config.preprocess.image_size)
         batch, frames = pixels.shape[:2]
         if view_mask is None:
-            return encode_packed_views(
-                self.clip.visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold, prepacked
-            )
+            return encode_packed_views(visual, pixels.flatten(0, 1), [frames] * batch, self.layers_threshold, prepacked)
         view_mask, counts = view_counts(view_mask, batch, frames, pixels.device)
-        return encode_packed_views(self.clip.visual, pixels[view_mask], counts, self.layers_threshold, prepacked)
+        return encode_packed_views(visual, pixels[view_mask], counts, self.layers_threshold, prepacked)
 
     # ------------------------------------------------------------------ inference API
     def encode_views(
@@ -167,11 +171,11 @@ class DuoduoCLIP(nn.Module):
             return self._encode_tensor(views, view_mask, normalize)
         batches = view_batches(views, num_views, view_mask, batch_size)
         out = []
-        prepacked = self._inference_weights()
+        prepacked, visual = self._inference_weights()
         with torch.inference_mode(), self._autocast(prepacked):
             for flat, counts in batches:
                 pixels = self.preprocessor(flat, self.device)
-                out.append(encode_packed_views(self.clip.visual, pixels, counts, self.layers_threshold, prepacked))
+                out.append(encode_packed_views(visual, pixels, counts, self.layers_threshold, prepacked))
         return self._finish(torch.cat(out), normalize)
 
     def view_tokens(self, views: list[np.ndarray]) -> torch.Tensor:
@@ -180,24 +184,27 @@ class DuoduoCLIP(nn.Module):
         The first half of ``encode_views``, preprocessing included; ``embed_view_tokens`` is the second.
         A view's tokens do not depend on the object's other views, so they can be kept (``ViewTokenCache``).
         """
-        prepacked = self._inference_weights()
+        prepacked, visual = self._inference_weights()
         with torch.inference_mode(), self._autocast(prepacked):
             pixels = self.preprocessor(views, self.device)
-            return per_view_tokens(self.clip.visual, pixels, self.layers_threshold, prepacked)
+            return per_view_tokens(visual, pixels, self.layers_threshold, prepacked)
 
     def embed_view_tokens(
         self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True
     ) -> torch.Tensor:
         """Tokens of ``view_tokens`` (N, L, width), packed object after object -> (B, embed_dim)."""
         tokens = tokens.to(self.device)
-        prepacked = self._inference_weights()
+        prepacked, visual = self._inference_weights()
         with torch.inference_mode(), self._autocast(prepacked):
-            embeddings = cross_view_embeddings(self.clip.visual, tokens, view_counts, self.layers_threshold, prepacked)
+            embeddings = cross_view_embeddings(visual, tokens, view_counts, self.layers_threshold, prepacked)
         return self._finish(embeddings, normalize)
 
-    def _inference_weights(self) -> PrepackedVisual | None:
-        """The image tower pre-packed for oneDNN where that applies (CPU, fp32/bf16; see ``_prepacked``)."""
-        return self._prepacked.get(self.clip.visual, self.device, self.precision)
+    def _inference_weights(self) -> tuple[PrepackedVisual | None, nn.Module]:
+        """The image tower pre-packed for oneDNN where that applies (CPU, fp32/bf16; see ``_prepacked``),
+        and the tower's modules to run otherwise: in 16 bit, a copy with 16-bit weights (``_half_weights``)."""
+        prepacked = self._prepacked.get(self.clip.visual, self.device, self.precision)
+        half = None if prepacked is not None else self._half_visual.get(self.clip.visual, self.precision)
+        return prepacked, self.clip.visual if half is None else half
 
     def _autocast(self, prepacked: PrepackedVisual | None) -> Any:
         # pre-packed weights already carry the precision; autocast would only add casts
@@ -211,9 +218,9 @@ class DuoduoCLIP(nn.Module):
         if torch.is_grad_enabled():  # keep autograd: the modules themselves
             with autocast(self.device, self.precision):
                 return self._finish(self(pixels, view_mask), normalize)
-        prepacked = self._inference_weights()
+        prepacked, visual = self._inference_weights()
         with self._autocast(prepacked):
-            return self._finish(self._forward(pixels, view_mask, prepacked), normalize)
+            return self._finish(self._forward(pixels, view_mask, visual, prepacked), normalize)
 
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings (float32, model device)."""

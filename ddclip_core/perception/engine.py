@@ -29,13 +29,13 @@ from ..labels import LabelSet
 from ..memory import ObjectMemory, SeenObject, Sighting
 from ..memory_store import database_path
 from ..stamped import Header, Pose, Stamp
-from ..tracks import TrackBuffer, TrackPolicy
+from ..tracks import TrackBuffer
 from ..view_cache import ViewTokenCache
 from . import requests
 from .clouds import TrackClouds
 from .frames import Box, FramePairer, crop, stamp_key, usable_boxes
 from .health import Health
-from .settings import PerceptionConfig, PerceptionSettings, model_views_per_object
+from .settings import PerceptionConfig, PerceptionSettings, model_views_per_object, track_policy
 from .stats import engine_stats
 from .types import EnrollAnswer, ObjectResult, QueryAnswer, QueryRequest, RequestError
 from .worker import EncodeJob, EncodeWorker, WarmJob, next_sequence
@@ -77,7 +77,7 @@ class Perception:
         self.enrolled = EnrolledObjects(model.embed_dim, self.embedding_identity, folder, bank_weights=model)
         self.bank = self.enrolled.into(bank)
         self.memory = self._open_memory()
-        self.buffer = TrackBuffer(self._policy(self.settings))
+        self.buffer = TrackBuffer(track_policy(self.config, self.settings))
         self.pairer = FramePairer()
         self.health = Health()
         self.captions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # track -> best (name, score)
@@ -121,16 +121,6 @@ class Perception:
             sync=c.memory_sync,
         )
 
-    def _policy(self, settings: PerceptionSettings) -> TrackPolicy:
-        return TrackPolicy(
-            max_views=self.config.max_views,
-            min_views=settings.min_views,
-            reencode_after=settings.reencode_after,
-            timeout_s=settings.timeout_s,
-            max_tracks=self.config.max_tracks,
-            max_age_s=settings.max_age_s,
-        )
-
     def checked_settings(self, **changes: Any) -> PerceptionSettings:
         """The settings with ``changes``, checked together and with the model (ValueError names the problem)."""
         return self.settings.changed(self.config.max_views, model_views_per_object(self.model), **changes)
@@ -140,7 +130,7 @@ class Perception:
         new = self.checked_settings(**changes)
         with self._lock:
             self.settings = new
-            self.buffer.policy = self._policy(new)
+            self.buffer.policy = track_policy(self.config, new)
         self.tick()  # a lower min_views or timeout may make tracks due now
         return new
 

@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ..tracks import TrackPolicy
+
 NO_WEIGHTS = (
     "no weights: set the 'weights' parameter (the published Four_1to6F_bs1600_LT6.ckpt, an OpenCLIP ViT-B-32 file "
     "or a ddclip export; `ddclip weights download` fetches the published one), or allow_random_weights:=true to run "
@@ -138,3 +140,15 @@ def model_views_per_object(model: Any) -> int | None:
     whose TensorRT profile fixes it: ``OnnxRuntimeCLIP.shape_limits``); None: any number."""
     limits = getattr(model, "shape_limits", None)
     return None if limits is None else limits.views_per_object
+
+
+def track_policy(config: PerceptionConfig, settings: PerceptionSettings) -> TrackPolicy:
+    """The track buffer's policy: the engine's fixed config with its current settings."""
+    return TrackPolicy(
+        max_views=config.max_views,
+        min_views=settings.min_views,
+        reencode_after=settings.reencode_after,
+        timeout_s=settings.timeout_s,
+        max_tracks=config.max_tracks,
+        max_age_s=settings.max_age_s,
+    )
