@@ -195,8 +195,8 @@ class OnnxRuntimeCLIP:
         if limits is not None and max(counts) > limits.views_per_object:
             raise ValueError(
                 f"an object of {max(counts)} views: this engine takes at most {limits.views_per_object} views of "
-                "one object (its shape_limits, for the TensorRT profile; the node sets them from max_views and "
-                "max_enroll_images at start)"
+                "one object (its TensorRT profile: load it with load_model(..., shape_limits=ShapeLimits("
+                "views_per_object=N)); the node sets it from max_views and max_enroll_images at start)"
             )
         per_call = 1 if self._one_at_a_time else len(counts) if limits is None else limits.objects_per_call
         if len(counts) > per_call:
