@@ -27,7 +27,8 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 class HalfTowerCache:
     """One 16-bit copy of an image tower at a time, made again when any of its weights changes (a new
-    tensor or an in-place update: the tensors' version counters are part of the key)."""
+    tensor or an in-place update: the tensors' version counters are part of the key; an edit through
+    ``.data`` bypasses them, as it does autograd's checks) and dropped when no copy is wanted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,6 +48,7 @@ class HalfTowerCache:
         """The tower with 16-bit weights for ``precision``; None where autocast alone must run it."""
         dtype = _DTYPES.get(precision)
         if dtype is None or os.environ.get("DDCLIP_HALF_WEIGHTS", "1") == "0" or not PrepackedVisual.supports(visual):
+            self.clear()  # fp32 now, say: a copy kept would hold half the tower's size for nothing
             return None
         key = (precision, *((p.data_ptr(), p._version) for p in visual.parameters()))
         with self._lock:
@@ -54,6 +56,10 @@ class HalfTowerCache:
                 self._entry = None  # free the old copy first: it costs half the tower's size
                 self._entry = (key, half_copy(visual, dtype))
             return self._entry[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entry = None
 
 
 def half_copy(visual: nn.Module, dtype: torch.dtype) -> nn.Module:

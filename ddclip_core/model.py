@@ -203,8 +203,11 @@ class DuoduoCLIP(nn.Module):
         """The image tower pre-packed for oneDNN where that applies (CPU, fp32/bf16; see ``_prepacked``),
         and the tower's modules to run otherwise: in 16 bit, a copy with 16-bit weights (``_half_weights``)."""
         prepacked = self._prepacked.get(self.clip.visual, self.device, self.precision)
-        half = None if prepacked is not None else self._half_visual.get(self.clip.visual, self.precision)
-        return prepacked, self.clip.visual if half is None else half
+        if prepacked is not None:
+            self._half_visual.clear()
+            return prepacked, self.clip.visual
+        half = self._half_visual.get(self.clip.visual, self.precision)
+        return None, self.clip.visual if half is None else half
 
     def _autocast(self, prepacked: PrepackedVisual | None) -> Any:
         # pre-packed weights already carry the precision; autocast would only add casts

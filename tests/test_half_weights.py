@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddclip_core import load_model
 from ddclip_core._half_weights import half_copy
+from ddclip_core._prepacked import packing_available
 from tests.conftest import published_tiny, random_views
 
 
@@ -85,6 +86,16 @@ def test_the_copy_is_made_once_and_again_after_the_weights_change(model, monkeyp
     assert torch.equal(changed, autocast_alone(monkeypatch, lambda: model.encode_views(views)))
     model.set_precision("fp32")
     assert model._inference_weights()[1] is model.clip.visual  # fp32: the modules themselves
+    assert model._half_visual._entry is None  # and the 16-bit copy is no longer held
+
+
+@pytest.mark.skipif(not packing_available(torch.device("cpu"), "bf16"), reason="no oneDNN bf16 kernels on this CPU")
+def test_the_copy_is_dropped_when_the_packed_path_takes_over(model, monkeypatch):
+    model.set_precision("bf16").encode_views(random_views(2))
+    assert model._half_visual._entry is not None
+    monkeypatch.delenv("DDCLIP_CPU_PREPACK")
+    model.encode_views(random_views(2))
+    assert model._inference_weights()[0] is not None and model._half_visual._entry is None
 
 
 def test_only_layer_norms_stay_fp32_and_are_shared(model):

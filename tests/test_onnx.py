@@ -21,7 +21,7 @@ from ddclip_core.onnx.backend import OnnxRuntimeCLIP
 from ddclip_core.onnx.export import export_onnx
 from ddclip_core.onnx.files import OnnxExportError
 from ddclip_core.onnx.providers import ProviderError, ShapeLimits, tensorrt_profile, with_profile
-from ddclip_core.perception import PerceptionConfig, PerceptionSettings, StartupError, open_perception
+from ddclip_core.perception import PerceptionConfig, PerceptionSettings, StartupError, loading, open_perception
 from ddclip_core.view_cache import ViewTokenCache
 from tests.conftest import published_tiny, random_views
 
@@ -324,6 +324,8 @@ def test_tensorrt_profiles_name_every_input_of_the_exported_graphs(exported):
 def test_shape_limits_split_calls_and_refuse_an_object_beyond_them(exported, engine):
     limits = ShapeLimits(views_per_call=4, objects_per_call=2, views_per_object=6, texts_per_call=2)
     limited = OnnxRuntimeCLIP(exported[1], providers=["cpu"], shape_limits=limits)
+    assert limited.shape_limits is None  # no TensorRT: the CPU provider takes any size
+    limited.shape_limits = limits  # as a TensorRT engine's
     shapes = []
     limited._sessions = {part: _Recorded(session, shapes) for part, session in limited._sessions.items()}
     objects = [random_views(count, seed=40 + count) for count in (1, 6, 3, 2, 5)]
@@ -336,16 +338,54 @@ def test_shape_limits_split_calls_and_refuse_an_object_beyond_them(exported, eng
     assert max(s["text"][0] for s in shapes if "text" in s) == 2
     with pytest.raises(ValueError, match="an object of 7 views: this engine takes at most 6 views of one object"):
         limited.encode_views(random_views(7, seed=50))
-    assert engine.shape_limits is None  # no TensorRT, none given: any size in one call, as before
+    assert engine.shape_limits is None
 
 
-def test_the_engine_sets_its_limits_from_the_node_settings_and_refuses_more_enrolment_images(exported):
+class _FakeOrt:
+    """onnxruntime whose sessions refuse TensorRT's explicit profile, as for a graph TensorRT takes in parts."""
+
+    def __init__(self):
+        self.calls = []
+
+    def InferenceSession(self, path, options, providers):  # onnxruntime's name
+        self.calls.append(providers)
+        if any("trt_profile_opt_shapes" in options for _, options in providers):
+            raise RuntimeError("[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine")
+        return "session"
+
+
+def test_a_graph_tensorrt_refuses_a_profile_for_opens_without_one(exported, caplog):
+    on_trt = OnnxRuntimeCLIP(exported[1], providers=["cpu"])
+    on_trt.providers = [("TensorrtExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})]
+    on_trt.shape_limits = ShapeLimits()
+    inputs = {"pixels": ["views_total", 3, 224, 224]}
+    ort = _FakeOrt()
+    assert on_trt._session(ort, exported[1] / "per_view.onnx", None, inputs) == "session"
+    assert ort.calls[0][0][1]["trt_profile_max_shapes"] == "pixels:96x3x224x224"
+    assert ort.calls[1] == on_trt.providers
+    assert "TensorRT refused its explicit profile" in caplog.text
+    on_trt.precision, ort.calls = "int8-dynamic", []  # TensorRT lacks its quantisation ops: no profile tried
+    on_trt._session(ort, exported[1] / "per_view.onnx", None, inputs)
+    assert ort.calls == [on_trt.providers]
+    on_trt.precision, ort.calls = "fp32", []
+    on_trt.providers[0][1]["trt_profile_max_shapes"] = "pixels:8x3x224x224"  # the user's own
+    on_trt._session(ort, exported[1] / "per_view.onnx", None, inputs)
+    assert len(ort.calls) == 1 and "your own TensorRT profile is kept" in caplog.text
+
+
+def test_the_node_derives_limits_from_its_settings_and_refuses_more_enrolment_images(exported):
+    assert ShapeLimits.for_node(max_views=12, max_batch=8, max_enroll_images=24) == ShapeLimits()
+    assert ShapeLimits.for_node(12, 64, 24) == ShapeLimits(192, 8, 24)  # per-call sizes capped, calls split
+    assert ShapeLimits.for_node(12, 8, 256) == ShapeLimits(192, 1, 256)  # long enrolments: one object a call
+    assert tensorrt_profile({"x": [0, 3]}, ShapeLimits()) == {}  # an axis with neither name nor size
     config = PerceptionConfig(
         weights=str(exported[1]), backend="onnxruntime", device="cpu", max_views=6, max_batch=3, view_cache_mb=0
     )
+    assert loading._shape_limits(config, PerceptionSettings(max_enroll_images=10)) == ShapeLimits(18, 3, 10)
     perception = open_perception(config, PerceptionSettings(min_views=2, max_enroll_images=10))
     try:
-        assert perception.model.shape_limits == ShapeLimits(18, 3, 10, 256)
+        assert perception.model.shape_limits is None  # the CPU provider: no limits
+        perception.model.shape_limits = ShapeLimits.for_node(6, 3, 10)  # as on TensorRT
         with pytest.raises(ValueError, match=r"max_enroll_images \(11\) must be <= 10, the most views of one object"):
             perception.update_settings(max_enroll_images=11)
         with pytest.raises(ValueError, match="the most views of one object this ONNX engine takes"):

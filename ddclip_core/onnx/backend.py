@@ -29,7 +29,7 @@ from ..encode_inputs import all_finite, check_preprocessed, checked_texts, view_
 from ..identity import WeightsIdentity
 from ..preprocess import CropMode, Preprocessor, ResizeMode
 from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, OnnxExportError, file_sha256
-from .providers import PREFERENCE, Provider, ShapeLimits, resolve_providers, with_profile
+from .providers import PREFERENCE, PROFILE_OPTIONS, Provider, ShapeLimits, resolve_providers, with_profile
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ class OnnxRuntimeCLIP:
         threads: int = 0,
         shape_limits: ShapeLimits | None = None,
     ) -> None:
-        """shape_limits: the largest input of each graph per call; calls above them are split. With the
-        TensorRT provider (default limits if None) its engines are built once for that range."""
+        """shape_limits: with the TensorRT provider, the largest input of each graph per call (default
+        ``ShapeLimits()``): its engines are built once for that range, and larger calls are split. Without
+        TensorRT there are none: the other providers take any size."""
         import onnxruntime as ort
 
         self.folder = _export_folder(Path(folder).expanduser())
@@ -73,15 +74,33 @@ class OnnxRuntimeCLIP:
         options.intra_op_num_threads = threads
         self.providers = resolve_providers(providers, str(device), self.folder, self.precision)
         tensorrt = any(name == PREFERENCE[0] for name, _ in self.providers)
-        self.shape_limits = shape_limits if shape_limits is not None or not tensorrt else ShapeLimits()
+        self.shape_limits = (shape_limits or ShapeLimits()) if tensorrt else None
         self._sessions = {}
         for part in GRAPHS:
             path, inputs = _checked_graph(self.folder, self.export, part)
-            part_providers = with_profile(self.providers, inputs, self.shape_limits) if tensorrt else self.providers
-            self._sessions[part] = ort.InferenceSession(str(path), options, providers=part_providers)
+            self._sessions[part] = self._session(ort, path, options, inputs)
         tokens = self._sessions["per_view"].get_outputs()[0].shape
         self._token_shape = (int(tokens[1]), int(tokens[2]))
         log.info("ONNX engine %s (%s) on %s", self.folder, self.precision, [name for name, _ in self.providers])
+
+    def _session(self, ort: Any, path: Path, options: Any, inputs: dict[str, list[int | str]]) -> Any:
+        """A graph's session; with TensorRT, with the graph's explicit profile first. Where TensorRT takes
+        only parts of a graph (ops it lacks, as int8-dynamic's DynamicQuantizeLinear), ONNX Runtime wants
+        profiles for those parts' own inputs, which ddclip cannot name: such a graph opens without one and
+        builds its engines as sizes come, with a warning (never run: no TensorRT here)."""
+        limits = self.shape_limits
+        if limits is None:
+            return ort.InferenceSession(str(path), options, providers=self.providers)
+        if any(key in opts for name, opts in self.providers if name == PREFERENCE[0] for key in PROFILE_OPTIONS):
+            note = "%s: your own TensorRT profile is kept; calls are split by %s: its max shapes must hold them"
+            log.warning(note, path, limits)
+        profiled = self.providers if self.precision == "int8-dynamic" else with_profile(self.providers, inputs, limits)
+        if profiled != self.providers:
+            try:
+                return ort.InferenceSession(str(path), options, providers=profiled)
+            except Exception as exc:  # onnxruntime raises its own Fail/EPFail types
+                log.warning("%s: TensorRT refused its explicit profile (%s); opening it without one", path, exc)
+        return ort.InferenceSession(str(path), options, providers=self.providers)
 
     # ------------------------------------------------------------------ what DuoduoCLIP also answers
     @property

@@ -22,11 +22,14 @@ NEVER_RUN = (
 
 Provider = str | tuple[str, dict[str, Any]]
 PROFILE_OPTIONS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+VIEWS_PER_CALL_CAP = 192  # per-view graph: activations grow linearly; more views than this run in pieces
+OBJECT_VIEWS_BUDGET = 192  # cross-view graph: objects x views of one call, whose attention grows as views^2
 
 
 @dataclass(frozen=True)
 class ShapeLimits:
-    """The largest inputs each graph gets in one call, and the sizes TensorRT tunes its kernels for.
+    """With the TensorRT provider: the largest inputs each graph gets in one call, the range its engines
+    are built for (TensorRT sizes its memory for the largest).
 
     TensorRT builds an engine for a range of input sizes (an optimisation profile). Without one, ONNX
     Runtime builds the engine for the sizes seen so far and builds it again, tens of seconds for ViT-B,
@@ -44,6 +47,17 @@ class ShapeLimits:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ShapeLimits.{name} must be a positive integer, got {value!r}")
 
+    @classmethod
+    def for_node(cls, max_views: int, max_batch: int, max_enroll_images: int) -> ShapeLimits:
+        """What the node's calls need: a track's or an enrolment's views as one object, batches of tracks
+        split so that one call holds at most OBJECT_VIEWS_BUDGET views (the cross-view attention's memory)."""
+        per_object = max(max_views, max_enroll_images)
+        return cls(
+            views_per_call=min(max(max_batch * max_views, per_object), VIEWS_PER_CALL_CAP),
+            objects_per_call=max(1, min(max_batch, OBJECT_VIEWS_BUDGET // per_object)),
+            views_per_object=per_object,
+        )
+
     def ranges(self) -> dict[str, tuple[int, int, int]]:
         """(min, opt, max) of each named dynamic axis of the exported graphs. Opt: one object of 12 views,
         what a re-encode of a full track sends, and a few texts, what a query sends."""
@@ -58,9 +72,10 @@ class ShapeLimits:
 def tensorrt_profile(inputs: dict[str, list[int | str]], limits: ShapeLimits) -> dict[str, str]:
     """TensorRT's explicit profile options for a graph with these inputs (name -> dims, a dim a size or
     the name of a dynamic axis), in ONNX Runtime's format "input:1x3x224x224,other:...". Empty when an
-    input has an axis the limits do not name: ONNX Runtime then keeps its own profiles."""
+    input has an axis the limits do not name, or an unnamed one: ONNX Runtime then keeps its own."""
     ranges = limits.ranges()
-    if any(isinstance(dim, str) and dim not in ranges for dims in inputs.values() for dim in dims):
+    dims = [dim for shape in inputs.values() for dim in shape]
+    if any(dim not in ranges if isinstance(dim, str) else dim < 1 for dim in dims):
         return {}
     shapes = []
     for which in range(3):  # min, opt, max

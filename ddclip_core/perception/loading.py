@@ -58,15 +58,10 @@ def open_perception(
 
 
 def _shape_limits(config: PerceptionConfig, settings: PerceptionSettings) -> ShapeLimits | None:
-    """What the engine's calls can hold (onnxruntime only): the range its TensorRT engines are built for."""
+    """What the engine's calls can hold (onnxruntime on TensorRT only): the range its engines are built for."""
     if config.backend != "onnxruntime":
         return None
-    most = max(config.max_views, settings.max_enroll_images)
-    return ShapeLimits(
-        views_per_call=max(config.max_batch * config.max_views, most),
-        objects_per_call=config.max_batch,
-        views_per_object=most,
-    )
+    return ShapeLimits.for_node(config.max_views, config.max_batch, settings.max_enroll_images)
 
 
 def _warm(model: DuoduoCLIP, max_views: int) -> DuoduoCLIP:
