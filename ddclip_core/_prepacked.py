@@ -19,7 +19,6 @@ and LayerNorms in fp32, as autocast does. ``DDCLIP_CPU_PREPACK=0`` turns the pat
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -237,7 +236,19 @@ def _hooked(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-class PrepackedVisual:
+class _Packed:
+    """How ``_tower_cache.TowerCache`` makes and keeps a packed tower."""
+
+    @classmethod
+    def applies(cls, module: nn.Module, device: torch.device, precision: str) -> bool:
+        return packing_available(device, precision) and cls.supports(module)
+
+    @classmethod
+    def build(cls, module: nn.Module, precision: str) -> Any:
+        return cls(module, precision)
+
+
+class PrepackedVisual(_Packed):
     """The image tower of an open_clip VisionTransformer with oneDNN-packed weights, for inference."""
 
     def __init__(self, visual: nn.Module, precision: str) -> None:
@@ -277,7 +288,7 @@ class PrepackedVisual:
         return _norm(x, visual.ln_pre)
 
 
-class PrepackedText:
+class PrepackedText(_Packed):
     """The text tower of an open_clip CLIP with oneDNN-packed weights, for inference (``encode_text``)."""
 
     def __init__(self, clip: nn.Module, precision: str) -> None:
@@ -320,35 +331,3 @@ class PrepackedText:
         if projection is None:
             return x
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
-
-
-class PrepackedCache:
-    """One pre-packed tower (``PrepackedVisual`` or ``PrepackedText``) in one precision at a time, rebuilt
-    when any of its weights changes (a new tensor or an in-place update: the tensors' version counters
-    are part of the key)."""
-
-    def __init__(self, tower: type[PrepackedVisual] | type[PrepackedText]) -> None:
-        self.tower = tower
-        self._lock = threading.Lock()
-        self._entry: tuple[tuple, Any] | None = None
-
-    # A copied or unpickled model packs its own weights again: the lock and oneDNN tensors do not copy.
-    def __deepcopy__(self, memo: dict) -> PrepackedCache:
-        return PrepackedCache(self.tower)
-
-    def __getstate__(self) -> dict:
-        return {"tower": self.tower}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["tower"])
-
-    def get(self, module: nn.Module, device: torch.device, precision: str) -> Any:
-        if not packing_available(device, precision) or not self.tower.supports(module):
-            return None
-        key = (precision, *((p.data_ptr(), p._version) for p in self.tower.weights(module)))
-        with self._lock:
-            if self._entry is None or self._entry[0] != key:
-                self._entry = None  # free the old copy first: it costs the tower's size in memory
-                with torch.inference_mode():
-                    self._entry = (key, self.tower(module, precision))
-            return self._entry[1]

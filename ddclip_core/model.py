@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._half_weights import HalfTowerCache
+from ._half_weights import HalfTower
 from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tokens
-from ._prepacked import PrepackedCache, PrepackedText, PrepackedVisual
+from ._prepacked import PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
+from ._tower_cache import TowerCache
 from .config import DuoduoConfig
 from .encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
 from .identity import WeightsIdentity
@@ -53,9 +54,9 @@ class DuoduoCLIP(nn.Module):
         self._aliases: tuple[tuple[str, ...], str] = ((), "")  # (aliases, the weights id they name)
         self._tokenizer: Any = None
         self._weights_id: tuple[tuple, str] | None = None  # (the weights' state, its id)
-        self._prepacked = PrepackedCache(PrepackedVisual)
-        self._prepacked_text = PrepackedCache(PrepackedText)
-        self._half_visual = HalfTowerCache()
+        self._prepacked = TowerCache(PrepackedVisual)
+        self._prepacked_text = TowerCache(PrepackedText)
+        self._half_visual = TowerCache(HalfTower)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -203,11 +204,8 @@ class DuoduoCLIP(nn.Module):
         """The image tower pre-packed for oneDNN where that applies (CPU, fp32/bf16; see ``_prepacked``),
         and the tower's modules to run otherwise: in 16 bit, a copy with 16-bit weights (``_half_weights``)."""
         prepacked = self._prepacked.get(self.clip.visual, self.device, self.precision)
-        if prepacked is not None:
-            self._half_visual.clear()
-            return prepacked, self.clip.visual
-        half = self._half_visual.get(self.clip.visual, self.precision)
-        return None, self.clip.visual if half is None else half
+        half = self._half_visual.get(self.clip.visual, self.device, self.precision)  # where packing is not
+        return prepacked, self.clip.visual if half is None else half
 
     def _autocast(self, prepacked: PrepackedVisual | None) -> Any:
         # pre-packed weights already carry the precision; autocast would only add casts
