@@ -29,7 +29,7 @@ from ..encode_inputs import all_finite, check_preprocessed, checked_texts, view_
 from ..identity import WeightsIdentity
 from ..preprocess import CropMode, Preprocessor, ResizeMode
 from .files import CONFIG, FORMAT, FORMAT_VERSION, GRAPHS, OnnxExportError, file_sha256
-from .providers import PREFERENCE, PROFILE_OPTIONS, Provider, ShapeLimits, resolve_providers, with_profile
+from .providers import PREFERENCE, Provider, ShapeLimits, own_profile, resolve_providers, with_profile
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class OnnxRuntimeCLIP:
         limits = self.shape_limits
         if limits is None:
             return ort.InferenceSession(str(path), options, providers=self.providers)
-        if any(key in opts for name, opts in self.providers if name == PREFERENCE[0] for key in PROFILE_OPTIONS):
+        if any(name == PREFERENCE[0] and own_profile(options) for name, options in self.providers):
             note = "%s: your own TensorRT profile is kept; calls are split by %s: its max shapes must hold them"
             log.warning(note, path, limits)
         profiled = self.providers if self.precision == "int8-dynamic" else with_profile(self.providers, inputs, limits)
@@ -193,9 +193,8 @@ class OnnxRuntimeCLIP:
 
     def _per_view(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, np.float32)
-        if self._one_at_a_time and len(pixels) > 1:
-            return np.concatenate([self._per_view(view[None]) for view in pixels])
-        most = len(pixels) if self.shape_limits is None else self.shape_limits.views_per_call
+        limits = self.shape_limits
+        most = 1 if self._one_at_a_time else len(pixels) if limits is None else limits.views_per_call
         if len(pixels) > most:
             return np.concatenate([self._per_view(pixels[i : i + most]) for i in range(0, len(pixels), most)])
         return self._sessions["per_view"].run(None, {"pixels": pixels})[0]

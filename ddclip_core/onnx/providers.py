@@ -87,13 +87,18 @@ def tensorrt_profile(inputs: dict[str, list[int | str]], limits: ShapeLimits) ->
     return dict(zip(PROFILE_OPTIONS, shapes, strict=True))
 
 
+def own_profile(options: dict[str, Any]) -> bool:
+    """Whether TensorRT provider options carry the user's own profile (any of the three options)."""
+    return any(key in options for key in PROFILE_OPTIONS)
+
+
 def with_profile(
     providers: list[tuple[str, dict[str, Any]]], inputs: dict[str, list[int | str]], limits: ShapeLimits
 ) -> list[tuple[str, dict[str, Any]]]:
     """``providers`` with TensorRT's explicit profile for one graph added, unless the user set one."""
     out = []
     for name, options in providers:
-        if name == PREFERENCE[0] and not any(key in options for key in PROFILE_OPTIONS):
+        if name == PREFERENCE[0] and not own_profile(options):
             options = {**options, **tensorrt_profile(inputs, limits)}
         out.append((name, options))
     return out
