@@ -1,5 +1,5 @@
 """The CUDA paths, where a GPU is present (skipped elsewhere: no GPU where this was written, so these have
-never run here). ``scripts/gpu_check.sh`` runs them, with the GPU benchmarks, in one call on a lent machine.
+never run here). ``scripts/gpu_check.sh encoder`` runs them, with the GPU benchmarks, in one call on a lent machine.
 
 Each compares CUDA with what the CPU tests establish: fp32 embeddings equal the CPU's (TF32 off), the 16-bit
 copy of the tower gives autocast's bits and casts no weight, mixed view counts and the view cache give what
