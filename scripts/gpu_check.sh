@@ -20,7 +20,7 @@ if ls .gpu/whl/*.whl > /dev/null 2>&1; then
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 
-step() {  # step NAME SECONDS COMMAND...: run it, keep its output, go on whatever it returns
+step() {  # step NAME SECONDS COMMAND...: run it, keep its output, return its exit status
     local name=$1 limit=$2
     shift 2
     echo "== $name ($limit s): $*"
