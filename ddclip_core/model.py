@@ -190,6 +190,13 @@ class DuoduoCLIP(nn.Module):
             pixels = self.preprocessor(views, self.device)
             return per_view_tokens(visual, pixels, self.layers_threshold, prepacked)
 
+    def view_tokens_state(self) -> tuple:
+        """What ``view_tokens`` depends on besides the views: the image tower's weights (replaced, moved or
+        changed in place), the precision and the preprocessing. Kept tokens hold while it stays equal."""
+        visual = self.clip.visual
+        weights = tuple((t.data_ptr(), t._version) for t in itertools.chain(visual.parameters(), visual.buffers()))
+        return (weights, str(self.device), self.precision, self.preprocessor.key)
+
     def embed_view_tokens(
         self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True
     ) -> torch.Tensor:

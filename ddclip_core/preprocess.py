@@ -7,7 +7,7 @@ centred by default (deterministic, same distribution) and random on request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Literal
 
 import numpy as np
@@ -41,6 +41,11 @@ class Preprocessor:
             raise ValueError(f"crop must be 'center' or 'random', got {self.crop!r}")
         if self.resize not in ("stretch", "pad"):
             raise ValueError(f"resize must be 'stretch' or 'pad', got {self.resize!r}")
+
+    @property
+    def key(self) -> tuple:
+        """A snapshot of what the output depends on besides the views (equal iff they preprocess alike)."""
+        return (astuple(self.config), self.crop, self.resize)
 
     def __call__(self, views: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
         if not views:

@@ -37,6 +37,7 @@ class CacheStats:
     misses: int = 0  # views run through the per-view blocks
     warmed: int = 0  # of those, ahead of their object's encode (``warm``)
     evicted_objects: int = 0  # objects dropped to stay within the byte bound
+    invalidations: int = 0  # times every kept token was dropped: the model changed (``view_tokens_state``)
 
 
 class ViewTokenCache:
@@ -55,6 +56,7 @@ class ViewTokenCache:
         self._running = 0  # encodes and warms running the model now
         self._forgotten_at: dict[str, int] = {}  # object -> the forget that dropped it, while any ran
         self._cleared_at = 0  # the last forget of everything, while any ran
+        self._state = None  # the model's ``view_tokens_state`` the kept tokens came from
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -83,6 +85,7 @@ class ViewTokenCache:
         """
         missing, hits = [], {}
         with self._lock:
+            self._check_model()
             for object_id, keys, views in objects:
                 if len(keys) != len(views) or not views:
                     raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
@@ -125,6 +128,7 @@ class ViewTokenCache:
         if len(keys) != len(views):
             raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
         with self._lock:
+            self._check_model()
             entries = self._objects.get(object_id, {})
             missing = [(key, view) for key, view in zip(keys, views, strict=True) if key not in entries]
             if not missing:
@@ -180,19 +184,34 @@ class ViewTokenCache:
         if not self._running:  # no one left to ask: the record of forgotten objects is not needed
             self._forgotten_at.clear()
 
+    def _check_model(self) -> None:
+        """Drop every kept token if the model changed since they were computed: new or retrained weights,
+        another precision, device or preprocessing give other tokens for the same view (lock held)."""
+        state = self.model.view_tokens_state()
+        if state == self._state:
+            return
+        if self._objects:
+            self.stats.invalidations += 1
+        self._forget(None)  # runs under the old state must not store their tokens either
+        self._state = state
+
     def forget(self, object_ids: Iterable[str] | None = None) -> None:
         """Drop these objects' tokens (all when None)."""
         object_ids = None if object_ids is None else list(object_ids)
         with self._lock:
-            self._forgets += 1
-            if self._running and object_ids is None:
-                self._cleared_at = self._forgets
-            elif self._running:
-                self._forgotten_at.update(dict.fromkeys(object_ids, self._forgets))
-            for object_id in list(self._objects) if object_ids is None else object_ids:
-                entries = self._objects.pop(object_id, None)
-                if entries is not None:
-                    self._bytes -= sum(t.nbytes for t in entries.values())
+            self._forget(object_ids)
+
+    def _forget(self, object_ids: list[str] | None) -> None:
+        """``forget`` with the lock held."""
+        self._forgets += 1
+        if self._running and object_ids is None:
+            self._cleared_at = self._forgets
+        elif self._running:
+            self._forgotten_at.update(dict.fromkeys(object_ids, self._forgets))
+        for object_id in list(self._objects) if object_ids is None else object_ids:
+            entries = self._objects.pop(object_id, None)
+            if entries is not None:
+                self._bytes -= sum(t.nbytes for t in entries.values())
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and len(self._objects) > 1:
@@ -201,7 +220,7 @@ class ViewTokenCache:
             self.stats.evicted_objects += 1
         if self._bytes > self.max_bytes:  # one object larger than the bound: keep nothing
             self.stats.evicted_objects += len(self._objects)
-            self._objects.clear()  # (not ``forget``: the lock is held here, and it is not reentrant)
+            self._objects.clear()  # (not ``_forget``: no run's tokens are stale, only too many)
             self._bytes = 0
 
 

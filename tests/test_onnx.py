@@ -98,6 +98,14 @@ def test_view_cache_works_unchanged_on_the_engine(exported, engine):
     again = cache.encode([("a", [0, 1, 2, 3, 4], views), ("b", [0], views[:1])])
     assert cache.stats.hits == 3 and cache.stats.misses == 6
     torch.testing.assert_close(again, model.encode_views([views, views[:1]]), rtol=0, atol=TOLERANCE)
+    before = engine.preprocessor
+    engine.set_preprocessing(resize="pad")  # other tokens for the same views: the kept ones go
+    try:
+        padded = cache.encode([("a", [0, 1, 2, 3, 4], views)])
+        assert cache.stats.invalidations == 1 and cache.stats.misses == 6 + 5
+        torch.testing.assert_close(padded, engine.encode_views(views), rtol=0, atol=1e-5)
+    finally:
+        engine.preprocessor = before
 
 
 def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):

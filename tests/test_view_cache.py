@@ -224,3 +224,32 @@ def test_a_tracks_cloud_is_embedded_once_until_it_changes():
     clouds.add("t", points[:150], colours[:150])  # a new cloud: embedded again
     engine._encode([EncodeJob("t", [], points=clouds.get("t"))])
     assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "in_place_update", "precision", "preprocessing"])
+def test_kept_tokens_are_dropped_when_the_model_they_came_from_changes(change):
+    """A script keeps an ObjectViews while it fine-tunes, reloads or reconfigures the model: tokens from
+    before must not be mixed into embeddings after (they would silently differ from encode_views)."""
+    model = make_tiny(seed=3)
+    views = [np.ascontiguousarray(v[:, :40]) for v in random_views(4, seed=6)]  # not square: resize matters
+    handle = ObjectViews(model)
+    for view in views[:3]:
+        handle.add(view)
+    handle.embedding()
+    if change == "load_state_dict":
+        model.load_state_dict(make_tiny(seed=4).state_dict())
+    elif change == "in_place_update":
+        with torch.no_grad():
+            model.clip.visual.transformer.resblocks[0].mlp.c_fc.weight.mul_(1.5)
+    elif change == "precision":
+        model.set_precision("bf16")
+    else:
+        model.set_preprocessing(resize="pad")
+    handle.add(views[3])
+    fresh = ObjectViews(model)
+    for view in views:
+        fresh.add(view)
+    assert torch.equal(handle.embedding(), fresh.embedding())  # all four views encoded again, as a fresh handle does
+    assert handle.stats.invalidations == 1 and handle.stats.misses == 3 + 4
+    handle.embedding()
+    assert handle.stats.invalidations == 1 and handle.stats.hits == 4  # unchanged since: reused again

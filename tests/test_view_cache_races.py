@@ -50,6 +50,30 @@ def test_only_the_objects_forgotten_meanwhile_lose_their_tokens(tiny_model):
     assert cache._forgotten_at == {} and cache._running == 0
 
 
+def test_tokens_computed_before_the_model_changed_are_not_kept(tiny_model):
+    """A run that started under the old weights finishes after another call saw the new ones: its tokens
+    are used by its own call but not kept, so no later embedding mixes the two models."""
+    views = list(random_views(3, size=64, seed=4))
+    cache = ViewTokenCache(tiny_model, storage="fp32")
+    view_tokens = tiny_model.view_tokens
+
+    def changed_meanwhile(batch):
+        tokens = view_tokens(batch)  # under the old weights
+        del tiny_model.view_tokens
+        with torch.no_grad():
+            tiny_model.clip.visual.proj.mul_(2.0)  # a training step elsewhere
+            tiny_model.clip.visual.transformer.resblocks[0].attn.in_proj_weight.mul_(0.5)
+        cache.encode([("other", [0], views[2:])])  # sees the new weights
+        return tokens
+
+    tiny_model.view_tokens = changed_meanwhile
+    cache.encode([("a", [0, 1], views[:2])])
+    assert "a" not in cache._objects and list(cache._objects) == ["other"]
+    torch.testing.assert_close(
+        cache.encode([("a", [0, 1], views[:2])]), tiny_model.encode_views(views[:2]), atol=1e-5, rtol=0
+    )
+
+
 def test_cached_tokens_do_not_hold_their_whole_batch(tiny_model):
     cache = ViewTokenCache(tiny_model, storage="fp32")
     cache.encode([("a", [0, 1, 2], list(random_views(3, size=64, seed=2)))])

@@ -162,6 +162,10 @@ class OnnxRuntimeCLIP:
         """(H, W, 3) uint8 views -> their tokens after the per-view blocks (N, L, width), as DuoduoCLIP's."""
         return torch.from_numpy(self._per_view(self.preprocessor(views).numpy()))
 
+    def view_tokens_state(self) -> tuple:
+        """As DuoduoCLIP's: here only the preprocessing can change (the graphs' weights are fixed)."""
+        return (self.preprocessor.key,)
+
     def embed_view_tokens(
         self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True
     ) -> torch.Tensor:
