@@ -226,8 +226,13 @@ class ViewTokenCache:
 
 def _own(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A copy of one view's tokens in the storage type: a slice of the batch (what ``.to`` returns when the
-    type is already right) would keep the whole batch's memory alive while the cache counts one view."""
-    return tokens.to(dtype, copy=True)
+    type is already right) would keep the whole batch's memory alive while the cache counts one view.
+    A view whose tokens fp16 cannot hold (beyond 65504: some weights' outlier features might be) is kept
+    in its own type instead, rather than as infinities that would make its object's embedding NaN."""
+    kept = tokens.to(dtype, copy=True)
+    if dtype == torch.float16 and not bool(torch.isfinite(kept).all()) and bool(torch.isfinite(tokens).all()):
+        return tokens.clone()
+    return kept
 
 
 class ObjectViews:

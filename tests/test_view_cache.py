@@ -253,3 +253,17 @@ def test_kept_tokens_are_dropped_when_the_model_they_came_from_changes(change):
     assert handle.stats.invalidations == 1 and handle.stats.misses == 3 + 4
     handle.embedding()
     assert handle.stats.invalidations == 1 and handle.stats.hits == 4  # unchanged since: reused again
+
+
+def test_tokens_fp16_cannot_hold_are_kept_in_their_own_type(tiny_model):
+    views = list(random_views(3, size=64, seed=8))
+    view_tokens = tiny_model.view_tokens
+    tiny_model.view_tokens = lambda batch: view_tokens(batch) * 1e6  # outliers beyond fp16's 65504
+    cache = ViewTokenCache(tiny_model, storage="fp16")
+    cache.encode([("a", [0, 1], views[:2])])
+    entries = cache._objects["a"]
+    assert {t.dtype for t in entries.values()} == {torch.float32}  # before: fp16 infinities
+    assert all(bool(torch.isfinite(t).all()) for t in entries.values())
+    assert cache.nbytes == sum(t.nbytes for t in entries.values())
+    embedding = cache.encode([("a", [0, 1, 2], views)])
+    assert bool(torch.isfinite(embedding).all())
