@@ -12,8 +12,16 @@ well: ``identity.fused("+gs:<id>@w0.5")`` accepts only what that same fusion mad
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
+
+
+def weights_state(module: Any) -> tuple:
+    """Changes whenever a tensor of ``module`` does: a new tensor (loaded, moved to another device) or an
+    in-place update (an optimizer step, load_state_dict), since version counters are part of it. An edit
+    through ``.data`` bypasses them, as it does autograd's checks. Cheap: no tensor is read."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 class WeightsMismatchError(ValueError):

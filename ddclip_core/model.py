@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +26,7 @@ from ._runtime import Precision, autocast, check_precision
 from ._tower_cache import TowerCache
 from .config import DuoduoConfig
 from .encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
-from .identity import WeightsIdentity
+from .identity import WeightsIdentity, weights_state
 from .precision import choose_precision
 from .preprocess import CropMode, Preprocessor, ResizeMode
 
@@ -75,14 +74,10 @@ class DuoduoCLIP(nn.Module):
     def layers_threshold(self) -> int:
         return self.config.layers_threshold
 
-    def _weights_state(self) -> tuple:
-        """Changes whenever a weight does (a new tensor, or an in-place update: fine-tuning, load_state_dict)."""
-        return tuple((t.data_ptr(), t._version) for t in itertools.chain(self.clip.parameters(), self.clip.buffers()))
-
     @property
     def weights_id(self) -> str:
         """Fingerprint of the weights and threshold: embeddings are comparable iff these match."""
-        state = self._weights_state()
+        state = weights_state(self.clip)
         if self._weights_id is None or self._weights_id[0] != state:
             digest = hashlib.sha256(f"{self.config.arch}|{self.layers_threshold}".encode())
             for name, tensor in sorted(self.clip.state_dict().items()):
@@ -193,9 +188,7 @@ class DuoduoCLIP(nn.Module):
     def view_tokens_state(self) -> tuple:
         """What ``view_tokens`` depends on besides the views: the image tower's weights (replaced, moved or
         changed in place), the precision and the preprocessing. Kept tokens hold while it stays equal."""
-        visual = self.clip.visual
-        weights = tuple((t.data_ptr(), t._version) for t in itertools.chain(visual.parameters(), visual.buffers()))
-        return (weights, str(self.device), self.precision, self.preprocessor.key)
+        return (weights_state(self.clip.visual), str(self.device), self.precision, self.preprocessor.key)
 
     def embed_view_tokens(
         self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True

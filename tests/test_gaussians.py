@@ -31,6 +31,7 @@ from ddclip_core.gaussians import (
 from ddclip_core.gaussians._knn import knn_sq_distances
 from ddclip_core.gaussians._ops import farthest_point_sample, knn
 from ddclip_core.gaussians.ply import write_vertices
+from ddclip_core.gaussians.preprocess import CloudSettings
 from ddclip_core.weights import CheckpointError
 
 
@@ -328,6 +329,20 @@ def test_encoder_output_and_gradients(encoder):
         encoder(torch.zeros(1, 5, 14), torch.zeros(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(B, N, 14\)"):
         encoder(torch.zeros(1, 5, 13))
+
+
+def test_encoder_weights_id_follows_training_steps_and_config_changes():
+    """Its id names what makes the embeddings: memories and enrolled names accept embeddings by it."""
+    torch.manual_seed(1)
+    encoder = GSCLIPEncoder(GSEncoderConfig.tiny())
+    first = encoder.weights_id
+    assert encoder.weights_id == first  # unchanged: the same id (kept, not hashed again)
+    with torch.no_grad():
+        next(encoder.parameters()).add_(0.01)  # what an optimizer step does
+    stepped = encoder.weights_id
+    assert stepped != first  # before: the id of the weights before the step
+    encoder.config.cloud = CloudSettings(max_points=2048)  # how its clouds are prepared is part of the id
+    assert encoder.weights_id not in (first, stepped)
 
 
 def test_encoder_checkpoint_round_trip_and_mismatch(tmp_path, encoder):

@@ -61,8 +61,7 @@ def build_encoder(settings: GaussianConfig, embed_dim: int, cloud: CloudSettings
         if encoder.embed_dim != embed_dim:
             raise ValueError(f"{settings.init_encoder}: embeds into {encoder.embed_dim} dims, targets have {embed_dim}")
         if cloud is not None:
-            encoder.config.cloud = cloud
-            encoder._weights_id = None
+            encoder.config.cloud = cloud  # part of the encoder's weights_id, which follows it
         return encoder.train()
     return GSCLIPEncoder(encoder_config(settings, embed_dim, cloud)).train()
 

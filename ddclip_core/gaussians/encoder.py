@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..identity import weights_state
 from ._ops import canonical_order, farthest_point_sample, gather, knn, masked_max, masked_mean
 from .config import GSEncoderConfig
 from .splats import NUM_FEATURES, Gaussians
@@ -81,7 +82,7 @@ class GSCLIPEncoder(nn.Module):
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.head_hidden, cfg.embed_dim),
         )
-        self._weights_id: str | None = None
+        self._weights_id: tuple[tuple, str] | None = None  # (config and weights' state, its id)
         # The CLIP text space its training targets lived in (ddclip_core.text_space), kept by its
         # checkpoint; None: not known (an encoder built here, or saved before probes were kept).
         self.text_space: np.ndarray | None = None
@@ -96,14 +97,17 @@ class GSCLIPEncoder(nn.Module):
 
     @property
     def weights_id(self) -> str:
-        """Fingerprint of config and weights: embeddings are comparable iff these match."""
-        if self._weights_id is None:
-            digest = hashlib.sha256(self.config.to_json().encode())
+        """Fingerprint of config and weights: embeddings are comparable iff these match. Made again when
+        either changes (a training step, an in-place edit, a config field set), as DuoduoCLIP's."""
+        config = self.config.to_json()
+        state = (config, weights_state(self))
+        if self._weights_id is None or self._weights_id[0] != state:
+            digest = hashlib.sha256(config.encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            self._weights_id = f"gsclip-{digest.hexdigest()[:16]}"
-        return self._weights_id
+            self._weights_id = (state, f"gsclip-{digest.hexdigest()[:16]}")
+        return self._weights_id[1]
 
     def load_state_dict(self, *args, **kwargs):  # nn.Module's own signature
         self._weights_id = None
