@@ -77,7 +77,7 @@ class DuoduoCLIP(nn.Module):
     @property
     def weights_id(self) -> str:
         """Fingerprint of the weights and threshold: embeddings are comparable iff these match."""
-        state = weights_state(self.clip)
+        state = (self.layers_threshold, weights_state(self.clip))  # the threshold: a config field, settable
         if self._weights_id is None or self._weights_id[0] != state:
             digest = hashlib.sha256(f"{self.config.arch}|{self.layers_threshold}".encode())
             for name, tensor in sorted(self.clip.state_dict().items()):
@@ -187,8 +187,10 @@ class DuoduoCLIP(nn.Module):
 
     def view_tokens_state(self) -> tuple:
         """What ``view_tokens`` depends on besides the views: the image tower's weights (replaced, moved or
-        changed in place), the precision and the preprocessing. Kept tokens hold while it stays equal."""
-        return (weights_state(self.clip.visual), str(self.device), self.precision, self.preprocessor.key)
+        changed in place), where it is cut (``layers_threshold``), the precision and the preprocessing.
+        Kept tokens hold while it stays equal."""
+        visual = weights_state(self.clip.visual)
+        return (visual, self.layers_threshold, str(self.device), self.precision, self.preprocessor.key)
 
     def embed_view_tokens(
         self, tokens: torch.Tensor, view_counts: list[int], *, normalize: bool = True

@@ -172,8 +172,8 @@ class TrackBuffer:
         nearest = pairwise.min(axis=1)
         victim = int(nearest.argmin())
         others = np.delete(kept, victim, axis=0)
-        newcomer = float((1.0 - others @ descriptor).min())
-        if newcomer <= float(nearest[victim]):
+        # max_views 1: no diversity to weigh; the newcomer, novel against the kept view, replaces it
+        if len(others) and float((1.0 - others @ descriptor).min()) <= float(nearest[victim]):
             return False
         track.views[victim], track.descriptors[victim] = view, descriptor
         track.keys[victim] = next(self._keys)

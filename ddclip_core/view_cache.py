@@ -83,12 +83,11 @@ class ViewTokenCache:
         diverse one takes its tokens with it). ``prune=False`` keeps them: for a caller whose keys may be
         older than the cache's (a request encoding a track's views beside the encoder that warms them).
         """
+        _check_objects(objects)
         missing, hits = [], {}
         with self._lock:
             self._check_model()
             for object_id, keys, views in objects:
-                if len(keys) != len(views) or not views:
-                    raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
                 entries = self._objects.get(object_id, {})
                 for key, view in zip(keys, views, strict=True):
                     if key in entries:  # taken now: a forget while the model runs cannot take them away
@@ -125,8 +124,7 @@ class ViewTokenCache:
         """Run the views whose keys have no tokens yet through the per-view blocks now, ahead of the
         object's next ``encode`` (which then runs only the cross-view blocks on them); returns how many.
         Keys the object no longer lists are dropped, as ``encode`` does."""
-        if len(keys) != len(views):
-            raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
+        _check_objects([(object_id, keys, views)], allow_empty=True)
         with self._lock:
             self._check_model()
             entries = self._objects.get(object_id, {})
@@ -152,6 +150,11 @@ class ViewTokenCache:
                 self._evict()
             self._prune()
         return len(missing) if kept else 0
+
+    def keep_only(self, object_id: str, keys: Sequence[int]) -> None:
+        """Drop the object's tokens of views not in ``keys`` now, rather than at its next encode."""
+        with self._lock:
+            self._store(object_id, keys, {})
 
     def _store(self, object_id: str, keys: Sequence[int], new: dict[int, torch.Tensor], prune: bool = True) -> None:
         """The object's tokens of ``keys`` only (all it had, unless ``prune``), with ``new`` added; most
@@ -224,6 +227,20 @@ class ViewTokenCache:
             self._bytes = 0
 
 
+def _check_objects(objects: Sequence[tuple[str, Sequence[int], Sequence]], allow_empty: bool = False) -> None:
+    """ValueError unless each object comes once, with one view per key and no key twice: a key names one
+    view, and a repeated one would give both views the tokens of one."""
+    seen = set()
+    for object_id, keys, views in objects:
+        if len(keys) != len(views) or (len(views) == 0 and not allow_empty):
+            raise ValueError(f"object {object_id!r}: {len(keys)} keys for {len(views)} views")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"object {object_id!r}: a view key appears twice in {list(keys)}")
+        if object_id in seen:
+            raise ValueError(f"object {object_id!r} is listed twice in one call")
+        seen.add(object_id)
+
+
 def _own(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A copy of one view's tokens in the storage type: a slice of the batch (what ``.to`` returns when the
     type is already right) would keep the whole batch's memory alive while the cache counts one view.
@@ -262,9 +279,11 @@ class ObjectViews:
         return key
 
     def remove(self, key: int) -> None:
+        """Remove a view; its kept tokens go now (``nbytes`` drops at once)."""
         if key not in self._views:
             raise KeyError(f"no view with key {key}")
         del self._views[key]
+        self._cache.keep_only("object", list(self._views))
 
     def embedding(self, *, normalize: bool = True) -> torch.Tensor:
         """(embed_dim,) of all current views; only views added since the last call are encoded."""

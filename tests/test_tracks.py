@@ -60,6 +60,17 @@ def test_a_new_side_replaces_the_most_redundant_view():
     assert sum(np.array_equal(v, a) or np.array_equal(v, a_shifted) for v in kept) == 1
 
 
+def test_a_one_view_track_takes_each_novel_view_in_place_of_its_own():
+    """max_views 1 (allowed: single-view recognition): before, a track's second view raised."""
+    buffer = TrackBuffer(TrackPolicy(max_views=1, min_views=1))
+    assert buffer.add("t", pattern(0), 0)
+    first_key = buffer.get("t").keys[0]
+    assert buffer.add("t", pattern(1), 1)  # novel: replaces the kept view
+    track = buffer.get("t")
+    assert len(track.views) == 1 and np.array_equal(track.views[0], pattern(1)) and track.keys[0] != first_key
+    assert not buffer.add("t", near_copy(pattern(1), 5), 2)  # not novel: the kept view stays
+
+
 def test_encode_triggers():
     buffer = TrackBuffer(TrackPolicy(min_views=3, reencode_after=2, timeout_s=2.0))
     buffer.add("t", pattern(0), 0.0)

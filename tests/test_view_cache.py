@@ -226,7 +226,7 @@ def test_a_tracks_cloud_is_embedded_once_until_it_changes():
     assert calls == [1, 1]
 
 
-@pytest.mark.parametrize("change", ["load_state_dict", "in_place_update", "precision", "preprocessing"])
+@pytest.mark.parametrize("change", ["load_state_dict", "in_place_update", "precision", "preprocessing", "threshold"])
 def test_kept_tokens_are_dropped_when_the_model_they_came_from_changes(change):
     """A script keeps an ObjectViews while it fine-tunes, reloads or reconfigures the model: tokens from
     before must not be mixed into embeddings after (they would silently differ from encode_views)."""
@@ -243,6 +243,10 @@ def test_kept_tokens_are_dropped_when_the_model_they_came_from_changes(change):
             model.clip.visual.transformer.resblocks[0].mlp.c_fc.weight.mul_(1.5)
     elif change == "precision":
         model.set_precision("bf16")
+    elif change == "threshold":
+        before = model.weights_id
+        model.config.layers_threshold = 1  # the tower cut elsewhere: other tokens, other embeddings
+        assert model.weights_id != before and "-lt1-" in model.weights_id
     else:
         model.set_preprocessing(resize="pad")
     handle.add(views[3])
@@ -267,3 +271,29 @@ def test_tokens_fp16_cannot_hold_are_kept_in_their_own_type(tiny_model):
     assert cache.nbytes == sum(t.nbytes for t in entries.values())
     embedding = cache.encode([("a", [0, 1, 2], views)])
     assert bool(torch.isfinite(embedding).all())
+
+
+def test_a_key_or_an_object_twice_in_one_call_is_refused_and_arrays_of_views_are_taken(tiny_model):
+    views = random_views(3, size=64, seed=9)
+    cache = ViewTokenCache(tiny_model, storage="fp32")
+    with pytest.raises(ValueError, match=r"object 'x': a view key appears twice in \[0, 0\]"):
+        cache.encode([("x", [0, 0], [views[0], views[1]])])  # before: both views got the second's tokens
+    with pytest.raises(ValueError, match="object 'x' is listed twice in one call"):
+        cache.encode([("x", [0], views[:1]), ("x", [1], views[1:2])])
+    with pytest.raises(ValueError, match="a view key appears twice"):
+        cache.warm("x", [1, 1], [views[0], views[1]])
+    assert cache.views == 0 and cache.stats.misses == 0  # nothing ran
+    embedding = cache.encode([("x", [0, 1, 2], views)])  # an (F, H, W, 3) array, as encode_views takes
+    torch.testing.assert_close(embedding, tiny_model.encode_views(list(views)), atol=1e-5, rtol=0)
+
+
+def test_a_removed_view_takes_its_tokens_with_it_at_once(tiny_model):
+    handle = ObjectViews(tiny_model)
+    keys = [handle.add(view) for view in random_views(3, size=64, seed=11)]
+    handle.embedding()
+    per_view = handle.nbytes // 3
+    handle.remove(keys[0])
+    assert handle.nbytes == 2 * per_view  # before: still 3 views' bytes until the next embedding
+    handle.remove(keys[1])
+    handle.remove(keys[2])
+    assert handle.nbytes == 0  # before: never freed, since embedding() of no views raises
