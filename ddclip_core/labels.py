@@ -7,7 +7,7 @@ import gzip
 import hashlib
 import json
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,22 +129,27 @@ class LabelSet:
     """Label names plus prompt templates; their text embeddings are computed once per weights and kept
     in memory, and cached on disk (written atomically, checked when read back)."""
 
+    KEPT_IN_MEMORY = 4  # weights whose matrices stay in memory (a fine-tuning loop makes new ones each step)
+
     def __init__(self, labels: str | os.PathLike | Sequence[str], templates: str | Sequence[str] = "openai") -> None:
         self.labels = load_labels(labels)
         self.templates = load_templates(templates)
-        self._in_memory: dict[str, np.ndarray] = {}
+        self._in_memory: OrderedDict[str, np.ndarray] = OrderedDict()  # the last few weights' matrices
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def cache_key(self, weights_id: str) -> str:
-        text = "\n".join([weights_id, *self.templates, "--", *self.labels])
+    def cache_key(self, weights_id: str, precision: str = "fp32") -> str:
+        """Names the matrix of these labels and templates made by these weights in this precision (16-bit
+        text embeddings differ from fp32's in the fourth digit: fp32 runs must not read them)."""
+        text = "\n".join([weights_id, precision, *self.templates, "--", *self.labels])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def embeddings(self, model: Any, *, cache: bool = True) -> np.ndarray:
         """(labels, dim) unit vectors: per label, the mean of its normalised template embeddings."""
-        key = self.cache_key(model.weights_id)
+        key = self.cache_key(model.weights_id, getattr(model, "precision", "fp32"))
         if key in self._in_memory:
+            self._in_memory.move_to_end(key)
             return self._in_memory[key]
         path = cache_dir() / "labels" / f"{key}.npy"
         out = _read_cache(path, (len(self.labels), model.embed_dim)) if cache else None
@@ -158,6 +163,8 @@ class LabelSet:
                 write_atomically(path, lambda handle: np.save(handle, out))
         out.setflags(write=False)  # shared by every caller
         self._in_memory[key] = out
+        while len(self._in_memory) > self.KEPT_IN_MEMORY:
+            self._in_memory.popitem(last=False)
         return out
 
     def classify(self, model: Any, shape_embeddings: Any, k: int = 5) -> list[list[tuple[str, float]]]:

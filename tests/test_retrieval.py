@@ -118,6 +118,25 @@ def test_zero_shot_with_a_tiny_label_list(tmp_path):
         labels.classify(model, class_embeddings, k=0)
 
 
+def test_label_embeddings_are_kept_per_precision_and_only_for_the_last_few_weights(tmp_path):
+    model = make_tiny(seed=6)
+    labels = LabelSet(["red mug", "white couch"], templates=["a photo of a {}."])
+    model.set_precision("bf16")
+    half = labels.embeddings(model).copy()
+    model.set_precision("fp32")
+    full = labels.embeddings(model)  # before: the bf16 matrix, from memory or from the disk cache
+    expected = model.encode_text(["a photo of a red mug."])[0].numpy()
+    np.testing.assert_allclose(full[0], expected, atol=1e-6)
+    assert not np.array_equal(half, full)
+    assert np.array_equal(LabelSet(labels.labels, templates=labels.templates).embeddings(model), full)  # from disk
+    assert len(list((tmp_path / "cache" / "labels").glob("*.npy"))) == 2
+    for _ in range(2 * LabelSet.KEPT_IN_MEMORY):  # a fine-tuning loop: new weights at every step
+        with torch.no_grad():
+            model.clip.token_embedding.weight.mul_(1.01)
+        labels.embeddings(model, cache=False)
+    assert len(labels._in_memory) == LabelSet.KEPT_IN_MEMORY  # before: one matrix per step, forever
+
+
 def test_build_bank_from_a_folder_and_query_it(objects_folder, tmp_path):
     model = make_tiny()
     bank = build_bank(model, objects_folder, progress=False)
