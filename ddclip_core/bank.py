@@ -30,6 +30,8 @@ from . import _faiss_search as fs
 from ._bank_files import BASE_FIELDS, BankError
 from .identity import WeightsMismatchError, compatible, identity_of
 
+MERGED_ROWS = 65_536  # the largest segment rows added later are merged into (128 MiB at 512 dims)
+
 
 class BankMismatchError(BankError, WeightsMismatchError):
     """Embeddings or queries from other weights than the bank was built with."""
@@ -155,6 +157,7 @@ class EmbeddingBank:
                 rows.pop(item_id)
         first = len(self._ids)
         self._segments.append(vectors)
+        self._merge_newest_segments()
         self._ids.extend(new_ids)
         rows.update({item_id: first + i for i, item_id in enumerate(new_ids)})
         self._removed = np.concatenate([self._removed, np.zeros(len(new_ids), dtype=bool)])
@@ -163,15 +166,24 @@ class EmbeddingBank:
             self._index.add(vectors)
         return new_ids
 
+    def _merge_newest_segments(self) -> None:
+        """Searches walk every segment, and each enrolment adds one: the newest two merge while the newer
+        is at least half the older (logarithmically many), rows keeping their numbers; never a mapped one."""
+        segments = self._segments
+        while len(segments) >= 2 and not isinstance(segments[-2], np.memmap):
+            older, newer = segments[-2], segments[-1]
+            if 2 * len(newer) < len(older) or len(older) + len(newer) > MERGED_ROWS:
+                return
+            segments[-2:] = [np.concatenate([older, newer])]
+
     def remove(self, ids: Iterable[str]) -> int:
         """Hide rows by id at once (dropped from disk at the next save). Unknown ids are an error."""
         ids = list(ids)
         rows = self._rows()
         unknown = [i for i in ids if i not in rows or self._removed[rows[i]]]
         if unknown:
-            raise BankError(
-                f"unknown ids: {unknown[:5]}" + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
-            )
+            more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            raise BankError(f"unknown ids: {unknown[:5]}{more}")
         for item_id in ids:
             self._removed[rows[item_id]] = True
         self._removed_count = int(self._removed.sum())

@@ -57,8 +57,11 @@ class EnrolledObjects:
             return bank
         if bank is None:
             bank = EmbeddingBank(self.dim, weights_id=self._bank_weights_id())
-        for item_id in self._records:
-            self._replace_in(bank, item_id)
+        ids = list(self._records)
+        bank.remove([item_id for item_id in ids if item_id in bank])
+        # one add, so one segment of the bank, however many names (each segment costs every search)
+        vectors = np.stack([self._vectors[item_id] for item_id in ids])
+        bank.add(vectors, [self._records[item_id] for item_id in ids], weights_id=self.bank_weights)
         return bank
 
     def add(self, bank: EmbeddingBank | None, embedding: Any, name: str, category: str = "") -> EmbeddingBank:

@@ -30,6 +30,7 @@ def test_enrolled_names_survive_a_reload_and_join_the_bank(tmp_path):
     assert (best.id, best.name, best.metadata["category"]) == ("enrolled:Ana's mug", "Ana's mug", "mug")
     assert best.score == pytest.approx(1.0, abs=1e-5)
     assert len(restored) == 3 and len(again.into(None)) == 2
+    assert len(again.into(EmbeddingBank(8, weights_id="w"))._segments) == 1  # every name in one add
 
     assert again.remove(restored, ["enrolled:red ball", "objaverse-1"]) == 1  # only enrolled ids
     assert "enrolled:red ball" not in restored and "objaverse-1" in restored
