@@ -23,6 +23,7 @@ from ._half_weights import HalfTower
 from ._multiview import cross_view_embeddings, encode_packed_views, per_view_tokens
 from ._prepacked import PrepackedText, PrepackedVisual
 from ._runtime import Precision, autocast, check_precision
+from ._tokenizer import tokenizer_for
 from ._tower_cache import TowerCache
 from .config import DuoduoConfig
 from .encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
@@ -239,8 +240,7 @@ class DuoduoCLIP(nn.Module):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            context = int(self.config.clip_cfg["text_cfg"].get("context_length", 77))
-            self._tokenizer = open_clip.SimpleTokenizer(context_length=context)
+            self._tokenizer = tokenizer_for(self.config)
         return self._tokenizer
 
     @staticmethod

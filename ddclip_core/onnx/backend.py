@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import open_clip
 import torch
 import torch.nn.functional as F
 
+from .._tokenizer import tokenizer_for
 from ..config import DuoduoConfig
 from ..encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
 from ..identity import WeightsIdentity
@@ -134,8 +134,7 @@ class OnnxRuntimeCLIP:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            context = int(self.config.clip_cfg["text_cfg"].get("context_length", 77))
-            self._tokenizer = open_clip.SimpleTokenizer(context_length=context)
+            self._tokenizer = tokenizer_for(self.config)
         return self._tokenizer
 
     # ------------------------------------------------------------------ inference API
