@@ -191,8 +191,7 @@ class TrackBuffer:
         with 10 or 1000 tracks; the others can only have become due by time, which a call without it finds.
         """
         if track_ids is None:
-            self.expire(now)
-            candidates: Iterable[Track] = self._tracks.values()
+            candidates: Iterable[Track] = list(self._tracks.values())
         else:
             candidates = [self._tracks[t] for t in dict.fromkeys(track_ids) if t in self._tracks]
         ready = []
@@ -207,9 +206,13 @@ class TrackBuffer:
             first = track.encoded_views == 0 and len(track.views) >= p.min_views
             more = track.encoded_views > 0 and track.changes >= p.reencode_after
             idle = now - track.last_seen >= p.timeout_s
-            if first or more or idle or track.ended:
+            # a track about to leave (max_age_s, whatever timeout_s is) is encoded with what it has first
+            leaving = track_ids is None and now - track.last_seen > p.max_age_s
+            if first or more or idle or leaving or track.ended:
                 track.changes, track.encoded_views = 0, len(track.views)
                 ready.append(track)
+        if track_ids is None:
+            self.expire(now)  # after: their encodes are queued, and deliver what was seen
         return ready
 
     def expire(self, now: float) -> int:

@@ -26,6 +26,7 @@ from ddclip_core.perception import (
 )
 from ddclip_core.perception.clouds import TrackClouds
 from ddclip_core.perception.health import Health
+from ddclip_core.perception.stats import engine_stats
 from ddclip_core.stamped import Header, Pose, Stamp
 from tests.conftest import published_tiny, random_views, write_objaverse_release
 
@@ -120,6 +121,11 @@ def test_settings_take_effect_at_once_and_are_checked_together(published):
     assert (run.engine.settings.min_views, run.engine.settings.k_matches) == (2, 3)
     run.engine.update_settings(timeout_s=20.0)
     assert run.engine.tick_period == 0.5 and run.engine.buffer.policy.timeout_s == 20.0
+    with pytest.raises(ValueError, match=r"timeout_s must be in \[0.05, 3600\], got 0.0"):
+        run.engine.update_settings(timeout_s=0.0)  # before: accepted, and every view encoded at once
+    run.engine.health.problem("failed encoder batches", "a test")  # the worker counts these too
+    names = [name for name, _ in engine_stats(run.engine)]
+    assert len(names) == len(set(names))  # before: the worker's and the health's row, under one key
     run.engine.close()
 
 

@@ -71,6 +71,23 @@ def test_a_one_view_track_takes_each_novel_view_in_place_of_its_own():
     assert not buffer.add("t", near_copy(pattern(1), 5), 2)  # not novel: the kept view stays
 
 
+@pytest.mark.parametrize("max_age_s", [1.0, 2.0])
+def test_a_track_leaving_the_buffer_is_encoded_with_what_it_has_first(max_age_s):
+    """max_age_s at or below timeout_s (accepted at run time): before, such tracks left before their
+    quiet-track encode, and their views never reached the memory."""
+    buffer = TrackBuffer(TrackPolicy(min_views=3, reencode_after=4, timeout_s=2.0, max_age_s=max_age_s))
+    buffer.add("few", pattern(0), 0.0)  # fewer than min_views
+    buffer.add("more", pattern(1), 0.0)
+    for seed in range(2, 5):
+        buffer.add("more", pattern(seed), 0.0)
+    (encoded,) = buffer.due(0.1)
+    assert encoded.track_id == "more"
+    buffer.add("more", pattern(5), 0.2)  # one new view: below reencode_after
+    due = buffer.due(max_age_s + 0.3)
+    assert sorted((t.track_id, len(t.views)) for t in due) == [("few", 1), ("more", 5)]
+    assert len(buffer) == 0 and sorted(buffer.take_removed()) == ["few", "more"]
+
+
 def test_encode_triggers():
     buffer = TrackBuffer(TrackPolicy(min_views=3, reencode_after=2, timeout_s=2.0))
     buffer.add("t", pattern(0), 0.0)
@@ -128,7 +145,8 @@ def test_due_for_given_tracks_looks_at_those_only():
     buffer.add("new", pattern(2), 6.0)
     assert [t.track_id for t in buffer.due(6.0, ["new", "new", "unknown"])] == ["new"]
     assert "old" in buffer  # not expired by a call for other tracks
-    assert [t.track_id for t in buffer.due(6.0)] == ["quiet"]  # "old" expired, "quiet" due
+    # "quiet" due; "old" too, encoded with what it has as it leaves (before: dropped unencoded)
+    assert [t.track_id for t in buffer.due(6.0)] == ["old", "quiet"]
     assert "old" not in buffer
 
 

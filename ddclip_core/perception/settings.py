@@ -31,7 +31,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_sightings": (1, 10_000),
     "view_cache_mb": (0, 1_000_000),
     "gaussian_weight": (0.0, 1.0),
-    "timeout_s": (0.0, 3600.0),
+    "timeout_s": (0.05, 3600.0),  # 0 would encode at every view (min_views, reencode_after unheeded)
     "max_age_s": (1.0, 1e7),
     "confidence_threshold": (-1.0, 1.0),
 }

@@ -46,4 +46,5 @@ def engine_stats(engine: Perception) -> list[tuple[str, Any]]:
     if engine.clouds is not None:
         rows.append(("cloud embeddings reused", engine.clouds.reused))
     rows.append(("query texts answered without the text encoder", engine.query_texts.hits))
-    return rows + engine.health.counters()
+    named = {name for name, _ in rows}  # the worker's own count, where the health counts the same problem
+    return rows + [(name, count) for name, count in engine.health.counters() if name not in named]
