@@ -339,7 +339,8 @@ class DDClipNode(Node):
     def _publish_diagnostics(self) -> None:
         ok, message = self.engine.health.status()
         level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
-        status = DiagnosticStatus(level=level, name="ddclip: encoder", message=message)
+        # the node's full name: nodes of several robots (namespaces) on one domain stay apart
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: encoder", message=message)
         status.hardware_id = str(self.engine.model.device)
         status.values = [KeyValue(key=key, value=str(value)) for key, value in self.engine.stats()]
         array = DiagnosticArray(status=[status])

@@ -49,7 +49,7 @@ class Client:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name == "ddclip: encoder":
+            if status.name == "/ddclip: encoder":  # the node's full name
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
                 self.level, self.message = status.level, status.message
                 if status.level == DiagnosticStatus.WARN:

@@ -123,6 +123,7 @@ def test_yaml_under_a_namespace_and_parameters_set_at_run_time(tmp_path):
         # Nothing dropped yet: the diagnostics say ok (the level used to be WARN from the start).
         assert spin_until(node, lambda: client.diagnostics, 30)
         assert (client.diagnostics[-1].level, client.diagnostics[-1].message) == (DiagnosticStatus.OK, "ok")
+        assert client.diagnostics[-1].name == f"{NS}/ddclip: encoder"  # robots on one domain stay apart
 
         # min_views 4 holds a 3-view track back; lowering it to 3 encodes it at once.
         client.send("three", 3, seed=1)
