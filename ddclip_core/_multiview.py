@@ -8,6 +8,8 @@ objects with different view counts gives the same result as running each alone.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,23 @@ def embed_views(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
     return visual.ln_pre(x)
+
+
+def warn_unrun_hooks(visual: nn.Module) -> None:
+    """The multi-view pass calls the tower's parts (conv1, ln_pre, each block's ln_1, ln_2 and mlp, ln_post),
+    not the tower, its transformer, its blocks or their attention: hooks there would never run."""
+    blocks = visual.transformer.resblocks
+    modules = {"visual": visual, "visual.transformer": visual.transformer}
+    for i, block in enumerate(blocks):
+        modules |= {f"resblocks[{i}]": block, f"resblocks[{i}].attn": block.attn}
+        modules[f"resblocks[{i}].attn.out_proj"] = block.attn.out_proj
+    unrun = [name for name, module in modules.items() if module._forward_hooks or module._forward_pre_hooks]
+    if unrun:
+        warnings.warn(
+            f"forward hooks on {', '.join(unrun[:3])} do not run: ddclip's multi-view pass runs the attention "
+            "itself (views attend across each other); hook ln_1, ln_2, mlp, ln_pre or ln_post instead",
+            stacklevel=3,
+        )
 
 
 def _attention(
@@ -66,6 +85,8 @@ def per_view_tokens(
     when the object's other views change (``view_cache``). ``prepacked``: the same weights pre-packed for
     inference on CPU (``_prepacked``), used instead of the modules.
     """
+    if prepacked is None:
+        warn_unrun_hooks(visual)
     if prepacked is not None:
         if len(pixels) > CPU_CHUNK_VIEWS:
             parts = pixels.split(CPU_CHUNK_VIEWS)
@@ -98,6 +119,8 @@ def cross_view_embeddings(
                 for start, stop, first, last in object_chunks(view_counts, CPU_CHUNK_VIEWS)
             ]
         )
+    if prepacked is None:
+        warn_unrun_hooks(visual)
     groups = ViewGroups(view_counts, tokens.device)
     x = tokens
     # Only each view's CLS leaves the tower: the last block computes its output alone (its attention

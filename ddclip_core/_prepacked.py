@@ -233,6 +233,8 @@ def _plain_blocks(blocks: nn.ModuleList) -> bool:
 
 
 def _hooked(module: nn.Module) -> bool:
+    """Forward hooks on the module or below. Hooks on every module (``register_module_forward_hook``) are
+    process-wide instruments (profilers, FlopCounterMode, which measures this path): not counted."""
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
@@ -303,7 +305,8 @@ class PrepackedText(_Packed):
         mask = clip.attn_mask
         if mask is None or not bool(((mask == 0) | (mask == float("-inf"))).all()):
             return False
-        return not _hooked(clip.transformer) and _plain_blocks(clip.transformer.resblocks)
+        hooked = _hooked(clip.transformer) or _hooked(clip.ln_final)  # (ln_final runs as a function here)
+        return not hooked and _plain_blocks(clip.transformer.resblocks)
 
     @staticmethod
     def weights(clip: nn.Module) -> list[torch.Tensor]:

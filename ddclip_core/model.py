@@ -203,9 +203,20 @@ class DuoduoCLIP(nn.Module):
             embeddings = cross_view_embeddings(visual, tokens, view_counts, self.layers_threshold, prepacked)
         return self._finish(embeddings, normalize)
 
+    def _check_weights(self) -> None:
+        """The weights stay fp32 (16 bit runs from them: ``set_precision``); ``model.half()`` and the like
+        would fail deep inside a kernel with a message about mixed types."""
+        dtype = self.clip.visual.conv1.weight.dtype
+        if dtype != torch.float32:
+            raise ValueError(
+                f"the model's weights are {dtype}: keep them float32 and run in 16 bit with "
+                "set_precision('bf16' or 'fp16') (or precision= when loading); model.float() restores them"
+            )
+
     def _inference_weights(self) -> tuple[PrepackedVisual | None, nn.Module]:
         """The image tower pre-packed for oneDNN where that applies (CPU, fp32/bf16; see ``_prepacked``),
         and the tower's modules to run otherwise: in 16 bit, a copy with 16-bit weights (``_half_weights``)."""
+        self._check_weights()
         prepacked = self._prepacked.get(self.clip.visual, self.device, self.precision)
         half = self._half_visual.get(self.clip.visual, self.device, self.precision)  # where packing is not
         return prepacked, self.clip.visual if half is None else half
@@ -217,9 +228,10 @@ class DuoduoCLIP(nn.Module):
     def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
         if pixels.is_floating_point() and not all_finite(pixels):
             raise ValueError("preprocessed views contain NaN or infinity")
-        pixels = pixels.to(self.device)
-        view_mask = None if view_mask is None else view_mask.to(self.device)
+        pixels = pixels.to(self.device, torch.float32)  # float64 or 16-bit input: what the weights take
+        view_mask = None if view_mask is None else torch.as_tensor(view_mask, device=self.device)
         if torch.is_grad_enabled():  # keep autograd: the modules themselves
+            self._check_weights()
             with autocast(self.device, self.precision):
                 return self._finish(self(pixels, view_mask), normalize)
         prepacked, visual = self._inference_weights()
@@ -229,6 +241,7 @@ class DuoduoCLIP(nn.Module):
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings (float32, model device)."""
         texts = checked_texts(texts)
+        self._check_weights()
         out = []
         prepacked = self._prepacked_text.get(self.clip, self.device, self.precision)
         with torch.inference_mode(), self._autocast(prepacked):

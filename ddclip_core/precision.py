@@ -63,20 +63,24 @@ def choose_precision(model: DuoduoCLIP, repeats: int = 3) -> PrecisionChoice:
     if not options:
         return PrecisionChoice("fp32", f"fp32 (no 16-bit kernels for {_device_name(model.device)})")
     objects = probe_objects(model.device)
-    previous = model.precision
+    previous = model.precision, model.precision_reason
     try:
         reference, fp32_time = _measure(model, "fp32", objects, repeats)
         best = PrecisionChoice("fp32", "")
         best_time = fp32_time
         notes = []
         for precision in options:
-            embedding, seconds = _measure(model, precision, objects, repeats)
+            try:
+                embedding, seconds = _measure(model, precision, objects, repeats)
+            except Exception as exc:  # a 16-bit kernel this device lacks: that candidate is out, fp32 stays
+                notes.append(f"{precision} failed ({type(exc).__name__}: {exc})")
+                continue
             cosine = float((embedding * reference).sum())
             notes.append(f"{precision} {fp32_time / seconds:.2f}x fp32's speed, cosine {cosine:.5f}")
             if cosine >= MIN_COSINE and seconds * MIN_SPEEDUP <= best_time:
                 best, best_time = PrecisionChoice(precision, ""), seconds
     finally:
-        model.set_precision(previous)
+        model.precision, model.precision_reason = previous  # as it was, the reason too
     reason = f"{best.precision} on {_device_name(model.device)} ({'; '.join(notes)})"
     return PrecisionChoice(best.precision, reason)
 

@@ -215,3 +215,34 @@ def test_the_forward_compiles_as_one_graph_with_frozen_weights():
     with inductor.patch(freezing=True), torch.inference_mode():
         compiled = torch.compile(model, fullgraph=True, dynamic=False)
         torch.testing.assert_close(compiled(pixels), model(pixels), rtol=1e-4, atol=1e-5)
+
+
+def test_hooks_run_or_are_warned_about_and_odd_inputs_are_taken_or_named(tiny_model):
+    views = random_views(3, size=64, seed=12)
+    expected = tiny_model.encode_views(views)
+    text = tiny_model.encode_text("a red mug")
+    handle = tiny_model.clip.ln_final.register_forward_hook(lambda module, args, out: out * 0 + 1)
+    try:  # before: the packed text tower ran ln_final as a function and the hook never ran
+        assert not torch.allclose(tiny_model.encode_text("a red mug"), text)
+    finally:
+        handle.remove()
+    handle = tiny_model.clip.visual.transformer.resblocks[0].attn.register_forward_hook(lambda *a: None)
+    try:
+        with pytest.warns(UserWarning, match=r"forward hooks on resblocks\[0\].attn do not run"):
+            torch.testing.assert_close(tiny_model.encode_views(views), expected, atol=1e-5, rtol=0)
+    finally:
+        handle.remove()
+
+    pixels = tiny_model.preprocessor(list(views))[None]
+    mask = [[True, True, False]]  # a list, as view_counts takes: before, 'list' has no attribute 'to'
+    for dtype in (torch.float64, torch.float16):  # before: refused with autograd on, taken without
+        torch.testing.assert_close(
+            tiny_model.encode_views(pixels.to(dtype), view_mask=mask),
+            tiny_model.encode_views(views[:2]),
+            atol=1e-2 if dtype == torch.float16 else 1e-5,
+            rtol=0,
+        )
+    half = make_tiny().half()
+    for call in (lambda: half.encode_views(views), lambda: half.encode_text("a mug")):
+        with pytest.raises(ValueError, match=r"weights are torch.float16: keep them float32 .* set_precision"):
+            call()

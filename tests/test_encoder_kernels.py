@@ -250,6 +250,23 @@ def test_auto_keeps_fp32_without_16_bit_kernels_and_restores_the_precision(monke
     assert model.precision == "fp32"  # probing leaves the model as it was
 
 
+def test_a_failing_16_bit_candidate_leaves_fp32_and_the_models_precision_and_reason_as_they_were(monkeypatch):
+    model = make_tiny().set_precision("fp32")
+    model.precision_reason = "auto: fp32 on this CPU (measured before)"
+    measure = precision._measure
+
+    def failing(model, name, objects, repeats):
+        if name == "bf16":
+            raise RuntimeError("no bf16 kernel for this op")
+        return measure(model, name, objects, repeats)
+
+    monkeypatch.setattr(precision, "candidates", lambda device: ["bf16"])
+    monkeypatch.setattr(precision, "_measure", failing)
+    choice = precision.choose_precision(model, repeats=1)  # before: the error ended load_model
+    assert choice.precision == "fp32" and "bf16 failed (RuntimeError: no bf16 kernel for this op)" in choice.reason
+    assert (model.precision, model.precision_reason) == ("fp32", "auto: fp32 on this CPU (measured before)")
+
+
 def test_auto_probes_a_batch_where_the_device_asks_for_one(monkeypatch):
     """On CUDA one object's pass is mostly kernel launches, the same in every precision, so auto times a
     batch there (``PROBE_OBJECTS``); the batch is what each timed pass encodes (the CPU stands in here)."""
