@@ -68,8 +68,8 @@ class _Linear:
         if rows < _SPLIT_MIN_ROWS:
             return self._run(x, post_op)
         parts = self.parts.get(rows)
-        if parts is None:
-            parts = self._measure_parts(x, post_op)
+        if parts is None:  # measured once per row count, while there is room to remember it
+            parts = self._measure_parts(x, post_op) if len(self.parts) < _SPLIT_MAX_ENTRIES else 1
         return self._run(x, post_op) if parts == 1 else torch.cat([self._run(p, post_op) for p in x.chunk(parts)])
 
     def _run(self, x: torch.Tensor, post_op: str) -> torch.Tensor:
@@ -88,6 +88,8 @@ class _Linear:
         one's time) and loses on others, so neither can be fixed in advance."""
         key = (1 << (x.shape[0] - 1).bit_length(), op)
         wins = self.mkl.get(key)
+        if wins is None and len(self.mkl) >= _SPLIT_MAX_ENTRIES:
+            return False  # no room to remember one more: oneDNN, unmeasured
         if wins is None:
             if residual is None:
                 runs = (lambda: self._mkl(x, op), lambda: self._run(x, op))
@@ -95,8 +97,7 @@ class _Linear:
                 runs = (lambda: self._mkl(x, "none", residual), lambda: self._run_add(x, residual))
             mkl, onednn = _best_times(*runs)
             wins = mkl < 0.95 * onednn  # a clear win only: the two differ in the last bit of some sums
-            if len(self.mkl) < _SPLIT_MAX_ENTRIES:
-                self.mkl[key] = wins
+            self.mkl[key] = wins
         return wins
 
     def _measure_parts(self, x: torch.Tensor, post_op: str) -> int:
@@ -109,8 +110,7 @@ class _Linear:
         best = min(range(1, len(counts)), key=times.__getitem__)
         # a clear win only: the pieces differ from one call in the last bit of some sums
         parts = counts[best] if times[best] < 0.85 * times[0] else 1
-        if len(self.parts) < _SPLIT_MAX_ENTRIES:
-            self.parts[x.shape[0]] = parts
+        self.parts[x.shape[0]] = parts
         return parts
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class _Linear:
 
 
 _SPLIT_MIN_ROWS = 256  # below, one call always won where measured
-_SPLIT_MAX_ENTRIES = 512  # row counts remembered per layer; others run in one call
+_SPLIT_MAX_ENTRIES = 512  # row counts measured and remembered per layer shape; others run in one call
 
 
 # Kernel decisions per (dtype, weight shape), shared by every layer of that shape in the process: measured

@@ -178,6 +178,26 @@ def test_bf16_linears_measure_a_row_split_once_per_row_count(monkeypatch):
 
 
 @needs_onednn
+def test_row_counts_past_the_remembered_ones_run_unmeasured(monkeypatch):
+    """Before: once a layer shape's table was full, every call at a new row count was measured again
+    (nine timed runs of the layer), where the table's comment promised one plain call."""
+    from ddclip_core import _prepacked
+
+    monkeypatch.setattr(_prepacked, "_CHOICES", {})
+    monkeypatch.setattr(_prepacked, "_SPLIT_MAX_ENTRIES", 1)
+    measured = []
+    best_times = _prepacked._best_times
+    monkeypatch.setattr(_prepacked, "_best_times", lambda *runs, **kw: measured.append(1) or best_times(*runs, **kw))
+    torch.manual_seed(0)
+    weight, bias = torch.randn(64, 32), torch.randn(64)
+    linear = _prepacked._Linear.pack(weight, bias, torch.float32)
+    for rows in (5, 300, 300, 5000):  # row buckets 8, 512, 8192: only the first is measured
+        x = torch.randn(rows, 32)
+        torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, weight, bias), atol=1e-4, rtol=1e-5)
+    assert measured == [1] and len(linear.mkl) == 1
+
+
+@needs_onednn
 def test_packed_weights_follow_in_place_updates_and_new_weights(monkeypatch):
     model = make_tiny()
     views = random_views(4, seed=3)
