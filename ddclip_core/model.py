@@ -226,7 +226,8 @@ class DuoduoCLIP(nn.Module):
         return contextlib.nullcontext() if prepacked is not None else autocast(self.device, self.precision)
 
     def _encode_tensor(self, pixels: torch.Tensor, view_mask: torch.Tensor | None, normalize: bool) -> torch.Tensor:
-        if pixels.is_floating_point() and not all_finite(pixels):
+        check_preprocessed(pixels, self.config.preprocess.image_size)  # a float tensor: before the cast below
+        if not all_finite(pixels):
             raise ValueError("preprocessed views contain NaN or infinity")
         pixels = pixels.to(self.device, torch.float32)  # float64 or 16-bit input: what the weights take
         view_mask = None if view_mask is None else torch.as_tensor(view_mask, device=self.device)
