@@ -73,12 +73,13 @@ def all_scores(segments: list[np.ndarray], q: np.ndarray) -> np.ndarray:
     )
 
 
-# each kind's parameters and their smallest valid value (Faiss aborts the process, crashes or allocates
-# without bound on values below these, e.g. HNSW m=0 or m<0, IVF nlist=0)
+# each kind's parameters and their valid range (Faiss aborts the process, crashes or allocates without
+# bound outside these, e.g. HNSW m=0 or m<0, IVF nlist=0; past a C int it raises OverflowError)
+_MOST = 65_536
 _PARAMETERS = {
     "flat": {},
-    "hnsw": {"m": 2, "ef_construction": 1, "ef_search": 1},
-    "ivfpq": {"nlist": 1, "pq_m": 1, "nprobe": 1, "rerank": 1},
+    "hnsw": {"m": (2, 256), "ef_construction": (1, _MOST), "ef_search": (1, _MOST)},
+    "ivfpq": {"nlist": (1, 2**31 - 1), "pq_m": (1, _MOST), "nprobe": (1, _MOST), "rerank": (1, _MOST)},
 }
 
 
@@ -91,8 +92,9 @@ def _check_parameters(kind: str, n: int, dim: int, params: dict[str, Any]) -> No
         known = ", ".join(allowed) if allowed else "none"
         raise ValueError(f"unknown {kind} index parameter(s) {', '.join(map(repr, unknown))}: {kind} takes {known}")
     for key, value in params.items():
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < allowed[key]:
-            raise ValueError(f"index parameter {key} must be an integer >= {allowed[key]}, got {value!r}")
+        low, high = allowed[key]
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+            raise ValueError(f"index parameter {key} must be an integer in [{low}, {high}], got {value!r}")
     if params.get("nlist", 1) > n:
         raise ValueError(f"index parameter nlist ({params['nlist']}) must be at most the bank's {n} rows")
     if params.get("pq_m", 1) > dim:

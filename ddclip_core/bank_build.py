@@ -38,7 +38,7 @@ def extra_metadata(folder: Path) -> dict[str, dict[str, Any]]:
     path = folder / "metadata.csv"
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     if rows and "id" not in rows[0]:
         raise ValueError(f"{path}: needs an 'id' column naming the objects")

@@ -75,6 +75,8 @@ def cmd_weights_export(args: argparse.Namespace) -> int:
 
     if not args.onnx and (args.onnx_precision != "fp32" or args.calibration):
         raise ValueError("--onnx-precision and --calibration apply to an ONNX export: add --onnx")
+    if args.calibration and args.onnx_precision != "int8-static":
+        raise ValueError("--calibration applies to --onnx-precision int8-static (no other engine is calibrated)")
     args.weights = args.source
     model = load_from_args(args)
     if args.onnx:

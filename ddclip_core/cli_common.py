@@ -26,6 +26,14 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1 (view counts: "1,6,12")."""
+    try:
+        return [_int_at_least(part.strip(), 1) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r} ({exc})") from None
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

@@ -90,7 +90,7 @@ def _read_label_file(path: Path) -> list[str]:
         if name.endswith((".json", ".json.gz")):
             opener = gzip.open if name.endswith(".gz") else open
             try:
-                with opener(path, "rt", encoding="utf-8") as handle:
+                with opener(path, "rt", encoding="utf-8-sig") as handle:
                     data = json.load(handle)
             except OSError as exc:  # a .gz that is not gzip
                 raise ValueError(f"{path}: not readable ({exc})") from None
@@ -100,7 +100,7 @@ def _read_label_file(path: Path) -> list[str]:
                 return sorted(data)
             raise ValueError(f"{path}: a label JSON must be a list of strings or an object keyed by label")
         if name.endswith(".csv"):
-            with path.open(newline="", encoding="utf-8") as handle:
+            with path.open(newline="", encoding="utf-8-sig") as handle:
                 rows = list(csv.DictReader(handle))
             if not rows or "name" not in rows[0]:
                 raise ValueError(f"{path}: a label csv needs a 'name' column")

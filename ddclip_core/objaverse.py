@@ -16,6 +16,7 @@ import csv
 import gzip
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def read_names(path: str | Path, key: str = "uid") -> dict[str, dict[str, Any]]:
         except pa.ArrowException as exc:
             raise ValueError(f"{path}: not a readable parquet table ({exc})") from None
     else:
-        with naming_file(path), path.open(newline="", encoding="utf-8") as handle:
+        with naming_file(path), path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     if not rows:
         raise ValueError(f"{path}: empty names table")
@@ -112,9 +113,9 @@ def read_lvis_categories(path: str | Path) -> dict[str, dict[str, Any]]:
         raise FileNotFoundError(f"LVIS annotations not found: {path}")
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
+        with opener(path, "rt", encoding="utf-8-sig") as handle:
             data = json.load(handle)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, zlib.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not readable LVIS annotations ({exc})") from exc
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ValueError(f"{path}: expected a JSON object category -> list of uids")
@@ -127,7 +128,7 @@ def read_cap3d_captions(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"captions file not found: {path}")
     captions: dict[str, str] = {}
-    with naming_file(path), path.open(newline="", encoding="utf-8") as handle:
+    with naming_file(path), path.open(newline="", encoding="utf-8-sig") as handle:
         for row in csv.reader(handle):
             if len(row) >= 2 and OBJAVERSE_UID.match(row[0]) and row[1].strip():
                 captions[row[0]] = row[1].strip()

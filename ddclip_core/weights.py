@@ -117,6 +117,10 @@ def _read_torch(path: Path, trust_pickle: bool, zipped: bool) -> WeightFile:
         raise CheckpointError(f"{path}: a torch checkpoint under a .safetensors name (torch will not read it)") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(data).__name__}")
+    if not all(isinstance(key, str) for key in data) or (
+        isinstance(data.get("state_dict"), dict) and not all(isinstance(key, str) for key in data["state_dict"])
+    ):
+        raise CheckpointError(f"{path}: a checkpoint's keys must be names (strings): not a CLIP checkpoint")
     if "state_dict" in data and isinstance(data["state_dict"], dict):
         return _from_lightning(path, data)
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
@@ -143,6 +147,8 @@ def _from_lightning(path: Path, data: dict[str, Any]) -> WeightFile:
     if foreign:
         raise CheckpointError(f"{path}: unexpected keys in checkpoint state_dict: {_preview(foreign)}")
     hparams = data.get("hyper_parameters") or {}
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("model") or {}, dict):
+        raise CheckpointError(f"{path}: its hyper_parameters are not a mapping of names: not a Duoduo CLIP checkpoint")
     config = None
     if isinstance(hparams.get("ddclip_config"), dict):
         config = DuoduoConfig.from_dict(hparams["ddclip_config"])

@@ -131,17 +131,20 @@ def test_approximate_index_agrees_with_exact(kind, tmp_path):
 @pytest.mark.parametrize(
     ("kind", "params", "message"),
     [
-        ("hnsw", {"m": 0}, "m must be an integer >= 2, got 0"),  # Faiss aborted the process
-        ("hnsw", {"m": -5}, "m must be an integer >= 2, got -5"),  # Faiss allocated without bound
-        ("hnsw", {"ef_search": 0}, "ef_search must be an integer >= 1"),
+        ("hnsw", {"m": 0}, "m must be an integer in [2, 256], got 0"),  # Faiss aborted the process
+        ("hnsw", {"m": -5}, "m must be an integer in [2, 256], got -5"),  # Faiss allocated without bound
+        ("hnsw", {"ef_search": 0}, "ef_search must be an integer in [1, 65536]"),
+        # past a C int: OverflowError from faiss
+        ("hnsw", {"ef_search": 3_000_000_000}, "ef_search must be an integer in [1, 65536], got 3000000000"),
+        ("hnsw", {"m": 3_000_000_000}, "m must be an integer in [2, 256]"),
         ("hnsw", {"foo": 1}, "unknown hnsw index parameter(s) 'foo': hnsw takes m, ef_construction, ef_search"),
         ("flat", {"m": 8}, "unknown flat index parameter(s) 'm': flat takes none"),
-        ("ivfpq", {"nlist": 0}, "nlist must be an integer >= 1, got 0"),  # Faiss crashed (SIGSEGV)
-        ("ivfpq", {"pq_m": 0}, "pq_m must be an integer >= 1, got 0"),
-        ("ivfpq", {"nprobe": -1}, "nprobe must be an integer >= 1, got -1"),
-        ("ivfpq", {"rerank": 0}, "rerank must be an integer >= 1, got 0"),
+        ("ivfpq", {"nlist": 0}, "nlist must be an integer in [1, 2147483647], got 0"),  # Faiss crashed (SIGSEGV)
+        ("ivfpq", {"pq_m": 0}, "pq_m must be an integer in [1, 65536], got 0"),
+        ("ivfpq", {"nprobe": -1}, "nprobe must be an integer in [1, 65536], got -1"),
+        ("ivfpq", {"rerank": 0}, "rerank must be an integer in [1, 65536], got 0"),
         ("ivfpq", {"nlist": 5000}, "nlist (5000) must be at most the bank's 1000 rows"),
-        ("ivfpq", {"pq_m": 1.5}, "pq_m must be an integer >= 1, got 1.5"),
+        ("ivfpq", {"pq_m": 1.5}, "pq_m must be an integer in [1, 65536], got 1.5"),
     ],
 )
 def test_bad_index_parameters_are_refused_before_faiss_sees_them(kind, params, message):

@@ -233,3 +233,9 @@ def test_onnx_options_without_onnx_are_refused(export, tmp_path):
     result = ddclip("weights", "export", str(export), str(tmp_path / "out"), "--onnx-precision", "int8-static")
     assert result.returncode == 2 and "apply to an ONNX export: add --onnx" in result.stderr  # was ignored
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_view_counts_are_checked_by_name():
+    for bad in ("a", "0", "1,-3", "1,,2"):  # before: int()'s message, or 'object 0: empty list of views'
+        result = ddclip("eval", "photos", "/nonexistent", "--views", bad)
+        assert result.returncode == 2 and "--views: expected comma-separated integers >= 1" in result.stderr

@@ -142,6 +142,8 @@ def test_export_command_refuses_a_calibration_folder_without_objects(exported, t
     assert ddclip([*args, "--onnx-precision", "int8-static", "--calibration", str(tmp_path)]) != 0
     assert "no object folders in it (one folder of views per object)" in capsys.readouterr().err
     assert not (tmp_path / "engine").exists()
+    assert ddclip([*args, "--onnx-precision", "fp16", "--calibration", str(tmp_path)]) != 0  # before: ignored
+    assert "--calibration applies to --onnx-precision int8-static" in capsys.readouterr().err
 
 
 def _copy(folder, tmp_path, name="copy"):

@@ -32,7 +32,7 @@ def objects_folder(tmp_path):
         for i, view in enumerate(random_views(2 + index, seed=10 * index)):
             Image.fromarray(view).save(folder / name / f"{i}.png")
     Image.fromarray(random_views(1, seed=99)[0]).save(folder / "lamp.png")
-    (folder / "metadata.csv").write_text("id,category,colour\nred_mug,mug,red\n")
+    (folder / "metadata.csv").write_bytes("id,category,colour\nred_mug,mug,red\n".encode("utf-8-sig"))  # with a BOM
     return folder
 
 
@@ -48,6 +48,10 @@ def test_label_files_in_every_format(tmp_path):
     assert load_labels(tmp_path / "lvis-annotations.json.gz") == ["apple", "zebra"]
     assert load_labels(["x", "y"]) == ["x", "y"]
     assert len(load_templates("openai")) == 80 and load_templates("none") == ["{}"]
+    # saved with a byte-order mark (Excel's "CSV UTF-8", Notepad): before, '\ufeffmug' or no 'name' column
+    (tmp_path / "bom.csv").write_bytes("name\nmug\nchair\n".encode("utf-8-sig"))
+    (tmp_path / "bom.txt").write_bytes("mug\nchair\n".encode("utf-8-sig"))
+    assert load_labels(tmp_path / "bom.csv") == load_labels(tmp_path / "bom.txt") == ["mug", "chair"]
 
 
 def test_lvis_label_set_is_found_or_explained(tmp_path, monkeypatch):
@@ -81,6 +85,11 @@ def test_bad_label_inputs(tmp_path):
         ("numbers.json", b"[1, 2]", r"numbers.json: a label JSON must be a list of strings or an object"),
         ("scalar.json", b'"mug"', r"scalar.json: a label JSON must be a list of strings or an object"),
         ("notgzip.json.gz", b"[]", r"notgzip.json.gz: not readable"),
+        (
+            "truncated.json.gz",
+            b"\x1f\x8b\x08\x00CP\x16k\x02\xff\x8bV\xca-MW\xd2QPJ\xceH\xcc,R\x8a\x05\x00MJ",
+            r"truncated.json.gz: not a complete gzip file",
+        ),  # was EOFError
         ("classes.csv", b"class_idx,name\none,mug\n", r"classes.csv: line 2: class_idx 'one' is not an integer"),
     ]
     for name, data, message in bad_files:

@@ -160,6 +160,15 @@ def test_corrupt_files_give_clear_errors(tmp_path, vit_b32):
     torch.save([torch.zeros(1)], pickled_list)
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_model(pickled_list)
+    int_keys = tmp_path / "intkey.pt"
+    torch.save({0: torch.zeros(1)}, int_keys)  # before: AttributeError 'int' object has no attribute 'startswith'
+    with pytest.raises(CheckpointError, match="keys must be names"):
+        load_model(int_keys)
+    listed = tmp_path / "listed.ckpt"
+    state = {f"duoduoclip.{k}": v for k, v in make_tiny().clip.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": ["not", "a", "mapping"]}, listed)
+    with pytest.raises(CheckpointError, match="hyper_parameters are not a mapping"):  # before: AttributeError
+        load_model(listed)
 
 
 def test_no_weights_is_loud():

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ddclip_core.cli_common import add_model_args, load_from_args, output_path, positive_int
+from ddclip_core.cli_common import add_model_args, load_from_args, output_path, positive_int, positive_int_list
 from ddclip_core.cluster import add_ray_argument
 
 
@@ -149,7 +149,7 @@ def cmd_eval_lvis(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_zero_shot, write_report
     from .layout import DataFolder
 
-    views = [int(v) for v in args.views.split(",")]
+    views = args.views
     result = evaluate_zero_shot(
         load_from_args(args),
         DataFolder(args.data),
@@ -203,7 +203,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 def cmd_eval_photos(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_photo_folders, write_report
 
-    views = [int(v) for v in args.views.split(",")]
+    views = args.views
     result = evaluate_photo_folders(load_from_args(args), Path(args.folder), views=views, seeds=args.seeds)
     files = write_report(result, Path(args.out), title=f"{Path(args.folder).name}: real multi-view photos")
     print(result.markdown())
@@ -325,7 +325,12 @@ def register(commands: Any) -> None:
     lvis.add_argument("data", help="data folder")
     lvis.add_argument("--labels", help="CSV with uid and name/category columns (LVIS lvis.csv); default objects.csv")
     lvis.add_argument("--split", help="only objects of this split (train/val/test); default: all labelled")
-    lvis.add_argument("--views", default="1,2,3,4,5,6,8,10,12", help="view counts (default: 1,2,3,4,5,6,8,10,12)")
+    lvis.add_argument(
+        "--views",
+        type=positive_int_list,
+        default="1,2,3,4,5,6,8,10,12",
+        help="view counts (default: 1,2,3,4,5,6,8,10,12)",
+    )
     lvis.add_argument("--seeds", type=positive_int, default=3, help="random view subsets per count (default: 3)")
     lvis.add_argument("--templates", default="openai", help="prompt templates (default: openai, 80 prompts)")
     lvis.add_argument("--out", default="eval", help="output folder (default: eval)")
@@ -365,7 +370,7 @@ def register(commands: Any) -> None:
         "photos", help="MVPNet-style zero-shot on FOLDER/<class>/<object>/*.jpg real multi-view photos"
     )
     photos.add_argument("folder", help="folder of class folders of object folders of photos")
-    photos.add_argument("--views", default="1,6,12", help="view counts (default: 1,6,12)")
+    photos.add_argument("--views", type=positive_int_list, default="1,6,12", help="view counts (default: 1,6,12)")
     photos.add_argument("--seeds", type=positive_int, default=3, help="random view subsets per count (default: 3)")
     photos.add_argument("--out", default="eval", help="output folder (default: eval)")
     add_model_args(photos)

@@ -86,7 +86,7 @@ class DataFolder:
         path = self.root / OBJECTS
         if not path.is_file():
             return [ObjectInfo(uid) for uid in self.uids]
-        with naming_file(path), path.open(newline="", encoding="utf-8") as f:
+        with naming_file(path), path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if "uid" not in (reader.fieldnames or []):
                 raise DataError(f"{path}: no 'uid' column (columns: {reader.fieldnames})")

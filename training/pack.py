@@ -49,7 +49,7 @@ def read_captions(path: Path) -> dict[str, list[str]]:
             raise DataError(f"{path}: captions JSON must be an object of uid: caption or uid: [captions]")
         return {uid: [c] if isinstance(c, str) else [str(x) for x in c] for uid, c in data.items()}
     captions: dict[str, list[str]] = {}
-    with naming_file(path), path.open(newline="", encoding="utf-8") as f:
+    with naming_file(path), path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"uid", "caption"} <= set(reader.fieldnames):
             raise DataError(f"{path}: a captions CSV needs columns uid and caption, found {reader.fieldnames}")
