@@ -49,7 +49,9 @@ def write_bank_files(
     """Write one generation of data files, then the manifest naming them; returns the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     previous = _files_named(folder)
-    generation = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+    now = time.time_ns()  # UTC to the microsecond: a later save's generation sorts after an earlier one's
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f"{now // 1000 % 10**6:06d}"
+    generation = f"{stamp}-{secrets.token_hex(3)}"
     files: dict[str, dict[str, Any]] = {}
     names = {"vectors": f"vectors-{generation}.npy", "metadata": f"metadata-{generation}.parquet"}
     if index is not None:
@@ -69,7 +71,29 @@ def write_bank_files(
     current = {entry["path"] for entry in files.values()}
     for name in previous - current:  # readers that mapped these keep their open copies
         (folder / name).unlink(missing_ok=True)
+    _remove_leftovers(folder, generation, current)
     return manifest
+
+
+LEFTOVER_TMP_S = 3600  # a temporary file this old belongs to a save that died (a live one takes minutes)
+
+
+def _remove_leftovers(folder: Path, generation: str, current: set[str]) -> None:
+    """Files of saves that were killed or failed before their manifest (each a copy of the vectors, 1.6 GB
+    for an Objaverse bank) would stay forever: older generations than this one that no manifest names, and
+    old temporary files. Generations named later (a newer save) are left alone."""
+    for path in folder.iterdir():
+        name = path.name
+        parts = name.split("-", 1)
+        if parts[0] in ("vectors", "metadata", "index") and len(parts) == 2 and name not in current:
+            if parts[1].rsplit(".", 1)[0] < generation:
+                path.unlink(missing_ok=True)
+        elif name.startswith(".") and name.endswith(".tmp"):
+            try:
+                if time.time() - path.stat().st_mtime > LEFTOVER_TMP_S:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

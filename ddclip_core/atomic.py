@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -22,17 +23,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     (after an fsync), when it raises the temporary file is removed and ``path`` is left as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    tmp = Path(name)
+    tmp = _new_file(target)
     try:
         yield tmp
         _fsync(tmp)
+        if target.exists():  # the file keeps the mode it was given (chmod by its owner)
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def _new_file(target: Path) -> Path:
+    """An empty, new temporary file beside ``target``, with the mode the umask gives new files (mkstemp's
+    0600 would keep a bank built by root, in Docker say, from the node's user)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:

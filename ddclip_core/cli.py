@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomically
 from .cli_bank import register as register_bank
 from .cli_common import add_model_args, image_files, load_from_args, objects_from_args, output_path, positive_int
 from .cli_memory import register as register_memory
@@ -30,7 +31,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     embeddings = model.encode_views(objects, num_views=args.views, batch_size=args.batch_size)
     array = embeddings.cpu().numpy().astype(np.float32)
     out = _npy_path(args.out)
-    np.save(out, array)
+    write_atomically(out, lambda handle: np.save(handle, array))  # a reader never sees half of it
     views = [len(o) * (args.views or 1) for o in objects]
     print(f"wrote {out}: {array.shape[0]} object(s) x {array.shape[1]} ({model.weights_source or 'random weights'})")
     for name, count in zip(names, views, strict=True):
@@ -42,7 +43,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     array = model.encode_text(args.texts).cpu().numpy().astype(np.float32)
     out = _npy_path(args.out)
-    np.save(out, array)
+    write_atomically(out, lambda handle: np.save(handle, array))  # a reader never sees half of it
     print(f"wrote {out}: {array.shape[0]} text(s) x {array.shape[1]}")
     return 0
 

@@ -14,6 +14,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from .atomic import atomic_path
 from .cli_common import add_model_args, load_from_args, non_negative_int, output_path, positive_int
 from .memory_store import MemoryStore, database_path
 from .stamped import Stamp
@@ -133,9 +134,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), out)
+        with atomic_path(out) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
     elif out.endswith(".csv"):
-        with open(out, "w", newline="", encoding="utf-8") as handle:
+        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["track_id"])
             writer.writeheader()
             writer.writerows(rows)

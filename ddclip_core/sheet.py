@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_path
 from .bank import Match
 
 TILE, CAPTION, PAD = 160, 40, 8
@@ -64,8 +65,8 @@ def contact_sheet(query: str | np.ndarray | Image.Image, matches: list[Match], o
     for i, tile in enumerate(tiles):
         sheet.paste(tile, (PAD + (i % columns) * (TILE + PAD), PAD + (i // columns) * (TILE + CAPTION + PAD)))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with atomic_path(out) as tmp:  # (the format from the name it ends up with)
+        sheet.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
     return out
 
 

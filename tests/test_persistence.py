@@ -5,6 +5,7 @@ memory's database has its own tests (test_memory.py)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -80,6 +81,43 @@ def test_a_save_killed_half_way_leaves_a_bank_that_loads_whole(tmp_path):
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     _check_whole(EmbeddingBank.load(tmp_path / "bank"))
+    # The killed save's files go with the next save (before: a copy of the vectors per kill, forever);
+    # a temporary file goes once it is old enough to be a dead save's, a newer generation is left alone.
+    folder = tmp_path / "bank"
+    killed_tmp = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # recent: kept
+    stale_tmp, recent_tmp = folder / ".vectors-x.npy.0a1b2c.tmp", folder / ".bank.json.3d4e5f.tmp"
+    for path in (
+        stale_tmp,
+        recent_tmp,
+        folder / "vectors-20000101T000000-aaaaaa.npy",
+        folder / "vectors-29990101T000000-bbbbbb.npy",
+    ):
+        path.write_bytes(b"x")
+    os.utime(stale_tmp, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    bank_of(3, 2.0).save(folder)
+    left = sorted(p.name for p in folder.iterdir())
+    newer = "vectors-29990101T000000-bbbbbb.npy"
+    assert left == sorted([recent_tmp.name, *killed_tmp, newer, "bank.json", *_current(folder)])
+
+
+def _current(folder) -> list[str]:
+    return [entry["path"] for entry in json.loads((folder / "bank.json").read_text())["files"].values()]
+
+
+def test_saved_files_get_the_umask_mode_and_keep_one_given_to_them(tmp_path):
+    """Before: every atomically written file was 0600 (mkstemp's), whatever the umask: a bank built by root
+    (Docker) could not be read by the node's user."""
+    old = os.umask(0o022)
+    try:
+        folder = bank_of(3, 2.0).save(tmp_path / "bank")
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == dict.fromkeys(
+            ["bank.json", *_current(folder)], "0o644"
+        )
+        (folder / "bank.json").chmod(0o640)
+        bank_of(3, 2.0).save(folder)
+        assert oct((folder / "bank.json").stat().st_mode & 0o777) == "0o640"
+    finally:
+        os.umask(old)
 
 
 def _check_whole(bank: EmbeddingBank) -> None:
