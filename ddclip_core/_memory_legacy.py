@@ -33,7 +33,7 @@ def read_old_memory(folder: Path) -> tuple[dict[str, Any], list[tuple[dict[str, 
         raise ValueError(f"{path}: corrupt object memory: {matrix.shape} embeddings for {len(objects)} objects")
     try:
         return meta, [(_record(item), vector) for item, vector in zip(objects, matrix, strict=True)]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a record not a mapping
         raise ValueError(f"{path}: corrupt object record: {exc}") from exc
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import write_atomically
 from .bank import EmbeddingBank, as_queries
-from .identity import WeightsIdentity, identity_of
+from .identity import WeightsIdentity, WeightsMismatchError, identity_of
 
 PREFIX = "enrolled:"
 FILE = "enrolled.npz"
@@ -120,7 +120,14 @@ class EnrolledObjects:
             records = meta["objects"]
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: not a readable enrolled-names file ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(meta, dict) or not isinstance(records, list):
+            raise ValueError(f"{path}: not a readable enrolled-names file (no list of objects)")
         if self.identity is not None:
+            if records and not meta.get("weights_id"):  # as the memory's database: nothing says whose they are
+                raise WeightsMismatchError(
+                    f"{path}: records no weights, so its {len(records)} enrolled objects cannot be checked "
+                    f"against {self.identity.id!r}. Enroll them again, or use another memory_path."
+                )
             self.identity.check(
                 meta.get("weights_id"),
                 f"{path}: the enrolled objects were",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,11 @@ class ObjectMemory:
         folder = None if path is None else database_path(path).parent
         self.store = MemoryStore(path, read_only=read_only, sync=sync)
         try:
-            self._check_identity(read_only)
-            self._load()
+            try:
+                self._check_identity(read_only)
+                self._load()
+            except sqlite3.DatabaseError as exc:  # a damaged page the open did not read
+                raise ValueError(f"{self.store.path}: not a readable object memory ({exc})") from exc
             # An old folder is migrated in one transaction, then retired; until then it is read at every
             # start (an empty memory beside it: a migration refused or cut short), so a refusal holds.
             if folder is not None and not read_only and (folder / legacy.OLD_FILE).is_file():
@@ -173,8 +177,13 @@ class ObjectMemory:
 
     def _migrate(self, folder: Path) -> None:
         meta, records = legacy.read_old_memory(folder)
+        where = folder / legacy.OLD_FILE
+        if int(meta.get("dim", -1)) != self.dim:
+            raise ValueError(f"{where}: embeddings of {meta.get('dim')} dimensions, not {self.dim}")
         if self.identity is not None:
-            self.identity.check(meta.get("weights_id"), f"{folder / legacy.OLD_FILE}: the object memory was")
+            if records and not meta.get("weights_id"):  # as the database's rule: nothing says whose they are
+                raise WeightsMismatchError(f"{where}: records no weights, so its objects cannot be checked")
+            self.identity.check(meta.get("weights_id"), f"{where}: the object memory was")
         batch = [(Sighting(r["track_id"], r["stamp"], r["num_views"], r["camera_frame"], r["pose"]), v)
                  for r, v in records]  # fmt: skip
         vectors = self._vectors(batch)

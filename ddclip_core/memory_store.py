@@ -105,6 +105,10 @@ class MemoryStore:
             if not read_only:
                 if self.path is not None:
                     self.db.execute("PRAGMA journal_mode = WAL")
+                    # a damaged page would otherwise open fine and fail a later write, mid-run
+                    (result,) = self.db.execute("PRAGMA quick_check").fetchone()
+                    if result != "ok":
+                        raise sqlite3.DatabaseError(f"damaged: {result}; move it aside or restore a copy")
                 self.db.execute(f"PRAGMA synchronous = {sync.upper()}")
         except sqlite3.DatabaseError as exc:
             self.close()

@@ -68,6 +68,25 @@ def test_an_old_folder_of_other_weights_is_refused_at_every_start(tmp_path):
     assert (tmp_path / "memory.npz").is_file()
 
 
+@pytest.mark.parametrize(
+    ("weights", "dim", "message"),
+    [
+        (None, DIM, "records no weights, so its objects cannot be checked"),  # before: adopted as w's
+        ("w", 4, "embeddings of 4 dimensions, not 8"),  # before: the bank's 'query dimension' error, unnamed
+    ],
+)
+def test_an_old_folder_that_cannot_be_checked_is_refused_naming_it(tmp_path, weights, dim, message):
+    records = [{"track_id": "t0", "last_seen": 0.0, "num_views": 2, "frame_id": "", "name": ""}]
+    meta = {"dim": dim, "weights_id": weights, "objects": records}
+    np.savez(tmp_path / "memory.npz", embeddings=np.ones((1, dim), np.float32), meta=np.array(json.dumps(meta)))
+    with pytest.raises(ValueError, match=f"memory.npz: {message}"):
+        ObjectMemory(DIM, identity="w", path=tmp_path)
+    meta = {"dim": DIM, "weights_id": "w", "objects": ["not a record"]}
+    np.savez(tmp_path / "memory.npz", embeddings=np.ones((1, DIM), np.float32), meta=np.array(json.dumps(meta)))
+    with pytest.raises(ValueError, match="memory.npz: corrupt object record"):  # before: AttributeError
+        ObjectMemory(DIM, identity="w", path=tmp_path)
+
+
 def test_a_write_that_fails_halfway_leaves_ram_as_the_database(tmp_path):
     memory = ObjectMemory(DIM, max_objects=2, identity="w", path=tmp_path)
     memory.record([(Sighting("a", Stamp(1, 0), 1), unit(0)), (Sighting("b", Stamp(2, 0), 1), unit(1))])
@@ -124,3 +143,31 @@ def test_enrolled_names_are_kept_beside_the_memory_whatever_memory_path_names(tm
     again = Perception(model, config)
     assert "enrolled:Ana's mug" in again.bank
     again.close()
+
+
+def test_a_memory_with_a_damaged_page_is_refused_at_open_naming_it(tmp_path):
+    """Before: about half the damaged copies opened, then failed integrity or a write mid-run, and others
+    failed with SQLite's bare 'database disk image is malformed'."""
+    good = tmp_path / "good"
+    memory = ObjectMemory(DIM, max_objects=2000, identity="w", path=good)
+    memory.record([(Sighting(f"t{i}", Stamp(i, 0), 3), unit(i)) for i in range(600)])
+    memory.close()
+    data = database_path(good).read_bytes()
+    pages = len(data) // 4096
+    refused = 0
+    for page in range(1, pages, max(1, pages // 12)):
+        folder = tmp_path / f"damaged{page}"
+        folder.mkdir()
+        damaged = bytearray(data)
+        damaged[page * 4096 : (page + 1) * 4096] = bytes(4096)
+        database_path(folder).write_bytes(bytes(damaged))
+        try:
+            memory = ObjectMemory(DIM, max_objects=2000, identity="w", path=folder)
+        except ValueError as exc:
+            assert str(database_path(folder)) in str(exc)
+            refused += 1
+            continue
+        memory.record([(Sighting("new", Stamp(10_000, 0), 1), unit(1))])  # opened: then it works on
+        memory.store.check()
+        memory.close()
+    assert refused >= 1

@@ -195,6 +195,13 @@ def test_enrolled_names_refuse_truncated_and_foreign_files(tmp_path):
     )))  # fmt: skip
     with pytest.raises(ValueError, match="corrupt record"):
         EnrolledObjects(4, "w", tmp_path)
+    for meta, message in (
+        ({"dim": 4, "weights_id": "w", "objects": 5}, "no list of objects"),  # before: TypeError, unnamed
+        ({"dim": 4, "objects": [{"id": "enrolled:mug"}]}, "records no weights"),  # before: adopted as w's
+    ):
+        np.savez(tmp_path / "enrolled.npz", embeddings=np.eye(4, dtype=np.float32)[:1], meta=np.array(json.dumps(meta)))
+        with pytest.raises(ValueError, match=f"enrolled.npz: .*{message}"):
+            EnrolledObjects(4, "w", tmp_path)
 
 
 def test_a_load_keeps_the_generation_it_opened_when_a_save_deletes_it_mid_read(tmp_path, monkeypatch):
