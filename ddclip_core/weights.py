@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_path, write_text_atomically
 from .config import DuoduoConfig
 
 PUBLISHED_PREFIX = "duoduoclip."
@@ -201,12 +202,17 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
 def save_export(model: Any, path: str | Path) -> Path:
     """Write ``model`` as this project's export: ``path/model.safetensors`` + ``path/config.json``."""
     folder = Path(path)
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if held and EXPORT_WEIGHTS not in held:  # an ONNX engine, a data folder: not ours to overwrite
+        shown = ", ".join(held[:3])
+        raise ValueError(f"{folder}: not empty and not a ddclip export (it holds {shown}): give a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     config_json = model.config.to_json()
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.clip.state_dict().items()}
     metadata = {"format": "ddclip", "format_version": EXPORT_FORMAT_VERSION, "config": config_json}
-    save_file(state, str(folder / EXPORT_WEIGHTS), metadata=metadata)
-    (folder / EXPORT_CONFIG).write_text(config_json + "\n")
+    with atomic_path(folder / EXPORT_WEIGHTS) as tmp:  # a reader never sees half of the weights
+        save_file(state, str(tmp), metadata=metadata)
+    write_text_atomically(folder / EXPORT_CONFIG, config_json + "\n")
     return folder
 
 

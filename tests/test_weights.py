@@ -206,3 +206,17 @@ def test_pickle_module_not_used_for_loading():
     from ddclip_core import weights
 
     assert "pickle.load" not in inspect.getsource(weights)
+
+
+def test_an_export_never_overwrites_a_folder_that_is_not_an_export(tmp_path):
+    model = make_tiny()
+    engine = tmp_path / "engine"  # an ONNX engine, say: before, silently turned into neither kind
+    engine.mkdir()
+    (engine / "per_view.onnx").write_bytes(b"onnx")
+    with pytest.raises(ValueError, match=r"engine: not empty and not a ddclip export \(it holds per_view.onnx\)"):
+        save_export(model, engine)
+    assert sorted(p.name for p in engine.iterdir()) == ["per_view.onnx"]
+    first = save_export(model, tmp_path / "export")
+    again = save_export(make_tiny(seed=1), first)  # an export is replaced, file by file atomically
+    assert load_model(again).weights_id == make_tiny(seed=1).weights_id
+    assert sorted(p.name for p in again.iterdir()) == ["config.json", "model.safetensors"]
