@@ -120,7 +120,11 @@ def _model_from_file(weights: WeightFile, layers_threshold: int | None, arch: st
     model.clip.load_state_dict(weights.state_dict, strict=True)
     model.weights_source = str(Path(weights.path).resolve())
     stem = Path(weights.path).stem
-    if weights.format == "lightning" and stem in PUBLISHED_STEMS and config.layers_threshold == recorded_threshold:
+    # The published file's name, its layout and threshold (its contents cannot be checked: no fingerprint
+    # of it is known offline); a checkpoint of ddclip's own training records its training config, which
+    # the published one does not, so one renamed to the published name is not taken for it.
+    published = weights.format == "lightning" and stem in PUBLISHED_STEMS and not weights.trained_by_ddclip
+    if published and config.layers_threshold == recorded_threshold:
         # the released embeddings were made by these weights as published: their banks accept this model
         model.weights_aliases = (f"published:{stem}",)
     return model

@@ -53,6 +53,7 @@ class WeightFile:
     arch: str | None = None
     layers_threshold: int | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    trained_by_ddclip: bool = False  # a Lightning checkpoint of ddclip's own training (it records its config)
 
 
 def read_weights(path: str | Path, *, trust_pickle: bool = False) -> WeightFile:
@@ -164,6 +165,7 @@ def _from_lightning(path: Path, data: dict[str, Any]) -> WeightFile:
         arch=arch,
         layers_threshold=None if threshold is None else int(threshold),
         extras=extras,
+        trained_by_ddclip="train_config" in hparams,
     )
 
 

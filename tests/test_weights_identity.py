@@ -9,7 +9,7 @@ import warnings
 import torch
 
 from ddclip_core import load_model
-from tests.conftest import published_tiny
+from tests.conftest import published_tiny, write_published_checkpoint
 
 PUBLISHED = "published:Four_1to6F_bs1600_LT6"
 
@@ -30,6 +30,12 @@ def test_another_threshold_or_another_file_is_not_the_published_model(tmp_path):
     assert other.identity.aliases == ()  # before: still the published alias, so the release bank took it
     shutil.copy(path, tmp_path / "best.ckpt")  # a training run's own checkpoint, in the same layout
     assert load_model(tmp_path / "best.ckpt", device="cpu").identity.aliases == ()  # before: "published:best"
+    ours = tmp_path / "ours" / "Four_1to6F_bs1600_LT6.ckpt"  # ddclip's own training run, renamed
+    ours.parent.mkdir()
+    model = load_model(path, device="cpu")
+    hyper_parameters = {"ddclip_config": model.config.to_dict(), "train_config": {"data": {}}}  # as training's
+    write_published_checkpoint(model, ours, hyper_parameters=hyper_parameters)
+    assert load_model(ours, device="cpu").identity.aliases == ()  # before: taken for the published weights
 
 
 def test_weights_changed_in_place_change_the_id_and_drop_the_alias(tmp_path):
