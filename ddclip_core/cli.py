@@ -179,7 +179,7 @@ def register(commands: Any) -> None:
         help="non-square views: stretch to a square (published, default) or pad with white",
     )
     encode.add_argument("--batch-size", type=positive_int, default=32, help="objects per forward pass (default: 32)")
-    add_model_args(encode)
+    add_model_args(encode, backend=True)
     encode.set_defaults(func=cmd_encode)
 
     text = commands.add_parser(
@@ -189,7 +189,7 @@ def register(commands: Any) -> None:
     )
     text.add_argument("texts", nargs="+", metavar="TEXT", help='one or more texts, e.g. "a white couch"')
     text.add_argument("--out", "-o", type=output_path, required=True, metavar="FILE.npy", help="output .npy file")
-    add_model_args(text)
+    add_model_args(text, backend=True)
     text.set_defaults(func=cmd_text)
 
     demo = commands.add_parser(

@@ -227,7 +227,7 @@ def register(commands: Any, add_model_args: Any) -> None:
     build.add_argument("--batch-size", type=positive_int, default=16, help="objects per forward pass (default: 16)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     _index_args(build)
-    add_model_args(build)
+    add_model_args(build, backend=True)
     add_ray_argument(build)
     build.set_defaults(func=cmd_bank_build)
 
@@ -256,7 +256,7 @@ def register(commands: Any, add_model_args: Any) -> None:
     search.add_argument("-k", type=positive_int, default=10, help="number of results (default: 10)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the query and its matches")
-    add_model_args(search)
+    add_model_args(search, backend=True)
     search.set_defaults(func=cmd_search)
 
     classify = commands.add_parser(
@@ -276,5 +276,5 @@ def register(commands: Any, add_model_args: Any) -> None:
     classify.add_argument("--views", type=positive_int, metavar="F", help="each image is a strip of F views")
     classify.add_argument("--per-image", action="store_true", help="each image file is its own object")
     classify.add_argument("--json", action="store_true", help="print JSON")
-    add_model_args(classify)
+    add_model_args(classify, backend=True)
     classify.set_defaults(func=cmd_classify)

@@ -44,7 +44,8 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, *, backend: bool = False) -> None:
+    """The model options; ``backend``: also --backend, for the commands that only run inference."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--weights",
@@ -67,6 +68,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="first visual block with cross-view attention (default: from the checkpoint, else 6)",
     )
     group.add_argument("--arch", help="open_clip architecture when the file does not record one (default: ViT-B-32)")
+    if backend:
+        group.add_argument(
+            "--backend",
+            default="torch",
+            choices=["torch", "onnxruntime"],
+            help="onnxruntime: --weights is an ONNX export folder (ddclip weights export --onnx) (default: torch)",
+        )
     group.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -88,6 +96,7 @@ def load_from_args(args: argparse.Namespace):
         layers_threshold=args.layers_threshold,
         arch=args.arch,
         trust_pickle=args.trust_pickle,
+        backend=getattr(args, "backend", "torch"),
     )
 
 

@@ -181,7 +181,7 @@ def register(commands: Any) -> None:
                 cmd_query)  # fmt: skip
     query.add_argument("text", help='what to look for, e.g. "red mug"')
     query.add_argument("-k", type=positive_int, default=10, help="results (default: 10)")
-    add_model_args(query)
+    add_model_args(query, backend=True)
     export = add("export", "every object (and with --sightings its history) to CSV or Parquet", cmd_export, False)
     export.add_argument("out", type=output_path, help="out.csv or out.parquet")
     export.add_argument("--sightings", action="store_true", help="add each object's sightings as a JSON column")

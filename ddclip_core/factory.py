@@ -86,7 +86,9 @@ def load_model(
     if providers is not None or shape_limits is not None:
         raise ValueError("providers and shape_limits only apply to backend='onnxruntime'")
     if weights is not None and is_onnx_export(weights):
-        raise CheckpointError(f"{weights} is an ONNX export: load it with backend='onnxruntime'")
+        raise CheckpointError(
+            f"{weights} is an ONNX export: load it with backend='onnxruntime' (CLI: --backend onnxruntime)"
+        )
     precision = check_precision(precision, allow_auto=True)
     target = resolve_device(device)
     if weights is None:

@@ -403,3 +403,18 @@ def test_the_node_derives_limits_from_its_settings_and_refuses_more_enrolment_im
         assert perception.update_settings(max_enroll_images=8).max_enroll_images == 8
     finally:
         perception.close()
+
+
+def test_the_command_runs_an_engine_with_backend_onnxruntime(exported, tmp_path, capsys):
+    from PIL import Image
+
+    model, folder = exported
+    views = random_views(3, seed=60)
+    (tmp_path / "views").mkdir()
+    for i, view in enumerate(views):
+        Image.fromarray(view).save(tmp_path / "views" / f"v{i}.png")
+    args = ["encode", str(tmp_path / "views"), "-w", str(folder), "--device", "cpu", "--out", str(tmp_path / "e.npy")]
+    assert ddclip(args) != 0
+    assert "(CLI: --backend onnxruntime)" in capsys.readouterr().err  # before: a backend the CLI had no option for
+    assert ddclip([*args, "--backend", "onnxruntime"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), model.encode_views(list(views)).numpy(), atol=1e-5)
