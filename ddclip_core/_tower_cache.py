@@ -3,8 +3,7 @@
 ``TowerCache(form)`` keeps one at a time. ``form`` says where it applies
 (``applies(module, device, precision)``), which tensors it is derived from (``weights(module)``) and how
 to make it (``build(module, precision)``). It is made again when any of those tensors changes: a new tensor,
-or an in-place update, since the tensors' version counters are part of the key. An edit through ``.data``
-bypasses them, as it does autograd's checks. It is dropped as soon as it no longer applies (another
+or an in-place update (``identity.tensors_state``). It is dropped as soon as it no longer applies (another
 precision or device, say): a kept one costs a copy of the weights.
 """
 
@@ -15,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .identity import tensors_state
 
 
 class TowerCache:
@@ -38,7 +39,7 @@ class TowerCache:
         if not self.form.applies(module, device, precision):
             self.clear()
             return None
-        key = (precision, *((p.data_ptr(), p._version) for p in self.form.weights(module)))
+        key = (precision, *tensors_state(self.form.weights(module)))
         with self._lock:
             if self._entry is None or self._entry[0] != key:
                 self._entry = None  # free the old one first: it costs a copy of the weights

@@ -13,15 +13,21 @@ well: ``identity.fused("+gs:<id>@w0.5")`` accepts only what that same fusion mad
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 
-def weights_state(module: Any) -> tuple:
-    """Changes whenever a tensor of ``module`` does: a new tensor (loaded, moved to another device) or an
+def tensors_state(tensors: Iterable[Any]) -> tuple:
+    """Changes whenever one of ``tensors`` does: a new tensor (loaded, moved to another device) or an
     in-place update (an optimizer step, load_state_dict), since version counters are part of it. An edit
     through ``.data`` bypasses them, as it does autograd's checks. Cheap: no tensor is read."""
-    return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def weights_state(module: Any) -> tuple:
+    """``tensors_state`` of every parameter and buffer of ``module``."""
+    return tensors_state(itertools.chain(module.parameters(), module.buffers()))
 
 
 class WeightsMismatchError(ValueError):
