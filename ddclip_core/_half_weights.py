@@ -33,7 +33,7 @@ class HalfTower:
     def applies(visual: nn.Module, device: torch.device, precision: str) -> bool:
         if precision not in _DTYPES or os.environ.get("DDCLIP_HALF_WEIGHTS", "1") == "0":
             return False
-        return PrepackedVisual.supports(visual) and not packing_available(device, precision)
+        return not packing_available(device, precision) and PrepackedVisual.supports(visual)
 
     @staticmethod
     def build(visual: nn.Module, precision: str) -> nn.Module:

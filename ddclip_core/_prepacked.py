@@ -29,6 +29,7 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from ._view_groups import attend
+from .identity import module_tensors, submodules
 
 _mkldnn = torch.ops.mkldnn
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -235,7 +236,7 @@ def _plain_blocks(blocks: nn.ModuleList) -> bool:
 def _hooked(module: nn.Module) -> bool:
     """Forward hooks on the module or below. Hooks on every module (``register_module_forward_hook``) are
     process-wide instruments (profilers, FlopCounterMode, which measures this path): not counted."""
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks for m in submodules(module))
 
 
 class _Packed:
@@ -275,7 +276,7 @@ class PrepackedVisual(_Packed):
 
     @staticmethod
     def weights(visual: nn.Module) -> list[torch.Tensor]:
-        return list(visual.parameters())
+        return module_tensors(visual, buffers=False)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 1 + patches, width) float32: patches as one matmul, CLS, positions, ln_pre."""
@@ -311,7 +312,7 @@ class PrepackedText(_Packed):
     @staticmethod
     def weights(clip: nn.Module) -> list[torch.Tensor]:
         names = ("token_embedding", "transformer", "ln_final")
-        tensors = [p for name in names for p in getattr(clip, name).parameters()]
+        tensors = [p for name in names for p in module_tensors(getattr(clip, name), buffers=False)]
         projection = clip.text_projection
         extra = (
             []

@@ -12,7 +12,6 @@ well: ``identity.fused("+gs:<id>@w0.5")`` accepts only what that same fusion mad
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +24,36 @@ def tensors_state(tensors: Iterable[Any]) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
+def submodules(module: Any) -> list[Any]:
+    """``module`` and every module below it, each once, in ``modules()``'s order. One plain walk of the
+    children: ``modules()`` builds every name on the way, which is most of the per-call cost of the checks
+    made before each encode (~0.5 ms for ViT-B/32's image tower, against ~17 ms for one view in bf16)."""
+    seen: set[int] = set()
+    found, stack = [], [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+    return found
+
+
+def module_tensors(module: Any, buffers: bool = True) -> list[Any]:
+    """Every parameter (and buffer) of ``module`` and below, module by module; a tensor shared by two
+    modules comes twice, which a state key does not mind."""
+    found = []
+    for current in submodules(module):
+        found.extend(t for t in current._parameters.values() if t is not None)
+        if buffers:
+            found.extend(t for t in current._buffers.values() if t is not None)
+    return found
+
+
 def weights_state(module: Any) -> tuple:
     """``tensors_state`` of every parameter and buffer of ``module``."""
-    return tensors_state(itertools.chain(module.parameters(), module.buffers()))
+    return tensors_state(module_tensors(module))
 
 
 class WeightsMismatchError(ValueError):
