@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import write_atomically
 from .bank import EmbeddingBank, as_queries
-from .identity import WeightsIdentity, WeightsMismatchError, identity_of
+from .identity import WeightsIdentity, identity_of
 
 PREFIX = "enrolled:"
 FILE = "enrolled.npz"
@@ -123,11 +123,13 @@ class EnrolledObjects:
         if not isinstance(meta, dict) or not isinstance(records, list):
             raise ValueError(f"{path}: not a readable enrolled-names file (no list of objects)")
         if self.identity is not None:
-            if records and not meta.get("weights_id"):  # as the memory's database: nothing says whose they are
-                raise WeightsMismatchError(
-                    f"{path}: records no weights, so its {len(records)} enrolled objects cannot be checked "
-                    f"against {self.identity.id!r}. Enroll them again, or use another memory_path."
-                )
+            self.identity.check_recorded(
+                meta.get("weights_id"),
+                len(records),
+                f"{path}: the enrolled-names file",
+                "enrolled objects",
+                "Enroll them again, or use another memory_path.",
+            )
             self.identity.check(
                 meta.get("weights_id"),
                 f"{path}: the enrolled objects were",

@@ -84,6 +84,16 @@ class WeightsIdentity:
                 f"comparable.{' ' + advice if advice else ''}"
             )
 
+    def check_recorded(self, recorded: str | None, held: int, what: str, things: str, advice: str = "") -> None:
+        """Raise WeightsMismatchError when a file holds ``held`` > 0 ``things`` and records no weights:
+        nothing tells whose embeddings they are, so they cannot be checked (adopting them as ours would
+        mix spaces silently). An empty file may become the reader's."""
+        if held and not recorded:
+            raise WeightsMismatchError(
+                f"{what} records no weights, so its {held} {things} cannot be checked against {self.id!r}."
+                f"{' ' + advice if advice else ''}"
+            )
+
     def fused(self, suffix: str) -> WeightsIdentity:
         """The identity of embeddings fused from ours and another encoder's, named by ``suffix``."""
         return WeightsIdentity(self.id + suffix, tuple(alias + suffix for alias in self.aliases))

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _memory_legacy as legacy
 from .bank import as_queries
-from .identity import WeightsIdentity, WeightsMismatchError, identity_of
+from .identity import WeightsIdentity, identity_of
 from .memory_store import MemoryStore, database_path, embedding_blob, pose_columns, pose_from_columns
 from .stamped import Pose, Stamp
 
@@ -133,12 +133,9 @@ class ObjectMemory:
         if int(meta["dim"]) != self.dim:
             raise ValueError(f"{where}: embeddings of {meta['dim']} dimensions, not {self.dim}")
         if self.identity is not None and not read_only and not meta.get("weights_id"):
-            # written without an identity (by a script): nothing tells whose embeddings it holds
-            if held := self.store.count():
-                raise WeightsMismatchError(
-                    f"{where}: the object memory records no weights, so its {held} objects cannot "
-                    f"be checked against {self.identity.id!r}. Use another memory_path."
-                )
+            # written without an identity (by a script)
+            held = self.store.count()
+            self.identity.check_recorded("", held, f"{where}: the object memory", "objects", "Use another memory_path.")
             self.store.set_meta(weights_id=self.identity.id)  # empty: it becomes ours
         if self.identity is not None:
             self.identity.check(meta.get("weights_id"), f"{where}: the object memory was", "Use another memory_path.")
@@ -181,8 +178,7 @@ class ObjectMemory:
         if int(meta.get("dim", -1)) != self.dim:
             raise ValueError(f"{where}: embeddings of {meta.get('dim')} dimensions, not {self.dim}")
         if self.identity is not None:
-            if records and not meta.get("weights_id"):  # as the database's rule: nothing says whose they are
-                raise WeightsMismatchError(f"{where}: records no weights, so its objects cannot be checked")
+            self.identity.check_recorded(meta.get("weights_id"), len(records), f"{where}: the object memory", "objects")
             self.identity.check(meta.get("weights_id"), f"{where}: the object memory was")
         batch = [(Sighting(r["track_id"], r["stamp"], r["num_views"], r["camera_frame"], r["pose"]), v)
                  for r, v in records]  # fmt: skip

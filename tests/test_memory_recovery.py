@@ -71,7 +71,7 @@ def test_an_old_folder_of_other_weights_is_refused_at_every_start(tmp_path):
 @pytest.mark.parametrize(
     ("weights", "dim", "message"),
     [
-        (None, DIM, "records no weights, so its objects cannot be checked"),  # before: adopted as w's
+        (None, DIM, "the object memory records no weights, so its 1 objects cannot be checked"),  # was: adopted
         ("w", 4, "embeddings of 4 dimensions, not 8"),  # before: the bank's 'query dimension' error, unnamed
     ],
 )
