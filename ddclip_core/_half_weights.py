@@ -27,13 +27,14 @@ class HalfTower:
     """How ``TowerCache`` makes and keeps the 16-bit copy: in fp16 / bf16 where the packed path does not
     apply (it already carries the precision)."""
 
-    weights = staticmethod(PrepackedVisual.weights)
+    state = staticmethod(PrepackedVisual.state)
+    supports = staticmethod(PrepackedVisual.supports)
 
     @staticmethod
-    def applies(visual: nn.Module, device: torch.device, precision: str) -> bool:
+    def available(device: torch.device, precision: str) -> bool:
         if precision not in _DTYPES or os.environ.get("DDCLIP_HALF_WEIGHTS", "1") == "0":
             return False
-        return not packing_available(device, precision) and PrepackedVisual.supports(visual)
+        return not packing_available(device, precision)
 
     @staticmethod
     def build(visual: nn.Module, precision: str) -> nn.Module:

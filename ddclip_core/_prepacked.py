@@ -29,7 +29,7 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from ._view_groups import attend
-from .identity import module_tensors, submodules
+from .identity import submodules, tensors_state, weights_state
 
 _mkldnn = torch.ops.mkldnn
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -242,9 +242,7 @@ def _hooked(module: nn.Module) -> bool:
 class _Packed:
     """How ``_tower_cache.TowerCache`` makes and keeps a packed tower."""
 
-    @classmethod
-    def applies(cls, module: nn.Module, device: torch.device, precision: str) -> bool:
-        return packing_available(device, precision) and cls.supports(module)
+    available = staticmethod(packing_available)
 
     @classmethod
     def build(cls, module: nn.Module, precision: str) -> Any:
@@ -275,8 +273,8 @@ class PrepackedVisual(_Packed):
         return _plain_blocks(visual.transformer.resblocks) and isinstance(visual.ln_pre, nn.LayerNorm)
 
     @staticmethod
-    def weights(visual: nn.Module) -> list[torch.Tensor]:
-        return module_tensors(visual, buffers=False)
+    def state(visual: nn.Module) -> tuple:
+        return weights_state(visual)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 1 + patches, width) float32: patches as one matmul, CLS, positions, ln_pre."""
@@ -310,18 +308,14 @@ class PrepackedText(_Packed):
         return not hooked and _plain_blocks(clip.transformer.resblocks)
 
     @staticmethod
-    def weights(clip: nn.Module) -> list[torch.Tensor]:
-        names = ("token_embedding", "transformer", "ln_final")
-        tensors = [p for name in names for p in module_tensors(getattr(clip, name), buffers=False)]
+    def state(clip: nn.Module) -> tuple:
+        parts = tuple(weights_state(getattr(clip, name)) for name in ("token_embedding", "transformer", "ln_final"))
         projection = clip.text_projection
-        extra = (
-            []
-            if projection is None
-            else list(projection.parameters())
-            if isinstance(projection, nn.Module)
-            else [projection]
-        )
-        return [*tensors, clip.positional_embedding, *extra]
+        if isinstance(projection, nn.Module):
+            projection = weights_state(projection)
+        elif projection is not None:
+            projection = tensors_state([projection])
+        return (*parts, tensors_state([clip.positional_embedding, clip.attn_mask]), projection)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, context) token ids -> (B, embed_dim) float32, not normalised (as ``CLIP.encode_text``)."""

@@ -1,9 +1,9 @@
 """A form of a tower derived from its weights (pre-packed for oneDNN, a 16-bit copy), made once and kept.
 
-``TowerCache(form)`` keeps one at a time. ``form`` says where it applies
-(``applies(module, device, precision)``), which tensors it is derived from (``weights(module)``) and how
-to make it (``build(module, precision)``). It is made again when any of those tensors changes: a new tensor,
-or an in-place update (``identity.tensors_state``). It is dropped as soon as it no longer applies (another
+``TowerCache(form)`` keeps one at a time. ``form`` says where it applies (``available(device, precision)``
+and ``supports(module)``), what it is derived from (``state(module)``: ``identity.weights_state``) and how
+to make it (``build(module, precision)``). It is made again when that state changes: a new tensor, an
+in-place update, a module replaced, a hook added. It is dropped as soon as it no longer applies (another
 precision or device, say): a kept one costs a copy of the weights.
 """
 
@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from .identity import tensors_state
 
 
 class TowerCache:
@@ -36,15 +34,19 @@ class TowerCache:
 
     def get(self, module: nn.Module, device: torch.device, precision: str) -> Any:
         """The derived form for this device and precision; None where it does not apply."""
-        if not self.form.applies(module, device, precision):
+        if not self.form.available(device, precision):
             self.clear()
             return None
-        key = (precision, *tensors_state(self.form.weights(module)))
+        key = (precision, self.form.state(module))  # (the state names the tensors, hence their device)
         with self._lock:
-            if self._entry is None or self._entry[0] != key:
-                self._entry = None  # free the old one first: it costs a copy of the weights
-                with torch.inference_mode():
-                    self._entry = (key, self.form.build(module, precision))
+            if self._entry is not None and self._entry[0] == key:
+                return self._entry[1]
+            self._entry = None  # free the old one first: it costs a copy of the weights
+            if not self.form.supports(module):  # (hooks, another architecture: part of the state)
+                self._entry = (key, None)
+                return None
+            with torch.inference_mode():
+                self._entry = (key, self.form.build(module, precision))
             return self._entry[1]
 
     def clear(self) -> None:

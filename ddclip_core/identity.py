@@ -12,16 +12,69 @@ well: ``identity.fused("+gs:<id>@w0.5")`` accepts only what that same fusion mad
 
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+_serials: dict[int, tuple[weakref.ref, int]] = {}  # id -> (the tensor or module, weakly; its serial number)
+_next_serial = itertools.count(1)
+_serials_lock = threading.Lock()
+
+
+def _serial(item: Any) -> int:
+    """A number of this tensor's (or module's) own for as long as it lives. Its address is not one: a
+    tensor made after another was freed can take the same address (and version 0), as replacing a
+    parameter twice can."""
+    entry = _serials.get(id(item))
+    if entry is not None and entry[0]() is item:
+        return entry[1]
+    with _serials_lock:
+        key = id(item)
+        serial = next(_next_serial)
+
+        def drop(_: weakref.ref, key: int = key, serial: int = serial) -> None:
+            if _serials.get(key, (None, None))[1] == serial:
+                _serials.pop(key, None)
+
+        _serials[key] = (weakref.ref(item, drop), serial)
+        return serial
+
 
 def tensors_state(tensors: Iterable[Any]) -> tuple:
-    """Changes whenever one of ``tensors`` does: a new tensor (loaded, moved to another device) or an
-    in-place update (an optimizer step, load_state_dict), since version counters are part of it. An edit
+    """Changes whenever one of ``tensors`` does: another tensor (loaded, assigned), new storage (moved to
+    another device, ``.data`` assigned) or an in-place update (an optimizer step, load_state_dict), since
+    version counters are part of it (fused optimizers count theirs: ``count_fused_optimizer_steps``). An edit
     through ``.data`` bypasses them, as it does autograd's checks. Cheap: no tensor is read."""
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+    return tuple((_serial(t), t.data_ptr(), t._version) for t in tensors)
+
+
+def count_fused_optimizer_steps() -> None:
+    """Make every optimizer step count as an in-place update of its parameters, once per process.
+
+    Fused optimizers (``AdamW(fused=True)``, the fastest on GPUs) write the parameters in one kernel
+    without bumping their version counters, so ``tensors_state`` would not see the step: packed towers,
+    kept view tokens and ``weights_id`` would outlive the weights they came from. A step that did bump
+    them is bumped once more, which changes nothing but the number."""
+    global _steps_counted
+    if _steps_counted:
+        return
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    def bump(optimizer: Any, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            params = [p for group in optimizer.param_groups for p in group["params"] if not p.is_inference()]
+            if params:
+                torch.autograd.graph.increment_version(params)
+
+    register_optimizer_step_post_hook(bump)
+    _steps_counted = True
+
+
+_steps_counted = False
 
 
 def submodules(module: Any) -> list[Any]:
@@ -52,8 +105,15 @@ def module_tensors(module: Any, buffers: bool = True) -> list[Any]:
 
 
 def weights_state(module: Any) -> tuple:
-    """``tensors_state`` of every parameter and buffer of ``module``."""
-    return tensors_state(module_tensors(module))
+    """What ``module`` computes with, in one walk: ``tensors_state`` of every parameter and buffer, and
+    each module below it with its forward hooks. So it also changes when a module is replaced (an
+    activation swapped for another, say) or gains or loses a hook, with the same tensors."""
+    state = []
+    for current in submodules(module):
+        state.append((_serial(current), tuple(current._forward_hooks), tuple(current._forward_pre_hooks)))
+        tensors = (*current._parameters.values(), *current._buffers.values())
+        state.extend((_serial(t), t.data_ptr(), t._version) for t in tensors if t is not None)
+    return tuple(state)
 
 
 class WeightsMismatchError(ValueError):

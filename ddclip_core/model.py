@@ -27,7 +27,7 @@ from ._tokenizer import tokenizer_for
 from ._tower_cache import TowerCache
 from .config import DuoduoConfig
 from .encode_inputs import all_finite, check_preprocessed, checked_texts, view_batches, view_counts
-from .identity import WeightsIdentity, weights_state
+from .identity import WeightsIdentity, count_fused_optimizer_steps, weights_state
 from .precision import choose_precision
 from .preprocess import CropMode, Preprocessor, ResizeMode
 
@@ -43,6 +43,7 @@ class DuoduoCLIP(nn.Module):
 
     def __init__(self, config: DuoduoConfig) -> None:
         super().__init__()
+        count_fused_optimizer_steps()  # weights_id and the derived caches must see every training step
         self.config = config
         cfg = dict(config.clip_cfg)
         cfg.pop("cast_dtype", None)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import pytest
 import torch
 
 from ddclip_core import load_model
-from tests.conftest import published_tiny, write_published_checkpoint
+from tests.conftest import make_tiny, published_tiny, random_views, write_published_checkpoint
 
 PUBLISHED = "published:Four_1to6F_bs1600_LT6"
 
@@ -70,3 +71,76 @@ def test_the_walk_behind_the_state_keys_finds_what_modules_and_parameters_find()
     with torch.no_grad():
         tower[1][1].running_mean.add_(1)  # a buffer, in place
     assert weights_state(tower) != before
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_fused_optimizer_step_reaches_the_id_and_every_derived_cache(precision):
+    # fused optimizers write the weights without bumping their version counters: before, weights_id,
+    # the packed / 16-bit tower and the kept view tokens all served the weights from before the step
+    from ddclip_core.view_cache import ViewTokenCache
+
+    views = list(random_views(2, size=64))
+    model = make_tiny(seed=3).set_precision(precision)
+    model.freeze_for_finetuning()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, fused=True)
+    cache = ViewTokenCache(model)
+    before_id = model.weights_id
+    cache.encode([("obj", [0, 1], views)])
+    model.encode_views(views)
+    model(model.preprocessor(views).unsqueeze(0)).pow(2).sum().backward()
+    optimizer.step()
+    fresh = make_tiny(seed=3).set_precision(precision)
+    fresh.clip.load_state_dict(model.clip.state_dict())
+    want = fresh.encode_views(views)
+    assert model.weights_id == fresh.weights_id != before_id
+    assert torch.allclose(model.encode_views(views), want, atol=1e-6)
+    assert torch.allclose(cache.encode([("obj", [0, 1], views)]), want, atol=1e-6)
+
+
+def test_a_replaced_activation_or_a_new_hook_is_a_new_model_to_the_caches():
+    # the keys covered tensors only: a GELU swapped for QuickGELU (as OpenAI-trained weights need) kept
+    # the packed tower's old activation, and tokens kept before a hook were served after it
+    from open_clip.transformer import QuickGELU
+
+    from ddclip_core.view_cache import ObjectViews
+
+    views = list(random_views(2, size=64))
+    model = make_tiny(seed=3)
+    model.encode_views(views)
+    for block in model.clip.visual.transformer.resblocks:
+        block.mlp.gelu = QuickGELU()
+    fresh = make_tiny(seed=3)
+    for block in fresh.clip.visual.transformer.resblocks:
+        block.mlp.gelu = QuickGELU()
+    assert torch.allclose(model.encode_views(views), fresh.encode_views(views), atol=1e-6)
+
+    kept = ObjectViews(model)
+    for view in views:
+        kept.add(view)
+    kept.embedding()
+    block = model.clip.visual.transformer.resblocks[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hook runs on the modules' path, which is the point
+        block.mlp.register_forward_hook(lambda module, args, out: out * 2)
+        assert torch.allclose(kept.embedding(), model.encode_views(views), atol=1e-5)
+
+
+def test_a_tensor_keeps_its_serial_for_life_and_a_new_one_at_a_freed_address_gets_another():
+    # the key was (address, version): a parameter replaced twice could come back at the first one's
+    # address with version 0, and weights_id (and the label sets keyed by it) named the old weights
+    from ddclip_core import identity
+
+    first = torch.ones(4)
+    state = identity.tensors_state([first])
+    assert identity.tensors_state([first]) == state
+    held, address = len(identity._serials), id(first)
+    del first
+    assert len(identity._serials) == held - 1  # freed: its entry goes with it
+    kept = []
+    for _ in range(10_000):  # CPython hands a freed object's address to a later one, soon
+        tensor = torch.ones(4)
+        if id(tensor) == address:
+            break
+        kept.append(tensor)
+    assert id(tensor) == address
+    assert identity.tensors_state([tensor])[0][0] != state[0][0]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..identity import weights_state
+from ..identity import count_fused_optimizer_steps, weights_state
 from ._ops import canonical_order, farthest_point_sample, gather, knn, masked_max, masked_mean
 from .config import GSEncoderConfig
 from .splats import NUM_FEATURES, Gaussians
@@ -67,6 +67,7 @@ class GSCLIPEncoder(nn.Module):
 
     def __init__(self, config: GSEncoderConfig | None = None) -> None:
         super().__init__()
+        count_fused_optimizer_steps()  # weights_id must see every training step
         self.config = config or GSEncoderConfig()
         cfg = self.config
         channels, self.levels = NUM_FEATURES, nn.ModuleList()
