@@ -57,6 +57,8 @@ class ViewTokenCache:
         self._forgotten_at: dict[str, int] = {}  # object -> the forget that dropped it, while any ran
         self._cleared_at = 0  # the last forget of everything, while any ran
         self._state = None  # the model's ``view_tokens_state`` the kept tokens came from
+        self._dtype = torch.float32  # the type the model gives them in under that state (16 bit on autocast)
+        self._view_bytes = 0  # one view's kept tokens, once an object too large to keep has shown it
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -98,7 +100,9 @@ class ViewTokenCache:
         try:
             fresh = self.model.view_tokens([view for _, _, view in missing]) if missing else None
             found = {(object_id, key): fresh[i] for i, (object_id, key, _) in enumerate(missing)}
-            dtype = fresh.dtype if fresh is not None else torch.float32
+            # the type the model gave the kept ones in: an encode of hits alone runs the cross-view blocks
+            # as one with a new view does (the same result whether or not a warm got there first)
+            dtype = fresh.dtype if fresh is not None else self._dtype
             # this encode uses the fresh tokens as they are: it equals ``encode_views``
             packed = [
                 hits[(o, k)].to(dtype) if (o, k) in hits else found[(o, k)] for o, keys, _ in objects for k in keys
@@ -110,6 +114,8 @@ class ViewTokenCache:
             self._running -= 1
             self.stats.misses += len(missing)
             self.stats.hits += len(hits)
+            if fresh is not None and not self._forgotten_since(None, forgets):
+                self._dtype = fresh.dtype
             for object_id, keys, _ in objects:
                 if self._forgotten_since(object_id, forgets):
                     continue  # a forgotten object's tokens must not come back
@@ -129,6 +135,8 @@ class ViewTokenCache:
             self._check_model()
             entries = self._objects.get(object_id, {})
             missing = [(key, view) for key, view in zip(keys, views, strict=True) if key not in entries]
+            if self._view_bytes and len(keys) * self._view_bytes > self.max_bytes:
+                return 0  # its tokens would be dropped as soon as made: the encode runs them anyway
             if not missing:
                 self._store(object_id, keys, {})
                 self._evict()
@@ -144,6 +152,7 @@ class ViewTokenCache:
             self.stats.misses += len(missing)
             kept = not self._forgotten_since(object_id, forgets)  # a forgotten object's tokens must not come back
             if kept:
+                self._dtype = fresh.dtype
                 self.stats.warmed += len(missing)
                 new = {key: _own(fresh[i], self.storage) for i, (key, _) in enumerate(missing)}
                 self._store(object_id, keys, new)
@@ -166,7 +175,7 @@ class ViewTokenCache:
         kept = {key: tokens for key, tokens in entries.items() if key in listed or not prune}
         for key, tokens in new.items():
             kept.setdefault(key, tokens)
-        self._bytes += sum(t.nbytes for t in kept.values()) - sum(t.nbytes for t in entries.values())
+        self._bytes += _nbytes(kept) - _nbytes(entries)
         self._objects[object_id] = kept
 
     def _started(self) -> int:
@@ -179,9 +188,9 @@ class ViewTokenCache:
             self._running -= 1
             self._prune()
 
-    def _forgotten_since(self, object_id: str, forgets: int) -> bool:
-        """Whether a forget after ``forgets`` dropped this object (lock held)."""
-        return self._cleared_at > forgets or self._forgotten_at.get(object_id, 0) > forgets
+    def _forgotten_since(self, object_id: str | None, forgets: int) -> bool:
+        """Whether a forget after ``forgets`` dropped this object (None: every object) (lock held)."""
+        return self._cleared_at > forgets or (object_id is not None and self._forgotten_at.get(object_id, 0) > forgets)
 
     def _prune(self) -> None:
         if not self._running:  # no one left to ask: the record of forgotten objects is not needed
@@ -196,7 +205,7 @@ class ViewTokenCache:
         if self._objects:
             self.stats.invalidations += 1
         self._forget(None)  # runs under the old state must not store their tokens either
-        self._state = state
+        self._state, self._dtype, self._view_bytes = state, torch.float32, 0
 
     def forget(self, object_ids: Iterable[str] | None = None) -> None:
         """Drop these objects' tokens (all when None)."""
@@ -214,17 +223,25 @@ class ViewTokenCache:
         for object_id in list(self._objects) if object_ids is None else object_ids:
             entries = self._objects.pop(object_id, None)
             if entries is not None:
-                self._bytes -= sum(t.nbytes for t in entries.values())
+                self._bytes -= _nbytes(entries)
 
     def _evict(self) -> None:
-        while self._bytes > self.max_bytes and len(self._objects) > 1:
-            _, entries = self._objects.popitem(last=False)
-            self._bytes -= sum(t.nbytes for t in entries.values())
-            self.stats.evicted_objects += 1
-        if self._bytes > self.max_bytes:  # one object larger than the bound: keep nothing
-            self.stats.evicted_objects += len(self._objects)
-            self._objects.clear()  # (not ``_forget``: no run's tokens are stale, only too many)
-            self._bytes = 0
+        """Drop objects larger than the bound on their own (they can never be kept: keeping one would
+        flush every other first), then the least recently used until the rest fit (lock held)."""
+        for object_id in [o for o, entries in self._objects.items() if _nbytes(entries) > self.max_bytes]:
+            self._view_bytes = _nbytes(self._objects[object_id]) // max(len(self._objects[object_id]), 1)
+            self._drop(object_id)
+        while self._bytes > self.max_bytes and self._objects:
+            self._drop(next(iter(self._objects)))
+
+    def _drop(self, object_id: str) -> None:
+        """Evict one object's tokens: none is stale, only too many (not ``_forget``) (lock held)."""
+        self._bytes -= _nbytes(self._objects.pop(object_id))
+        self.stats.evicted_objects += 1
+
+
+def _nbytes(entries: dict[int, torch.Tensor]) -> int:
+    return sum(t.nbytes for t in entries.values())
 
 
 def _check_objects(objects: Sequence[tuple[str, Sequence[int], Sequence]], allow_empty: bool = False) -> None:

@@ -70,11 +70,15 @@ def test_the_cache_is_bounded_in_bytes_least_recently_used_first(tiny_model):
     assert cache.nbytes <= 5 * per_view and cache.stats.evicted_objects == 1 and cache.views == 4
     cache.forget(["old"])
     assert cache.views == 2
-    views = list(random_views(6, seed=6))  # one object larger than the bound: encoded, nothing kept
-    embedding = cache.encode([("big", list(range(6)), views)])
-    torch.testing.assert_close(embedding, tiny_model.encode_views(views), atol=1e-5, rtol=0)
-    assert cache.views == 0 and cache.nbytes == 0
-    assert cache.warm("big", list(range(6)), views) == 6 and cache.views == 0  # warm keeps nothing either
+    views = list(random_views(6, seed=6))  # one object larger than the bound: encoded, not kept
+    embedding = cache.encode([("big", list(range(6)), views), ("small", [0], views[:1])])
+    torch.testing.assert_close(embedding[:1], tiny_model.encode_views(views), atol=1e-5, rtol=0)
+    # the others stay (before: it flushed every object first, then itself), and so does the small one
+    # made in the same batch; a warm of it does not run the model for tokens it would drop at once
+    assert cache.views == 3 and cache.nbytes == 3 * per_view and set(cache._objects) == {"third", "small"}
+    calls = []
+    cache.model = _Counting(tiny_model, calls)
+    assert cache.warm("big", list(range(6)), views) == 0 and cache.views == 3 and not calls
 
 
 def test_tokens_run_ahead_are_used_by_the_encode_and_not_brought_back_after_a_forget(tiny_model):
@@ -297,3 +301,29 @@ def test_a_removed_view_takes_its_tokens_with_it_at_once(tiny_model):
     handle.remove(keys[1])
     handle.remove(keys[2])
     assert handle.nbytes == 0  # before: never freed, since embedding() of no views raises
+
+
+class _Counting:
+    """The model, counting its per-view block runs."""
+
+    def __init__(self, model, calls: list) -> None:
+        self._model, self._calls = model, calls
+
+    def view_tokens(self, views):
+        self._calls.append(len(views))
+        return self._model.view_tokens(views)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_an_encode_of_kept_tokens_alone_runs_as_one_with_a_new_view_does():
+    # before: with every view kept (a warm got there first) the cross-view blocks ran on float32 tokens,
+    # with one new view on the model's 16-bit ones: the same track's embedding hung on that race
+    model = make_tiny().set_precision("fp16")
+    views = list(random_views(4, size=64, seed=11))
+    want = model.encode_views(views)
+    for warmed in (3, 4):
+        cache = ViewTokenCache(model, storage="fp32")  # lossless for 16-bit tokens
+        cache.warm("t", list(range(warmed)), views[:warmed])
+        torch.testing.assert_close(cache.encode([("t", list(range(4)), views)]), want, atol=1e-6, rtol=0)
