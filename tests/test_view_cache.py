@@ -228,6 +228,12 @@ def test_a_tracks_cloud_is_embedded_once_until_it_changes():
     clouds.add("t", points[:150], colours[:150])  # a new cloud: embedded again
     engine._encode([EncodeJob("t", [], points=clouds.get("t"))])
     assert calls == [1, 1]
+    # other encoder weights (a new checkpoint, a training step): before, the old embedding stayed fused in
+    torch.manual_seed(1)
+    clouds.embedder.encoder.load_state_dict(GSCLIPEncoder(GSEncoderConfig.tiny(embed_dim=32)).state_dict())
+    renewed = engine._encode([EncodeJob("t", [], points=clouds.get("t"))])
+    assert calls == [1, 1, 1]
+    np.testing.assert_allclose(renewed[0], embed([clouds.get("t")])[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("change", ["load_state_dict", "in_place_update", "precision", "preprocessing", "threshold"])

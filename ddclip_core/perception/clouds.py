@@ -33,7 +33,7 @@ class TrackClouds:
             raise ValueError(f"gaussian_weight must be in [0, 1], got {gaussian_weight}")
         self.embedder, self.gaussian_weight, self.max_tracks = embedder, gaussian_weight, max_tracks
         self._clouds: OrderedDict[str, Cloud] = OrderedDict()
-        self._embedded: dict[str, tuple[Cloud, np.ndarray]] = {}  # the embedding of each track's current cloud
+        self._embedded: dict[str, tuple[Cloud, str, np.ndarray]] = {}  # each track's current cloud's, and by what
         self._lock = threading.Lock()  # callbacks add, services forget, the encoder thread reads jobs only
         self.reused = 0  # cloud embeddings not computed again
         self._checked = ""  # the weights id whose text space check_space has compared
@@ -95,11 +95,19 @@ class TrackClouds:
 
     def _cloud_embeddings(self, jobs: list[EncodeJob]) -> dict[int, np.ndarray]:
         found, todo = {}, []
+        # the encoder's weights are part of the key: a kept embedding must not outlive a new checkpoint
+        # or a training step of the encoder (its weights_id follows both)
+        encoder_id = self.embedder.encoder.weights_id
         with self._lock:
             for i, job in enumerate(jobs):
                 cached = self._embedded.get(job.track_id)
-                if job.points is not None and cached is not None and cached[0] is job.points:
-                    found[i] = cached[1]
+                if (
+                    job.points is not None
+                    and cached is not None
+                    and cached[0] is job.points
+                    and cached[1] == encoder_id
+                ):
+                    found[i] = cached[2]
                     self.reused += 1
                 elif job.points is not None:
                     todo.append(i)
@@ -109,5 +117,5 @@ class TrackClouds:
         with self._lock:
             for i in todo:
                 if jobs[i].track_id and self._clouds.get(jobs[i].track_id) is jobs[i].points:
-                    self._embedded[jobs[i].track_id] = (jobs[i].points, found[i])
+                    self._embedded[jobs[i].track_id] = (jobs[i].points, encoder_id, found[i])
         return found
