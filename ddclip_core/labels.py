@@ -147,7 +147,7 @@ class LabelSet:
 
     def embeddings(self, model: Any, *, cache: bool = True) -> np.ndarray:
         """(labels, dim) unit vectors: per label, the mean of its normalised template embeddings."""
-        key = self.cache_key(model.weights_id, getattr(model, "precision", "fp32"))
+        key = self.cache_key(model.weights_id, getattr(model, "text_precision", "fp32"))
         if key in self._in_memory:
             self._in_memory.move_to_end(key)
             return self._in_memory[key]

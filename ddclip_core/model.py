@@ -253,6 +253,11 @@ class DuoduoCLIP(nn.Module):
         return self._finish(torch.cat(out), normalize)
 
     @property
+    def text_precision(self) -> str:
+        """The precision ``encode_text`` runs in (what label matrices are kept by)."""
+        return self.precision
+
+    @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             self._tokenizer = tokenizer_for(self.config)

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 from ddclip_cli import main as ddclip
 from ddclip_core import CheckpointError, load_model
+from ddclip_core.labels import LabelSet
 from ddclip_core.onnx.backend import OnnxRuntimeCLIP
 from ddclip_core.onnx.export import export_onnx
 from ddclip_core.onnx.files import OnnxExportError
@@ -112,6 +113,8 @@ def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):
     model, folder = exported
     objects = [random_views(count, seed=40 + count) for count in (2, 6)]
     reference = model.encode_views(objects)
+    labels = LabelSet(["a mug", "a chair"], templates="simple")
+    label_matrices = []
     for precision, floor in (("fp16", 0.999), ("int8-dynamic", 0.99), ("int8-static", 0.99)):
         calibration = [list(random_views(4, seed=50)), list(random_views(2, seed=51))]  # objects of views
         out = export_onnx(model, tmp_path / precision, precision=precision, reuse=folder, calibration=calibration)
@@ -129,6 +132,10 @@ def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):
         else:
             assert cosine.min() < 1 - 1e-7, f"{precision}: no drift at all, so not really {precision}"
         assert json.loads((out / "config.json").read_text())["check"]["views_min_cosine"] >= floor
+        label_matrices.append(labels.embeddings(engine, cache=False))
+    # every engine keeps the fp32 text graph: one label matrix for all (before: one per engine precision,
+    # and the fp16 engine shared the torch model's fp16 key)
+    assert len(labels._in_memory) == 1 and all(np.array_equal(m, label_matrices[0]) for m in label_matrices)
     with pytest.raises(ValueError, match="precision is fixed at export"):
         load_model(tmp_path / "fp16", backend="onnxruntime", device="cpu", precision="bf16")
     with pytest.raises(OnnxExportError, match="reuse needs an fp32 engine"):

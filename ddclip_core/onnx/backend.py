@@ -172,6 +172,9 @@ class OnnxRuntimeCLIP:
         array = tokens.detach().to("cpu", torch.float32).numpy()
         return _finish(self._cross_view(array, view_counts), normalize)
 
+    # every engine keeps the fp32 text graph (``precision.convert``): its labels are fp32's, whatever the engine
+    text_precision = "fp32"
+
     def encode_text(self, texts: str | list[str], *, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Text(s) -> (N, embed_dim) CLIP text embeddings, as DuoduoCLIP.encode_text."""
         texts = checked_texts(texts)
