@@ -15,7 +15,7 @@ from PIL import Image
 from ddclip_cli import main
 from ddclip_core import load_model, save_export
 from tests.cli_run import ddclip, ddclip_process
-from tests.conftest import make_tiny, random_views
+from tests.conftest import make_tiny, published_tiny, random_views
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +239,14 @@ def test_eval_view_counts_are_checked_by_name():
     for bad in ("a", "0", "1,-3", "1,,2"):  # before: int()'s message, or 'object 0: empty list of views'
         result = ddclip("eval", "photos", "/nonexistent", "--views", bad)
         assert result.returncode == 2 and "--views: expected comma-separated integers >= 1" in result.stderr
+
+
+def test_export_command_refuses_a_calibration_folder_without_objects(tmp_path):
+    checkpoint = published_tiny(tmp_path, seed=3)
+    (tmp_path / "views").mkdir()
+    args = ["weights", "export", str(checkpoint), str(tmp_path / "engine"), "--onnx", "--device", "cpu"]
+    result = ddclip(*args, "--onnx-precision", "int8-static", "--calibration", str(tmp_path / "views"))
+    assert result.returncode != 0 and "no object folders in it (one folder of views per object)" in result.stderr
+    assert not (tmp_path / "engine").exists()
+    result = ddclip(*args, "--onnx-precision", "fp16", "--calibration", str(tmp_path / "views"))  # before: ignored
+    assert result.returncode != 0 and "--calibration applies to --onnx-precision int8-static" in result.stderr

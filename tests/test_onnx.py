@@ -143,16 +143,6 @@ def test_16_and_8_bit_engines_stay_close_to_fp32(exported, tmp_path):
     assert not (tmp_path / "again").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_export_command_refuses_a_calibration_folder_without_objects(exported, tmp_path, capsys):
-    checkpoint = exported[1].parent / "Four_1to6F_bs1600_LT6.ckpt"
-    args = ["weights", "export", str(checkpoint), str(tmp_path / "engine"), "--onnx", "--device", "cpu"]
-    assert ddclip([*args, "--onnx-precision", "int8-static", "--calibration", str(tmp_path)]) != 0
-    assert "no object folders in it (one folder of views per object)" in capsys.readouterr().err
-    assert not (tmp_path / "engine").exists()
-    assert ddclip([*args, "--onnx-precision", "fp16", "--calibration", str(tmp_path)]) != 0  # before: ignored
-    assert "--calibration applies to --onnx-precision int8-static" in capsys.readouterr().err
-
-
 def _copy(folder, tmp_path, name="copy"):
     return shutil.copytree(folder, tmp_path / name)
 
