@@ -58,7 +58,7 @@ class ViewTokenCache:
         self._cleared_at = 0  # the last forget of everything, while any ran
         self._state = None  # the model's ``view_tokens_state`` the kept tokens came from
         self._dtype = torch.float32  # the type the model gives them in under that state (16 bit on autocast)
-        self._view_bytes = 0  # one view's kept tokens, once an object too large to keep has shown it
+        self._view_bytes = 0  # one view's kept tokens (the last stored): how many views fit
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -175,6 +175,7 @@ class ViewTokenCache:
         kept = {key: tokens for key, tokens in entries.items() if key in listed or not prune}
         for key, tokens in new.items():
             kept.setdefault(key, tokens)
+            self._view_bytes = tokens.nbytes
         self._bytes += _nbytes(kept) - _nbytes(entries)
         self._objects[object_id] = kept
 
@@ -229,7 +230,6 @@ class ViewTokenCache:
         """Drop objects larger than the bound on their own (they can never be kept: keeping one would
         flush every other first), then the least recently used until the rest fit (lock held)."""
         for object_id in [o for o, entries in self._objects.items() if _nbytes(entries) > self.max_bytes]:
-            self._view_bytes = _nbytes(self._objects[object_id]) // max(len(self._objects[object_id]), 1)
             self._drop(object_id)
         while self._bytes > self.max_bytes and self._objects:
             self._drop(next(iter(self._objects)))

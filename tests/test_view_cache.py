@@ -79,6 +79,9 @@ def test_the_cache_is_bounded_in_bytes_least_recently_used_first(tiny_model):
     calls = []
     cache.model = _Counting(tiny_model, calls)
     assert cache.warm("big", list(range(6)), views) == 0 and cache.views == 3 and not calls
+    fresh = ViewTokenCache(_Counting(tiny_model, calls), max_bytes=5 * per_view, storage="fp32")
+    fresh.encode([("small", [0], views[:1])])  # one view's size is known from any object
+    assert fresh.warm("big", list(range(6)), views) == 0 and calls == [1]
 
 
 def test_tokens_run_ahead_are_used_by_the_encode_and_not_brought_back_after_a_forget(tiny_model):
