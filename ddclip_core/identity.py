@@ -33,6 +33,9 @@ def _serial(item: Any) -> int:
         return entry[1]
     with _serials_lock:
         key = id(item)
+        entry = _serials.get(key)
+        if entry is not None and entry[0]() is item:  # another thread named it meanwhile
+            return entry[1]
         serial = next(_next_serial)
 
         def drop(_: weakref.ref, key: int = key, serial: int = serial) -> None:
@@ -90,17 +93,6 @@ def submodules(module: Any) -> list[Any]:
         seen.add(id(current))
         found.append(current)
         stack.extend(child for child in reversed(current._modules.values()) if child is not None)
-    return found
-
-
-def module_tensors(module: Any, buffers: bool = True) -> list[Any]:
-    """Every parameter (and buffer) of ``module`` and below, module by module; a tensor shared by two
-    modules comes twice, which a state key does not mind."""
-    found = []
-    for current in submodules(module):
-        found.extend(t for t in current._parameters.values() if t is not None)
-        if buffers:
-            found.extend(t for t in current._buffers.values() if t is not None)
     return found
 
 

@@ -53,20 +53,19 @@ def test_weights_changed_in_place_change_the_id_and_drop_the_alias(tmp_path):
 
 
 def test_the_walk_behind_the_state_keys_finds_what_modules_and_parameters_find():
-    # tensors_state keys rest on this walk (a faster modules()): a missed or reordered tensor would let
-    # kept tokens or packed weights outlive the weights they came from
+    # the state keys rest on this walk (a faster modules()): a missed tensor would let kept tokens or
+    # packed weights outlive the weights they came from
     from torch import nn
 
-    from ddclip_core.identity import module_tensors, submodules, weights_state
+    from ddclip_core.identity import _serial, submodules, weights_state
 
     shared, tied = nn.Linear(3, 3), nn.Linear(3, 3)
     tied.weight = shared.weight
     tower = nn.Sequential(nn.Linear(2, 3), nn.Sequential(shared, nn.BatchNorm1d(3), shared), tied)
     tower.register_module("skipped", None)
     assert submodules(tower) == list(tower.modules())
-    found = [id(t) for t in module_tensors(tower, buffers=False)]
-    assert list(dict.fromkeys(found)) == [id(t) for t in tower.parameters()]  # the tied weight twice
-    assert {id(t) for t in module_tensors(tower)} == {id(t) for t in (*tower.parameters(), *tower.buffers())}
+    named = {entry[0] for entry in weights_state(tower)}
+    assert {_serial(t) for t in (*tower.parameters(), *tower.buffers(), *tower.modules())} == named
     before = weights_state(tower)
     with torch.no_grad():
         tower[1][1].running_mean.add_(1)  # a buffer, in place
