@@ -121,7 +121,7 @@ class ViewTokenCache:
                     continue  # a forgotten object's tokens must not come back
                 new = {key: _own(found[(object_id, key)], self.storage) for key in keys if (object_id, key) in found}
                 self._store(object_id, keys, new, prune)
-            self._evict()
+            self._evict([object_id for object_id, _, _ in objects])
             self._prune()
         tokens = torch.stack(packed)
         return self.model.embed_view_tokens(tokens, [len(keys) for _, keys, _ in objects], normalize=normalize)
@@ -139,7 +139,7 @@ class ViewTokenCache:
                 return 0  # its tokens would be dropped as soon as made: the encode runs them anyway
             if not missing:
                 self._store(object_id, keys, {})
-                self._evict()
+                self._evict([object_id])
                 return 0
             forgets = self._started()
         try:
@@ -156,7 +156,7 @@ class ViewTokenCache:
                 self.stats.warmed += len(missing)
                 new = {key: _own(fresh[i], self.storage) for i, (key, _) in enumerate(missing)}
                 self._store(object_id, keys, new)
-                self._evict()
+                self._evict([object_id])
             self._prune()
         return len(missing) if kept else 0
 
@@ -226,11 +226,13 @@ class ViewTokenCache:
             if entries is not None:
                 self._bytes -= _nbytes(entries)
 
-    def _evict(self) -> None:
-        """Drop objects larger than the bound on their own (they can never be kept: keeping one would
-        flush every other first), then the least recently used until the rest fit (lock held)."""
-        for object_id in [o for o, entries in self._objects.items() if _nbytes(entries) > self.max_bytes]:
-            self._drop(object_id)
+    def _evict(self, stored: list[str]) -> None:
+        """After ``stored`` objects were stored: drop any of them larger than the bound on its own (it can
+        never be kept: keeping it would flush every other first; the others were checked when stored), then
+        the least recently used until the rest fit (lock held)."""
+        for object_id in stored:
+            if object_id in self._objects and _nbytes(self._objects[object_id]) > self.max_bytes:
+                self._drop(object_id)
         while self._bytes > self.max_bytes and self._objects:
             self._drop(next(iter(self._objects)))
 
